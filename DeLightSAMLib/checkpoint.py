@@ -1,0 +1,331 @@
+"""Reading, checking and downloading checkpoints.
+
+A checkpoint is accepted as a plain state_dict, as a dict holding one under ``state_dict`` or ``model``, with or
+without the ``module.`` prefix a DataParallel wrapper adds. Files are always read on the CPU with
+``weights_only=True``. Downloads go to a ``.part`` file in the destination folder and are renamed into place only
+after the SHA-256 (when known) and the structural check (keys and shapes) pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+import torch
+
+from .build import DEFAULT_CONFIG, ModelConfig, build_model, expected_shapes
+from .errors import CheckpointError, DownloadError
+from .modeling import DeLightSAM
+from .registry import OFFICIAL_CHECKPOINT, CheckpointEntry, get_checkpoint_entry
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "DELIGHTSAM_CACHE_DIR"
+ProgressCallback = Callable[[int, Optional[int]], None]  # (bytes done, total bytes or None); raise to cancel
+_CHUNK = 1 << 20
+_TIMEOUT_S = 30
+
+
+def cache_dir() -> Path:
+    """Per-user folder for downloaded checkpoints; ``$DELIGHTSAM_CACHE_DIR`` overrides it."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    if sys.platform.startswith("win"):
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+        return base / "DeLightSAM" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "DeLightSAM"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "delightsam"
+
+
+def cached_path(name: str = OFFICIAL_CHECKPOINT) -> Path:
+    """Where the registry checkpoint ``name`` lives once downloaded (it may not exist yet)."""
+    return cache_dir() / get_checkpoint_entry(name).filename
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike | None = None) -> tuple[Path, CheckpointEntry | None]:
+    """A local checkpoint file for a registry name or a path; ``None`` means the official checkpoint.
+
+    Raises CheckpointError when the file is not there, saying how to get it.
+    """
+    name_or_path = OFFICIAL_CHECKPOINT if name_or_path is None else name_or_path
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path, None
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path {path} is a folder; give the .pth file inside it")
+    looks_like_path = path.suffix or os.sep in text or "/" in text
+    if looks_like_path:
+        raise CheckpointError(f"checkpoint file not found: {path}; check the path, or download one with `delightsam download`")
+    entry = get_checkpoint_entry(text)
+    target = cache_dir() / entry.filename
+    if not target.is_file():
+        raise CheckpointError(
+            f"checkpoint '{entry.name}' is not downloaded yet (looked for {target}); run "
+            f"`delightsam download --checkpoint {entry.name}`, or pass --checkpoint PATH to a file you already have"
+        )
+    return target, entry
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, unwrapped and with any ``module.`` prefix removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        raise CheckpointError(
+            f"{path} is an HTML page, not a checkpoint (a failed or quota-limited download); "
+            "delete it and download again, or fetch the file in a browser"
+        )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and EOF errors all mean the same thing to the user
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {_first_line(error)}); "
+            "it may be truncated or corrupt: download it again"
+        ) from error
+    return unwrap_state_dict(loaded, source=str(path))
+
+
+def unwrap_state_dict(loaded: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Accept ``{...tensors}``, ``{"state_dict": {...}}`` or ``{"model": {...}}``; strip ``module.``."""
+    if isinstance(loaded, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(loaded.get(key), Mapping):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"{source} does not hold a state_dict of tensors (found {type(loaded).__name__})")
+    if loaded and all(k.startswith("module.") for k in loaded):
+        loaded = {k[len("module."):]: v for k, v in loaded.items()}
+    return dict(loaded)
+
+
+def check_state_dict(
+    state_dict: Mapping[str, torch.Tensor], config: ModelConfig = DEFAULT_CONFIG, source: str = "checkpoint"
+) -> None:
+    """Raise CheckpointError listing missing, unexpected and mis-shaped keys if ``state_dict`` does not fit."""
+    expected = expected_shapes(config)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k} {tuple(state_dict[k].shape)} (expected {expected[k]})"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != expected[k]
+    ]
+    if not (missing or unexpected or misshaped):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
+            parts.append(f"{len(items)} {label}: {shown}")
+    raise CheckpointError(
+        f"{source} does not fit the De-LightSAM model ({'; '.join(parts)}); "
+        "use a De-LightSAM checkpoint (not SAM or MobileSAM) or the model config it was trained with"
+    )
+
+
+def load_model(
+    checkpoint: str | os.PathLike | None = None,
+    config: ModelConfig | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[DeLightSAM, CheckpointEntry | None]:
+    """Build the network and load a checkpoint (registry name or path) strictly; the model is in eval mode."""
+    path, entry = resolve_checkpoint(checkpoint)
+    config = config or (entry.config if entry else DEFAULT_CONFIG)
+    state_dict = read_state_dict(path)
+    check_state_dict(state_dict, config, source=str(path))
+    model = build_model(config)
+    model.load_state_dict(state_dict, strict=True)
+    logger.info("loaded %s", path)
+    return model.to(device).eval(), entry
+
+
+def remote_size(url: str) -> int | None:
+    """Bytes a URL announces (HEAD request), or None when it does not say or cannot be asked."""
+    if url.startswith("gdrive:"):
+        return None
+    if not url.startswith(("http://", "https://")):
+        path = Path(url).expanduser()
+        return path.stat().st_size if path.is_file() else None
+    try:
+        request = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length")
+            return int(length) if length else None
+    except (OSError, ValueError):
+        return None
+
+
+def download_checkpoint(
+    source: str | CheckpointEntry = OFFICIAL_CHECKPOINT,
+    destination: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+    sha256: str | None = None,
+    config: ModelConfig | None = None,
+) -> Path:
+    """Fetch a checkpoint, verify it, and move it into ``destination`` (default: the cache folder).
+
+    ``source`` is a registry name or entry, an http(s) URL, ``gdrive:<file id>``, or a local path. The file is
+    written to ``<destination>/<name>.part`` and renamed only after verification, so a failed, cancelled,
+    truncated or HTML download never stays behind. Returns the final path.
+    """
+    if isinstance(source, str) and not _is_location(source):
+        source = get_checkpoint_entry(source)
+    if isinstance(source, CheckpointEntry):
+        urls, filename = list(source.urls), source.filename
+        sha256 = sha256 or source.sha256
+        config = config or source.config
+    else:
+        urls, filename = [source], _filename_for(source)
+    config = config or DEFAULT_CONFIG
+    folder = Path(destination).expanduser() if destination is not None else cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DownloadError(f"cannot create the download folder {folder} ({error.strerror}); choose another with --to or ${CACHE_ENV}") from error
+    target = folder / filename
+
+    failures = []
+    for url in urls:
+        handle = tempfile.NamedTemporaryFile(dir=folder, prefix=filename + ".", suffix=".part", delete=False)
+        part = Path(handle.name)
+        try:
+            with handle:
+                digest = _fetch(url, handle, progress)
+            if sha256 and digest.lower() != sha256.lower():
+                raise DownloadError(f"{url}: SHA-256 is {digest}, expected {sha256}; the file is corrupt or was replaced upstream")
+            try:
+                check_state_dict(read_state_dict(part), config, source=f"the file downloaded from {url}")
+            except CheckpointError as error:
+                raise DownloadError(str(error)) from error
+            os.replace(part, target)
+            logger.info("checkpoint saved to %s", target)
+            return target
+        except DownloadError as error:
+            failures.append(str(error))
+        finally:
+            part.unlink(missing_ok=True)
+    raise DownloadError("; ".join(failures) if len(failures) > 1 else failures[0])
+
+
+def _is_location(text: str) -> bool:
+    return text.startswith(("http://", "https://", "gdrive:")) or Path(text).expanduser().exists()
+
+
+def _filename_for(source: str) -> str:
+    if source.startswith("gdrive:"):
+        return f"gdrive_{source[len('gdrive:'):]}.pth"
+    name = Path(urllib.request.urlparse(source).path).name
+    return name or "checkpoint.pth"
+
+
+def _fetch(url: str, handle, progress: ProgressCallback | None) -> str:
+    """Copy ``url`` into the open binary ``handle``; return the SHA-256 of what was written."""
+    hasher = _HashingWriter(handle, progress)
+    try:
+        if url.startswith("gdrive:"):
+            _fetch_gdrive(url[len("gdrive:"):], hasher)
+        elif url.startswith(("http://", "https://")):
+            _fetch_http(url, hasher)
+        else:
+            path = Path(url).expanduser()
+            if not path.is_file():
+                raise DownloadError(f"checkpoint file not found: {path}")
+            hasher.total = path.stat().st_size
+            with open(path, "rb") as source:
+                shutil.copyfileobj(source, hasher, _CHUNK)
+    except urllib.error.HTTPError as error:
+        raise DownloadError(f"{url}: the server answered HTTP {error.code} {error.reason}; check the URL or try later") from error
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        reason = getattr(error, "reason", error)
+        raise DownloadError(
+            f"cannot reach {url} ({reason}); check the network connection or proxy, or download the file "
+            "yourself and pass its path"
+        ) from error
+    return hasher.hexdigest()
+
+
+def _fetch_http(url: str, writer: "_HashingWriter") -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "DeLightSAM"})
+    with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+        length = response.headers.get("Content-Length")
+        writer.total = int(length) if length and length.isdigit() else None
+        while chunk := response.read(_CHUNK):
+            writer.write(chunk)
+    if writer.total is not None and writer.done != writer.total:
+        raise DownloadError(f"{url}: the connection closed after {writer.done} of {writer.total} bytes; try again")
+
+
+def _fetch_gdrive(file_id: str, writer: "_HashingWriter") -> None:
+    try:
+        import gdown
+    except ImportError as error:
+        raise DownloadError("downloading from Google Drive needs the 'gdown' package: pip install gdown") from error
+    try:
+        gdown.download(id=file_id, output=writer, quiet=True, progress=writer.report, timeout=_TIMEOUT_S)
+    except DownloadError:
+        raise
+    except Exception as error:  # gdown raises its own and requests' errors; all mean "no file"
+        if writer.cancelled:
+            raise
+        raise DownloadError(
+            f"Google Drive file {file_id} could not be downloaded ({_first_line(error)}); check the network, or "
+            f"open https://drive.google.com/uc?id={file_id} in a browser and pass the saved file's path"
+        ) from error
+
+
+class _HashingWriter:
+    """A binary file wrapper that hashes and counts what passes through and reports progress."""
+
+    def __init__(self, handle, progress: ProgressCallback | None) -> None:
+        self.handle = handle
+        self.progress = progress
+        self.sha256 = hashlib.sha256()
+        self.done = 0
+        self.total: int | None = None
+        self.cancelled = False
+
+    def write(self, data: bytes) -> int:
+        self.handle.write(data)
+        self.sha256.update(data)
+        self.done += len(data)
+        self.report(self.done, self.total)
+        return len(data)
+
+    def report(self, done: int, total: int | None) -> None:
+        if total is not None:
+            self.total = total
+        if self.progress is not None:
+            try:
+                self.progress(self.done, self.total)
+            except BaseException:
+                self.cancelled = True
+                raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def tell(self) -> int:
+        return self.done
+
+    def hexdigest(self) -> str:
+        return self.sha256.hexdigest()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,21 @@
+"""Exceptions for failures a user can act on. Their messages say what, where and what to do."""
+
+
+class DeLightSAMError(Exception):
+    """Base class: front ends (CLI, Slicer) show ``str(error)`` as one line and no traceback."""
+
+
+class UnknownNameError(DeLightSAMError, ValueError):
+    """An unknown modality or checkpoint name."""
+
+
+class CheckpointError(DeLightSAMError):
+    """A checkpoint that is missing, unreadable, corrupt or does not fit the model."""
+
+
+class DownloadError(DeLightSAMError):
+    """A download that failed or was cancelled; nothing was left in the cache."""
+
+
+class ImageError(DeLightSAMError, ValueError):
+    """An image that cannot be read or has a shape or type the model cannot take."""

@@ -1,0 +1,127 @@
+"""Reading images and volumes from disk and writing masks back, through SimpleITK.
+
+Arrays are numpy in SimpleITK's order: a 2D image is (H, W) or (H, W, C); a volume is [k, j, i] or [k, j, i, C].
+Outputs are written to a temporary file beside the target and renamed into place, so a failure never leaves a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ImageError
+
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+@dataclass
+class LoadedImage:
+    """Pixels plus the SimpleITK image they came from (for geometry) and whether it is a 2D image."""
+
+    array: np.ndarray
+    image: sitk.Image
+    is_2d: bool
+    source: Path
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.source.is_dir() or self.source.suffix.lower() in ("", ".dcm", ".ima")
+
+
+def full_suffix(path: Path) -> str:
+    """``.nii.gz`` for ``x.nii.gz``, else the last suffix."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] == ".gz":
+        return "".join(suffixes[-2:])
+    return suffixes[-1] if suffixes else ""
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+    """Read a PNG/JPEG/TIFF/BMP, any SimpleITK format (NIfTI, NRRD, MHA, ...), a DICOM file or a DICOM folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ImageError(f"input not found: {path}")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise ImageError(f"no DICOM series found in folder {path}; give an image file or a DICOM series folder")
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise ImageError(f"cannot read {path} as an image ({first[:160]}); use PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA or DICOM") from error
+    array = sitk.GetArrayFromImage(image)
+    components = image.GetNumberOfComponentsPerPixel()
+    spatial = array.ndim - (1 if components > 1 else 0)
+    if spatial == 3 and array.shape[0] == 1:  # a single-slice volume, e.g. one DICOM file
+        array = array[0]
+        spatial = 2
+    if spatial not in (2, 3):
+        raise ImageError(f"{path} has {image.GetDimension()} dimensions; only 2D images and 3D volumes are supported")
+    if components not in (1, 3, 4):
+        raise ImageError(f"{path} has {components} components per pixel; expected gray, RGB or RGBA")
+    return LoadedImage(array=array, image=image, is_2d=spatial == 2, source=path)
+
+
+def write_mask(mask: np.ndarray, target: str | os.PathLike, reference: Optional[LoadedImage] = None) -> Path:
+    """Write a mask atomically. PNG/JPEG/BMP/TIFF get 0/255 uint8; other formats 0/1 uint8 with the geometry of
+    ``reference`` (origin, spacing, direction)."""
+    target = Path(target).expanduser()
+    suffix = full_suffix(target)
+    mask = np.asarray(mask)
+    plain = suffix in PLAIN_IMAGE_SUFFIXES
+    if plain and mask.ndim != 2:
+        raise ImageError(f"cannot write a 3D mask as {suffix}: use .nrrd, .nii.gz or .mha for {target}")
+    values = (mask > 0).astype(np.uint8) * (255 if plain else 1)
+    image = sitk.GetImageFromArray(values)
+    if reference is not None and not plain:
+        ref = reference.image
+        if ref.GetDimension() == image.GetDimension() and ref.GetSize() == image.GetSize():
+            image.CopyInformation(ref)
+        elif ref.GetDimension() == 3 and image.GetDimension() == 2:  # single-slice volume written as 2D
+            image.SetOrigin(ref.GetOrigin()[:2])
+            image.SetSpacing(ref.GetSpacing()[:2])
+    _atomic_write(lambda tmp: sitk.WriteImage(image, str(tmp), True), target)
+    return target
+
+
+def write_array(array: np.ndarray, target: str | os.PathLike) -> Path:
+    """Save a numpy array (``.npy``) atomically."""
+    target = Path(target).expanduser()
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+    _atomic_write(save, target)
+    return target
+
+
+def _atomic_write(write, target: Path) -> None:
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ImageError(f"output folder does not exist: {folder}")
+    suffix = full_suffix(target) or ".tmp"
+    handle, name = tempfile.mkstemp(dir=folder, prefix="." + target.name + ".", suffix=suffix)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except RuntimeError as error:
+        raise ImageError(f"cannot write {target} ({str(error).strip().splitlines()[-1][:160]})") from error
+    except OSError as error:
+        raise ImageError(f"cannot write {target} ({error.strerror})") from error
+    finally:
+        tmp.unlink(missing_ok=True)

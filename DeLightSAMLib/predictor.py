@@ -1,0 +1,222 @@
+"""Predictor: encode an image once, then read any modality's mask from the cached decoder output."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .build import DEFAULT_CONFIG, ModelConfig
+from .checkpoint import load_model
+from .errors import DeLightSAMError
+from .modeling import DeLightSAM, binarize_patch_logits
+from .registry import OFFICIAL_MODALITY_MAP, modality_name, resolve_modality
+from .transforms import ImageTransform, Window, threshold_logits
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; a named device that is not there is an error."""
+    name = str(device).lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeLightSAMError(
+            "device 'cuda' was requested but this PyTorch sees no CUDA GPU (a CPU-only build, or no driver); "
+            "use --device cpu or auto, or install a CUDA build of PyTorch"
+        )
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeLightSAMError("device 'mps' was requested but Apple MPS is not available here; use cpu or auto")
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise DeLightSAMError(f"unknown device '{device}'; use auto, cuda, mps or cpu")
+    return torch.device(name)
+
+
+def select_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    elif str(dtype) in DTYPES:
+        resolved = DTYPES[str(dtype)]
+    else:
+        raise DeLightSAMError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    if resolved != torch.float32 and device.type == "cpu":
+        raise DeLightSAMError(f"{resolved} inference needs a GPU; on the CPU use float32")
+    return resolved
+
+
+@dataclass
+class Prediction:
+    """One modality's result for the current image.
+
+    mask: (H, W) bool at the image's size. logits: (H, W) float32 logits (not probabilities), when asked for.
+    probability: sigmoid of the logits, when asked for. self_prompt: (h, w) bool patch map of the self-prompt
+    (32 x 32 for the released model), rows and columns as the image's, stretched like it.
+    """
+
+    mask: np.ndarray
+    modality: int
+    self_prompt: np.ndarray
+    logits: Optional[np.ndarray] = None
+    probability: Optional[np.ndarray] = None
+
+
+class Predictor:
+    """``set_image`` once, then ``predict(modality)`` as often as wanted; the encoder runs once per image.
+
+    Example::
+
+        predictor = Predictor.from_checkpoint("delightsam", device="auto")
+        predictor.set_image(rgb_or_gray_array)
+        mask = predictor.predict("dermoscopy").mask
+    """
+
+    def __init__(
+        self,
+        model: DeLightSAM,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+        modality_map: Optional[dict[str, int]] = None,
+    ) -> None:
+        self.device = select_device(device)
+        self.dtype = select_dtype(dtype, self.device)
+        self.model = model.to(self.device).eval()
+        self.modality_map = dict(modality_map or OFFICIAL_MODALITY_MAP)
+        self.transform = ImageTransform(getattr(model, "config", DEFAULT_CONFIG).image_size)
+        self.reset_image()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: Optional[str] = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+        config: Optional[ModelConfig] = None,
+    ) -> "Predictor":
+        """Load a registry checkpoint (default: the official one) or a .pth path."""
+        model, entry = load_model(checkpoint, config)
+        return cls(model, device=device, dtype=dtype, modality_map=entry.modality_map if entry else None)
+
+    @property
+    def description(self) -> str:
+        """Device and precision, for status lines."""
+        return f"{self.device.type} {str(self.dtype).replace('torch.', '')}"
+
+    # ------------------------------------------------------------------ single image
+    def reset_image(self) -> None:
+        self._modality_logits: Optional[torch.Tensor] = None  # (M, h, w) float32, CPU
+        self._patch_logits: Optional[torch.Tensor] = None  # (h', w') float32, CPU
+        self._full_logits: dict[int, torch.Tensor] = {}  # modality -> (H, W) logits at the image's size
+        self.original_size: Optional[tuple[int, int]] = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._modality_logits is not None
+
+    def set_image(self, image: np.ndarray, window: Optional[Window] = None) -> None:
+        """Encode and decode one 2D image (see ``transforms.to_rgb8`` for what is accepted); caches all modalities."""
+        self.reset_image()
+        net_input = self.transform.prepare(image, window, device=self.device)
+        modality_logits, patch_logits = self._run(net_input)
+        self._modality_logits, self._patch_logits = modality_logits[0], patch_logits[0, 0]
+        self.original_size = tuple(np.asarray(image).shape[:2])
+
+    def predict(
+        self,
+        modality: str | int,
+        *,
+        threshold: float = 0.5,
+        return_logits: bool = False,
+        return_probability: bool = False,
+    ) -> Prediction:
+        """The mask of ``modality`` (name, alias or index) for the image given to ``set_image``."""
+        if not self.is_image_set:
+            raise RuntimeError("call set_image(image) before predict(modality)")
+        index = resolve_modality(modality, self.modality_map)
+        logits = self._full_logits.get(index)
+        if logits is None:
+            logits = self.transform.logits_to_image(self._modality_logits[None, index : index + 1], self.original_size)[0, 0]
+            self._full_logits[index] = logits
+        result = Prediction(
+            mask=threshold_logits(logits, threshold),
+            modality=index,
+            self_prompt=binarize_patch_logits(self._patch_logits).bool().numpy(),
+        )
+        if return_logits:
+            result.logits = logits.numpy().copy()
+        if return_probability:
+            result.probability = torch.sigmoid(logits).numpy()
+        return result
+
+    def modality_logits(self) -> torch.Tensor:
+        """(M, h, w) low-resolution logits of every modality for the current image (CPU, float32)."""
+        if not self.is_image_set:
+            raise RuntimeError("call set_image(image) before modality_logits()")
+        return self._modality_logits
+
+    # ------------------------------------------------------------------ many images
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray] | Iterable[np.ndarray],
+        modality: str | int,
+        *,
+        threshold: float = 0.5,
+        batch_size: int = 8,
+        window: Optional[Window] = None,
+        return_logits: bool = False,
+        progress: Optional[Callable[[int, int | None], None]] = None,
+    ) -> list[Prediction]:
+        """Masks for many 2D images (any sizes), ``batch_size`` images per network pass.
+
+        ``progress(done, total)`` is called after each batch; raising from it stops the run.
+        """
+        index = resolve_modality(modality, self.modality_map)
+        images = list(images)
+        results: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            net_input = torch.cat([self.transform.prepare(im, window, device=self.device) for im in chunk])
+            modality_logits, patch_logits = self._run(net_input)
+            for item, image in enumerate(chunk):
+                size = tuple(np.asarray(image).shape[:2])
+                logits = self.transform.logits_to_image(modality_logits[item : item + 1, index : index + 1], size)[0, 0]
+                results.append(
+                    Prediction(
+                        mask=threshold_logits(logits, threshold),
+                        modality=index,
+                        self_prompt=binarize_patch_logits(patch_logits[item, 0]).bool().numpy(),
+                        logits=logits.numpy() if return_logits else None,
+                    )
+                )
+            if progress is not None:
+                progress(len(results), len(images))
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def _run(self, net_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) -> ((B, M, h, w), (B, 1, h', w')) float32 logits on the CPU."""
+        with self._autocast():
+            output = self.model(net_input)
+        return output.modality_logits.float().cpu(), output.patch_logits.float().cpu()
+
+    def modality_names(self) -> list[str]:
+        return [modality_name(i, self.modality_map) for i in range(len(self.modality_map))]
+

@@ -1,0 +1,116 @@
+"""The modalities and every known checkpoint: the one place that names them.
+
+The released checkpoint's modality index map is not published; it was read from the released data loader's
+rules applied to the training split names (see MODEL.md section 6). It is a declared field of the checkpoint
+entry, so a checkpoint trained with another order can say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .build import DEFAULT_CONFIG, ModelConfig
+from .errors import UnknownNameError
+
+# Canonical modality names, with the words a user may also type for them.
+MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
+    "dermoscopy": ("skin", "isic", "dermatoscopy"),
+    "xray": ("x-ray", "chest-xray", "chest_xray", "cxr", "radiograph"),
+    "ultrasound": ("us", "echo", "breast-ultrasound"),
+    "fundus": ("retina", "retinal", "drive"),
+    "microscopy": ("nuclei", "histology", "cells"),
+    "colonoscopy": ("endoscopy", "polyp"),
+}
+MODALITIES: tuple[str, ...] = tuple(MODALITY_ALIASES)
+
+# Where the released model was trained for each index; names are those of MODALITIES.
+OFFICIAL_MODALITY_MAP: dict[str, int] = {
+    "dermoscopy": 0,
+    "xray": 1,
+    "ultrasound": 2,
+    "fundus": 3,
+    "microscopy": 4,
+    "colonoscopy": 5,
+}
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One downloadable checkpoint.
+
+    urls: tried in order; ``gdrive:<id>`` means a Google Drive file fetched through ``gdown``, anything else is an
+    http(s) URL or a local path. sha256 and size are ``None`` when the publisher did not state them; a structural
+    check (keys and shapes against ``config``) is always made.
+    """
+
+    name: str
+    filename: str
+    urls: tuple[str, ...]
+    description: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+    config: ModelConfig = DEFAULT_CONFIG
+    modality_map: dict[str, int] = field(default_factory=lambda: dict(OFFICIAL_MODALITY_MAP))
+
+
+OFFICIAL_CHECKPOINT = "delightsam"
+
+CHECKPOINTS: dict[str, CheckpointEntry] = {
+    OFFICIAL_CHECKPOINT: CheckpointEntry(
+        name=OFFICIAL_CHECKPOINT,
+        filename="delightsam_official.pth",
+        urls=("gdrive:1kikT1Sjp6TBJQqBJgM80dP2nSTf2PpJM",),
+        description="De-LightSAM released checkpoint (TCSVT 2025), one file for all six modalities",
+        sha256=None,  # not published by the authors
+        size_bytes=None,  # not published; the download reports the size the server announces
+    ),
+}
+
+
+def register_checkpoint(entry: CheckpointEntry) -> None:
+    """Add or replace a registry entry (for site-specific or fine-tuned checkpoints)."""
+    CHECKPOINTS[entry.name] = entry
+
+
+def get_checkpoint_entry(name: str) -> CheckpointEntry:
+    try:
+        return CHECKPOINTS[name]
+    except KeyError:
+        known = ", ".join(sorted(CHECKPOINTS))
+        raise UnknownNameError(
+            f"unknown checkpoint '{name}'; known checkpoints: {known} (or give the path of a .pth file)"
+        ) from None
+
+
+def resolve_modality(modality: str | int, modality_map: dict[str, int] | None = None) -> int:
+    """The decoder map index for a modality name, alias or index (0 .. number of maps - 1)."""
+    modality_map = OFFICIAL_MODALITY_MAP if modality_map is None else modality_map
+    count = len(modality_map)
+    if isinstance(modality, bool):  # bool is an int; never a modality
+        raise UnknownNameError(f"modality must be a name or an index, not {modality!r}")
+    if isinstance(modality, int) or (isinstance(modality, str) and modality.strip().isdigit()):
+        index = int(modality)
+        if 0 <= index < count:
+            return index
+        raise UnknownNameError(f"modality index {index} is out of range; use 0..{count - 1} or a name: {_names(modality_map)}")
+    if not isinstance(modality, str):
+        raise UnknownNameError(f"modality must be a name or an index, not {modality!r}")
+    key = modality.strip().lower().replace(" ", "-")
+    for name, aliases in MODALITY_ALIASES.items():
+        if key == name or key in aliases or key.replace("-", "") == name:
+            if name in modality_map:
+                return modality_map[name]
+    raise UnknownNameError(f"unknown modality '{modality}'; choose one of: {_names(modality_map)}")
+
+
+def modality_name(index: int, modality_map: dict[str, int] | None = None) -> str:
+    modality_map = OFFICIAL_MODALITY_MAP if modality_map is None else modality_map
+    for name, value in modality_map.items():
+        if value == index:
+            return name
+    return str(index)
+
+
+def _names(modality_map: dict[str, int]) -> str:
+    return ", ".join(sorted(modality_map, key=modality_map.get))
+

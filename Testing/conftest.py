@@ -1,0 +1,66 @@
+"""Shared fixtures: the reference fixture in ../shared/reference, loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("DELIGHTSAM_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+
+
+def reference_file(name: str) -> Path:
+    path = REFERENCE / name
+    if not path.is_file():
+        pytest.fail(f"reference fixture missing: {path} (set DELIGHTSAM_REFERENCE_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_weights_path() -> Path:
+    return reference_file("reference_weights_seed1234.pth")
+
+
+@pytest.fixture(scope="session")
+def reference_image_path() -> Path:
+    return reference_file("reference_image_seed1234.png")
+
+
+@pytest.fixture(scope="session")
+def reference_outputs() -> dict:
+    with np.load(reference_file("reference_outputs_seed1234.npz")) as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="session")
+def reference_model(reference_weights_path):
+    from DeLightSAMLib.checkpoint import load_model
+
+    model, _ = load_model(reference_weights_path)
+    return model
+
+
+@pytest.fixture(scope="session")
+def reference_forward(reference_model):
+    """The model's output on the reference input: (DeLightSAMOutput) computed once."""
+    import torch
+
+    net_input = torch.from_numpy(np.load(reference_file("reference_input_seed1234.npy")))[None]
+    with torch.inference_mode():
+        return reference_model(net_input)
+
+
+@pytest.fixture(scope="session")
+def reference_predictor(reference_model):
+    from DeLightSAMLib.predictor import Predictor
+
+    return Predictor(reference_model, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets an empty checkpoint cache: nothing a user has downloaded is touched or relied on."""
+    monkeypatch.setenv("DELIGHTSAM_CACHE_DIR", str(tmp_path / "cache"))
