@@ -15,7 +15,7 @@ from .errors import UnknownNameError
 # Canonical modality names, with the words a user may also type for them.
 MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
     "dermoscopy": ("skin", "isic", "dermatoscopy"),
-    "xray": ("x-ray", "chest-xray", "chest_xray", "cxr", "radiograph"),
+    "xray": ("chest x-ray", "cxr", "radiograph"),
     "ultrasound": ("us", "echo", "breast-ultrasound"),
     "fundus": ("retina", "retinal", "drive"),
     "microscopy": ("nuclei", "histology", "cells"),
@@ -95,11 +95,10 @@ def resolve_modality(modality: str | int, modality_map: dict[str, int] | None = 
         raise UnknownNameError(f"modality index {index} is out of range; use 0..{count - 1} or a name: {_names(modality_map)}")
     if not isinstance(modality, str):
         raise UnknownNameError(f"modality must be a name or an index, not {modality!r}")
-    key = modality.strip().lower().replace(" ", "-")
+    key = _compact(modality)
     for name, aliases in MODALITY_ALIASES.items():
-        if key == name or key in aliases or key.replace("-", "") == name:
-            if name in modality_map:
-                return modality_map[name]
+        if name in modality_map and key in {_compact(word) for word in (name, *aliases)}:
+            return modality_map[name]
     raise UnknownNameError(f"unknown modality '{modality}'; choose one of: {_names(modality_map)}")
 
 
@@ -109,6 +108,11 @@ def modality_name(index: int, modality_map: dict[str, int] | None = None) -> str
         if value == index:
             return name
     return str(index)
+
+
+def _compact(word: str) -> str:
+    """Case, spaces and punctuation do not matter: 'Chest X-ray' == 'chest_xray' == 'chestxray'."""
+    return "".join(ch for ch in word.lower() if ch.isalnum())
 
 
 def _names(modality_map: dict[str, int]) -> str:

@@ -1,0 +1,197 @@
+"""Loading, checking and downloading checkpoints, with a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from DeLightSAMLib import checkpoint as ckpt
+from DeLightSAMLib import registry
+from DeLightSAMLib.build import TINY_CONFIG, build_model
+from DeLightSAMLib.errors import CheckpointError, DownloadError
+from DeLightSAMLib.registry import CheckpointEntry, UnknownNameError
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        if self.path == "/short.pth":  # announces more bytes than it sends, then closes
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, reference_weights_path):
+    root = tmp_path_factory.mktemp("www")
+    shutil.copy(reference_weights_path, root / "weights.pth")
+    data = reference_weights_path.read_bytes()
+    (root / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (root / "quota.pth").write_text("<!DOCTYPE html><html><body>Google Drive - quota exceeded</body></html>")
+    torch.save(build_model(TINY_CONFIG).state_dict(), root / "tiny.pth")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", hashlib.sha256(data).hexdigest()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_over_http_verifies_and_reports_progress(server, tmp_path, reference_weights_path):
+    url, digest = server
+    seen = []
+    path = ckpt.download_checkpoint(f"{url}/weights.pth", tmp_path, progress=lambda d, t: seen.append((d, t)), sha256=digest)
+    assert path == tmp_path / "weights.pth"
+    assert path.read_bytes() == reference_weights_path.read_bytes()
+    size = reference_weights_path.stat().st_size
+    assert seen[-1] == (size, size) and all(t == size for _, t in seen)
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.pth"]
+    assert ckpt.remote_size(f"{url}/weights.pth") == size
+
+
+def test_registry_entry_downloads_into_the_cache(server, monkeypatch, tmp_path):
+    url, digest = server
+    entry = CheckpointEntry(name="test-entry", filename="entry.pth", urls=(f"{url}/missing.pth", f"{url}/weights.pth"),
+                            description="test", sha256=digest)
+    monkeypatch.setitem(registry.CHECKPOINTS, "test-entry", entry)
+    path = ckpt.download_checkpoint("test-entry")  # first URL is a 404: the second one is used
+    assert path == Path(tmp_path / "cache" / "entry.pth")
+    assert ckpt.resolve_checkpoint("test-entry") == (path, entry)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("truncated.pth", "not a readable PyTorch checkpoint"), ("quota.pth", "HTML page"),
+     ("tiny.pth", "does not fit"), ("short.pth", "closed after 1000 of 1000000 bytes"),
+     ("missing.pth", "HTTP 404")],
+)
+def test_bad_downloads_are_refused_and_leave_nothing(server, tmp_path, name, message):
+    url, _ = server
+    with pytest.raises(DownloadError, match=message):
+        ckpt.download_checkpoint(f"{url}/{name}", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_sha256_is_refused(server, tmp_path):
+    url, _ = server
+    with pytest.raises(DownloadError, match="SHA-256"):
+        ckpt.download_checkpoint(f"{url}/weights.pth", tmp_path, sha256="0" * 64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_server_says_check_the_network(tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DownloadError, match="cannot reach .* check the network"):
+        ckpt.download_checkpoint(f"http://127.0.0.1:{port}/weights.pth", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancelling_from_the_progress_callback_leaves_nothing(server, tmp_path):
+    url, _ = server
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done, total):
+        raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        ckpt.download_checkpoint(f"{url}/weights.pth", tmp_path, progress=cancel)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_local_file_is_copied_and_checked(tmp_path, reference_weights_path):
+    path = ckpt.download_checkpoint(str(reference_weights_path), tmp_path / "out")
+    assert path.read_bytes() == reference_weights_path.read_bytes()
+
+
+def test_existing_file_is_kept_when_a_new_download_fails(server, tmp_path):
+    url, _ = server
+    good = ckpt.download_checkpoint(f"{url}/weights.pth", tmp_path)
+    before = good.read_bytes()
+    (tmp_path / "src").mkdir()
+    bad = tmp_path / "src" / "weights.pth"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(DownloadError):
+        ckpt.download_checkpoint(str(bad), tmp_path)
+    assert good.read_bytes() == before
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module"])
+def test_checkpoint_layouts_load_strictly(tmp_path, wrap):
+    state = build_model(TINY_CONFIG).state_dict()
+    if wrap == "module":
+        saved = {f"module.{k}": v for k, v in state.items()}
+    elif wrap == "plain":
+        saved = state
+    else:
+        saved = {wrap: state, "epoch": 3}
+    path = tmp_path / "ckpt.pth"
+    torch.save(saved, path)
+    loaded = ckpt.read_state_dict(path)
+    assert loaded.keys() == state.keys()
+    model, entry = ckpt.load_model(path, TINY_CONFIG)
+    assert entry is None
+    assert torch.equal(model.mask_query.weight, state["mask_query.weight"])
+
+
+def test_mismatch_lists_missing_unexpected_and_misshaped_keys(tmp_path):
+    state = build_model(TINY_CONFIG).state_dict()
+    state.pop("mask_query.weight")
+    state["extra.weight"] = torch.zeros(1)
+    state["patch_decoder.3.bias"] = torch.zeros(2)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as error:
+        ckpt.load_model(path, TINY_CONFIG)
+    text = str(error.value)
+    assert "1 missing: mask_query.weight" in text
+    assert "1 unexpected: extra.weight" in text
+    assert "1 mis-shaped: patch_decoder.3.bias (2,) (expected (1,))" in text
+    assert str(path) in text
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    path = tmp_path / "sam.pth"
+    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16)}, path)
+    with pytest.raises(CheckpointError, match="not SAM or MobileSAM"):
+        ckpt.load_model(path)
+
+
+def test_pickled_objects_are_not_executed(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": build_model(TINY_CONFIG).state_dict(), "obj": object()}, path)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        ckpt.read_state_dict(path)
+
+
+def test_missing_and_not_yet_downloaded_checkpoints_say_what_to_do(tmp_path):
+    with pytest.raises(CheckpointError, match="not downloaded yet.*delightsam download"):
+        ckpt.resolve_checkpoint(None)
+    with pytest.raises(CheckpointError, match="checkpoint file not found"):
+        ckpt.resolve_checkpoint(tmp_path / "nope.pth")
+    with pytest.raises(UnknownNameError, match="known checkpoints: delightsam"):
+        ckpt.resolve_checkpoint("no-such-model")
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DELIGHTSAM_CACHE_DIR", str(tmp_path / "here"))
+    assert ckpt.cache_dir() == tmp_path / "here"
+    assert ckpt.cached_path() == tmp_path / "here" / "delightsam_official.pth"

@@ -1,0 +1,124 @@
+"""The predictor: one encoder run per image, every modality from the cache, batches, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from DeLightSAMLib.build import TINY_CONFIG, build_model
+from DeLightSAMLib.errors import DeLightSAMError, UnknownNameError
+from DeLightSAMLib.predictor import Predictor, select_device
+from DeLightSAMLib.registry import resolve_modality
+
+
+@pytest.fixture(scope="module")
+def reference_image(reference_image_path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(reference_image_path)))
+
+
+@pytest.fixture(scope="module")
+def predicted(reference_predictor, reference_image):
+    reference_predictor.set_image(reference_image)
+    return reference_predictor
+
+
+def test_mask_and_logits_match_reference_for_modality_0(predicted, reference_outputs):
+    prediction = predicted.predict("dermoscopy", return_logits=True, return_probability=True)
+    expected_logits = reference_outputs["mask_logits_1024_modality0"]
+    assert prediction.mask.shape == (1024, 1024) and prediction.mask.dtype == bool
+    assert np.abs(prediction.logits - expected_logits).max() < 1e-4
+    np.testing.assert_array_equal(prediction.mask, torch.sigmoid(torch.from_numpy(expected_logits)).numpy() >= 0.5)
+    assert 0 < prediction.mask.sum() < prediction.mask.size  # the fixture is chosen so both classes appear
+    np.testing.assert_allclose(prediction.probability, 1 / (1 + np.exp(-prediction.logits)), atol=1e-6)
+    np.testing.assert_array_equal(prediction.self_prompt, reference_outputs["self_prompt_binary"].astype(bool))
+
+
+@pytest.mark.parametrize("name, index", [("dermoscopy", 0), ("xray", 1), ("ultrasound", 2), ("fundus", 3),
+                                         ("microscopy", 4), ("colonoscopy", 5), ("Chest X-ray", 1), (3, 3), ("5", 5)])
+def test_modalities_by_name_alias_or_index(name, index):
+    assert resolve_modality(name) == index
+
+
+def test_every_modality_reads_its_own_map(predicted, reference_outputs):
+    for index in range(6):
+        low_res = torch.from_numpy(reference_outputs[f"low_res_logits_{index}"])[None, None]
+        expected = torch.nn.functional.interpolate(low_res, (1024, 1024), mode="bilinear", align_corners=False)
+        prediction = predicted.predict(index, return_logits=True)
+        assert prediction.modality == index
+        assert np.abs(prediction.logits - expected[0, 0].numpy()).max() < 1e-4
+
+
+def test_switching_modality_or_threshold_does_not_rerun_the_network(predicted):
+    calls = []
+    handle = predicted.model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        low = predicted.predict("fundus", threshold=0.2).mask
+        high = predicted.predict("fundus", threshold=0.8).mask
+        predicted.predict("xray")
+    finally:
+        handle.remove()
+    assert calls == []
+    assert low.sum() >= high.sum() and (high <= low).all()
+
+
+def test_unknown_modality_names_the_choices():
+    with pytest.raises(UnknownNameError, match="unknown modality 'brain'.*dermoscopy, xray"):
+        resolve_modality("brain")
+    with pytest.raises(UnknownNameError, match="out of range; use 0..5"):
+        resolve_modality(6)
+
+
+def _tiny_predictor() -> Predictor:
+    torch.manual_seed(1)
+    model = build_model(TINY_CONFIG)
+    with torch.no_grad():  # a non-zero self-prompt head, so the masks are not all one class
+        model.patch_decoder[3].bias.fill_(0.1)
+    return Predictor(model, device="cpu")
+
+
+def test_out_of_order_use_is_a_runtime_error():
+    predictor = _tiny_predictor()
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.predict("xray")
+
+
+def test_predict_batch_equals_single_images_of_any_size():
+    predictor = _tiny_predictor()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 70, 3), dtype=np.uint8), rng.normal(size=(33, 33)).astype(np.float32),
+              rng.integers(0, 4000, (1, 1), dtype=np.uint16)]
+    batch = predictor.predict_batch(images, "ultrasound", batch_size=2, return_logits=True)
+    for image, result in zip(images, batch):
+        predictor.set_image(image)
+        single = predictor.predict("ultrasound", return_logits=True)
+        assert result.mask.shape == image.shape[:2]
+        np.testing.assert_allclose(result.logits, single.logits, atol=1e-5)
+        np.testing.assert_array_equal(result.mask, single.mask)
+
+
+def test_predict_batch_progress_can_cancel():
+    predictor = _tiny_predictor()
+    images = [np.zeros((8, 8), np.uint8)] * 5
+    seen = []
+
+    def progress(done, total):
+        seen.append((done, total))
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predictor.predict_batch(images, 0, batch_size=2, progress=progress)
+    assert seen == [(2, 5)]
+
+
+def test_device_and_dtype_errors_are_clear():
+    if not torch.cuda.is_available():
+        with pytest.raises(DeLightSAMError, match="no CUDA GPU"):
+            select_device("cuda")
+    with pytest.raises(DeLightSAMError, match="unknown device"):
+        select_device("tpu")
+    with pytest.raises(DeLightSAMError, match="needs a GPU"):
+        Predictor(build_model(TINY_CONFIG), device="cpu", dtype="float16")
+    assert select_device("auto").type in ("cpu", "cuda", "mps")
