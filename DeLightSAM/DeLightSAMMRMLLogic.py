@@ -108,6 +108,7 @@ class DeLightSAMMRMLLogic:
         self.predictorFactory = predictorFactory
         self.batchSize = 4
         self.editorLogic = None  # created on first write without an explicit writer
+        self.framesSnapshot: Optional[FramesSnapshot] = None  # for undoLastFrames
 
     # ------------------------------------------------------------------ predictor
     @property
@@ -221,6 +222,90 @@ class DeLightSAMMRMLLogic:
         return SliceResult(written, done, time.perf_counter() - start,
                            f"{done} of {total} slices along {'IJK'[plane.axis]}", cancelled)
 
+    # ------------------------------------------------------------------ all frames
+    def segmentAllFrames(
+        self,
+        browserNode,
+        sourceVolumeNode,
+        sliceNode,
+        segmentationNode,
+        segmentId: str,
+        modality,
+        writer: Optional[LabelmapWriter] = None,
+        *,
+        threshold: float = 0.5,
+        replace: bool = False,
+        postProcessing: Optional[PostProcessing] = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> SliceResult:
+        """The slice ``sliceNode`` shows, in every frame of a sequence; each frame's mask goes into the matching
+        item of the segmentation sequence synchronised with ``browserNode``.
+
+        ``sourceVolumeNode`` and ``segmentationNode`` are the browser's proxy nodes. Frames whose segmentation
+        item is missing get an empty copy of the current segments first, so nothing leaks between frames.
+        ``undoLastFrames()`` restores every item as it was before the run (the editor's undo only covers the
+        frame on screen). Cancelling keeps the frames already written.
+        """
+        start = time.perf_counter()
+        self._checkSegment(segmentationNode, segmentId)
+        if browserNode is None:
+            raise SegmentationError("no sequence browser: load the clip as a sequence (e.g. a 4D or cine volume)")
+        volumeSequence = browserNode.GetSequenceNode(sourceVolumeNode) if sourceVolumeNode is not None else None
+        if volumeSequence is None:
+            raise SegmentationError(
+                f"'{sourceVolumeNode.GetName() if sourceVolumeNode else 'the source volume'}' is not a frame of the "
+                f"sequence browser '{browserNode.GetName()}'; choose the browser's volume as source volume"
+            )
+        segmentationSequence = browserNode.GetSequenceNode(segmentationNode)
+        if segmentationSequence is None:
+            raise SegmentationError(
+                f"'{segmentationNode.GetName()}' is not synchronised with the sequence browser '{browserNode.GetName()}'; "
+                "add it in the Sequences module (Synchronized nodes) so that each frame has its own segmentation"
+            )
+        primary = browserNode.GetMasterSequenceNode()
+        indexValues = [primary.GetNthIndexValue(i) for i in range(primary.GetNumberOfDataNodes())]
+        self.framesSnapshot = FramesSnapshot(browserNode, segmentationSequence, segmentationNode, indexValues)
+        _fillMissingItems(segmentationSequence, segmentationNode, indexValues)
+        saveChanges = browserNode.GetSaveChanges(segmentationSequence)
+        browserNode.SetSaveChanges(segmentationSequence, True)  # the proxy's edits are stored in the frame's item
+        startItem = browserNode.GetSelectedItemNumber()
+        writer = writer or self._defaultWriter(sourceVolumeNode, segmentationNode, segmentId)
+        predictor = self.predictor
+        written = done = 0
+        cancelled = False
+        try:
+            for first in range(0, len(indexValues), self.batchSize):
+                items = list(range(first, min(first + self.batchSize, len(indexValues))))
+                views = []
+                for item in items:
+                    browserNode.SetSelectedItemNumber(item)
+                    views.append(self.viewImage(sourceVolumeNode, sliceNode))
+                results = predictor.predict_batch([image for image, _ in views], modality, threshold=threshold,
+                                                  batch_size=self.batchSize)
+                for item, (_, plane), result in zip(items, views, results):
+                    browserNode.SetSelectedItemNumber(item)
+                    mask = postProcessing(result.mask) if postProcessing else result.mask
+                    labelmaps = sliceLabelmaps(mask, plane, self._worldToSegmentation(segmentationNode))
+                    writer.apply(labelmaps, replace)
+                    written += labelmaps.voxelCount
+                done += len(items)
+                if progress is not None:
+                    progress(done, len(indexValues))
+        except SegmentationCancelled:
+            cancelled = True
+        finally:
+            browserNode.SetSelectedItemNumber(startItem)
+            browserNode.SetSaveChanges(segmentationSequence, saveChanges)
+        return SliceResult(written, done, time.perf_counter() - start, f"{done} of {len(indexValues)} frames", cancelled)
+
+    def undoLastFrames(self) -> bool:
+        """Put every frame's segmentation back as it was before the last ``segmentAllFrames``; False if none."""
+        snapshot, self.framesSnapshot = self.framesSnapshot, None
+        if snapshot is None:
+            return False
+        snapshot.restore()
+        return True
+
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _checkedVoxels(volumeNode) -> np.ndarray:
@@ -268,6 +353,62 @@ class DeLightSAMMRMLLogic:
         self.editorLogic.SetSourceVolumeNode(sourceVolumeNode)
         self.editorLogic.GetSegmentEditorNode().SetSelectedSegmentID(segmentId)
         return EditorLogicWriter(self.editorLogic, segmentationNode, segmentId)
+# ---------------------------------------------------------------------------------------------- sequences
+class FramesSnapshot:
+    """Copies of every frame's segmentation before an all-frames run, to undo the whole run at once.
+
+    Restoring goes through the proxy node, as the user's own edits do, so that the browser's proxies and
+    items never share a half-restored state; frames that had no item get an empty one.
+    """
+
+    def __init__(self, browserNode, sequenceNode, segmentationNode, indexValues: list) -> None:
+        self.browserNode = browserNode
+        self.sequenceNode = sequenceNode
+        self.segmentationNode = segmentationNode
+        self.empty = _emptyCopy(segmentationNode)
+        self.items = []
+        for value in indexValues:
+            node = sequenceNode.GetDataNodeAtValue(value, True)
+            self.items.append(_copyNode(node) if node is not None else None)
+
+    def restore(self) -> None:
+        browser, sequence = self.browserNode, self.sequenceNode
+        current, saveChanges = browser.GetSelectedItemNumber(), browser.GetSaveChanges(sequence)
+        browser.SetSaveChanges(sequence, True)
+        try:
+            for item, saved in enumerate(self.items):
+                browser.SetSelectedItemNumber(item)
+                self.segmentationNode.GetSegmentation().DeepCopy((saved or self.empty).GetSegmentation())
+        finally:
+            browser.SetSelectedItemNumber(current)
+            browser.SetSaveChanges(sequence, saveChanges)
+
+
+def _copyNode(node):
+    copy = node.CreateNodeInstance()
+    copy.Copy(node)
+    if node.IsA("vtkMRMLSegmentationNode"):
+        segmentation = slicer.vtkSegmentation()
+        segmentation.DeepCopy(node.GetSegmentation())
+        copy.SetAndObserveSegmentation(segmentation)
+    return copy
+
+
+def _fillMissingItems(sequenceNode, segmentationNode, indexValues: list) -> None:
+    """Give every frame without a segmentation item an empty copy of ``segmentationNode``'s segments."""
+    for value in indexValues:
+        if sequenceNode.GetDataNodeAtValue(value, True) is None:
+            sequenceNode.SetDataNodeAtValue(_emptyCopy(segmentationNode), value)
+
+
+def _emptyCopy(segmentationNode):
+    """The same segments (names, colours, IDs) with no voxels."""
+    empty = _copyNode(segmentationNode)
+    for segmentId in list(empty.GetSegmentation().GetSegmentIDs()):
+        empty.GetSegmentation().ClearSegment(segmentId)
+    return empty
+
+
 # ---------------------------------------------------------------------------------------------- clean-up
 def keepLargestComponent(mask: np.ndarray) -> np.ndarray:
     """The largest 4-connected foreground region of a 2D mask (empty stays empty)."""
