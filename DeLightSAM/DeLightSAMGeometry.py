@@ -20,7 +20,7 @@ from vtk.util import numpy_support
 
 import slicer
 from DeLightSAMLib.errors import DeLightSAMError
-from DeLightSAMLib.transforms import Window, apply_window, robust_window
+from DeLightSAMLib.intensity import Window, apply_window, robust_window
 
 ALIGNMENT_TOLERANCE = 1e-4  # |sin| of the angle below which a view axis counts as a volume axis
 

@@ -108,7 +108,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def _predict_volume(predictor, volume: np.ndarray, args, window):
     from tqdm import tqdm
 
-    from .transforms import robust_window
+    from .intensity import robust_window
 
     numpy_axis = 2 - args.axis  # image axes (i, j, k) are numpy axes (2, 1, 0)
     if window is None and volume.dtype != np.uint8:

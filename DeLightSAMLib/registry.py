@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .build import DEFAULT_CONFIG, ModelConfig
+from .config import DEFAULT_CONFIG, ModelConfig
 from .errors import UnknownNameError
 
 # Canonical modality names, with the words a user may also type for them.

@@ -6,79 +6,16 @@ float32 with S = ``image_size`` (1024 for the released model).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .errors import ImageError
+from .intensity import Window, to_rgb8
 
 # The released data loader's normalisation: x = (rgb - m) / m per channel. A quirk; kept exactly (MODEL.md §1).
 PIXEL_MEAN = (123.675, 116.280, 103.530)
-# Default robust window for non-8-bit data: this percentile range of the values maps to 0..255.
-DEFAULT_PERCENTILES = (0.5, 99.5)
-
-Window = tuple[float, float]  # (center, width), as in Slicer's window/level
-
-
-def robust_window(values: np.ndarray, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> Window:
-    """(center, width) spanning the given percentiles of the finite values (width >= tiny when constant)."""
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    if finite.size > 4_000_000:  # a strided sample is plenty for two percentiles of a large volume
-        finite = finite[:: finite.size // 4_000_000 + 1]
-    low, high = np.percentile(finite, percentiles)
-    return (low + high) / 2.0, float(high - low)
-
-
-def apply_window(image: np.ndarray, window: Window) -> np.ndarray:
-    """Map ``center - width/2 .. center + width/2`` linearly to 0..255, clip and round to uint8."""
-    center, width = window
-    low = center - width / 2.0
-    if width <= 0:
-        return np.where(np.asarray(image, dtype=np.float64) > center, 255, 0).astype(np.uint8)
-    scaled = (np.asarray(image, dtype=np.float32) - np.float32(low)) * np.float32(255.0 / width)
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def to_rgb8(image: np.ndarray, window: Optional[Window] = None) -> np.ndarray:
-    """Any supported 2D image -> (H, W, 3) uint8 RGB.
-
-    uint8 data is taken as it is (8-bit display values) unless ``window`` is given; any other type goes through
-    ``window`` or, by default, the robust percentile window of the image. Alpha is dropped; gray is copied to
-    three channels.
-    """
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
-        channels = image.shape[-1]
-    elif image.ndim == 2:
-        channels = 0
-    else:
-        raise ImageError(
-            f"expected a 2D image (H, W) or (H, W, 1|3|4), found an array of shape {image.shape}; "
-            "pass one slice or frame at a time"
-        )
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ImageError(f"the image is empty (shape {image.shape})")
-    if image.dtype == np.bool_:
-        image = image.astype(np.uint8) * 255
-    if not (np.issubdtype(image.dtype, np.number)):
-        raise ImageError(f"unsupported pixel type {image.dtype}; expected integer or floating-point pixels")
-    if np.iscomplexobj(image):
-        raise ImageError("complex-valued images are not supported; pass the magnitude")
-    if channels == 4:
-        image = image[..., :3]
-    elif channels == 1:
-        image = image[..., 0]
-    if image.dtype != np.uint8 or window is not None:
-        image = apply_window(image, window if window is not None else robust_window(image))
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    return np.ascontiguousarray(image)
 
 
 def normalize(rgb: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ import torch
 
 from DeLightSAMLib import checkpoint as ckpt
 from DeLightSAMLib import registry
-from DeLightSAMLib.build import TINY_CONFIG, build_model
+from DeLightSAMLib.build import build_model
+from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.errors import CheckpointError, DownloadError
 from DeLightSAMLib.registry import CheckpointEntry, UnknownNameError
 

@@ -12,7 +12,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DeLightSAMLib.build import TINY_CONFIG, build_model
+from DeLightSAMLib.build import build_model
+from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.cli import main
 
 
@@ -58,7 +59,7 @@ def test_predict_volume_slice_by_slice_keeps_geometry(capsys, tmp_path, referenc
     assert set(np.unique(mask)) <= {0, 1}
 
     from DeLightSAMLib.predictor import Predictor
-    from DeLightSAMLib.transforms import robust_window
+    from DeLightSAMLib.intensity import robust_window
 
     predictor = Predictor.from_checkpoint(str(reference_weights_path), device="cpu")
     predictor.set_image(volume[1], robust_window(volume))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import reference_file
-from DeLightSAMLib.build import DEFAULT_CONFIG, TINY_CONFIG, build_model, expected_shapes
+from DeLightSAMLib.build import build_model, expected_shapes
+from DeLightSAMLib.config import DEFAULT_CONFIG, TINY_CONFIG
 from DeLightSAMLib.modeling import binarize_patch_logits, upsample_logits
 
 TOLERANCE = 1e-4  # the reference README's bound for a float32 CPU implementation

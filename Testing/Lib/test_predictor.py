@@ -7,7 +7,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DeLightSAMLib.build import TINY_CONFIG, build_model
+from DeLightSAMLib.build import build_model
+from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.errors import DeLightSAMError, UnknownNameError
 from DeLightSAMLib.predictor import Predictor, select_device
 from DeLightSAMLib.registry import resolve_modality

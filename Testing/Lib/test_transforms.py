@@ -9,14 +9,8 @@ import torch
 
 from conftest import reference_file
 from DeLightSAMLib.errors import ImageError
-from DeLightSAMLib.transforms import (
-    PIXEL_MEAN,
-    ImageTransform,
-    apply_window,
-    robust_window,
-    threshold_logits,
-    to_rgb8,
-)
+from DeLightSAMLib.intensity import apply_window, robust_window, to_rgb8
+from DeLightSAMLib.transforms import PIXEL_MEAN, ImageTransform, threshold_logits
 
 
 def test_reference_png_becomes_the_reference_input():
