@@ -1,0 +1,3 @@
+from .SegmentEditorEffect import SegmentEditorEffect
+
+__all__ = ["SegmentEditorEffect"]
