@@ -181,8 +181,8 @@ class DeLightSAMMRMLLogic:
     ) -> SliceResult:
         """Every slice of the volume along the view's normal, in batches; one undo step for the whole run.
 
-        Slices with a single value everywhere (padding, air outside the field of view) are not sent to the
-        network. Cancelling (``SegmentationCancelled`` from ``progress``) keeps the slices already written.
+        Slices with a single value everywhere (padding, air outside the field of view) cost one network pass
+        per distinct value (the predictor reuses the result). Cancelling (``SegmentationCancelled`` from ``progress``) keeps the slices already written.
         """
         start = time.perf_counter()
         self._checkSegment(segmentationNode, segmentId)
@@ -201,15 +201,10 @@ class DeLightSAMMRMLLogic:
         try:
             for first in range(0, total, self.batchSize):
                 planes = [dataclassReplace(plane, index=i) for i in range(first, min(first + self.batchSize, total))]
-                raws = [viewImage(voxels, p) for p in planes]
-                busy = [i for i, raw in enumerate(raws) if raw.size and raw.min() != raw.max()]
-                masks = [np.zeros(p.shape, bool) for p in planes]
-                if busy:
-                    results = predictor.predict_batch([toRGB8(raws[i], window) for i in busy], modality,
-                                                      threshold=threshold, batch_size=self.batchSize)
-                    for i, result in zip(busy, results):
-                        masks[i] = postProcessing(result.mask) if postProcessing else result.mask
-                for p, mask in zip(planes, masks):
+                images = [toRGB8(viewImage(voxels, p), window) for p in planes]
+                results = predictor.predict_batch(images, modality, threshold=threshold, batch_size=self.batchSize)
+                for p, result in zip(planes, results):
+                    mask = postProcessing(result.mask) if postProcessing else result.mask
                     labelmaps = sliceLabelmaps(mask, p, worldToSegmentation)
                     if labelmaps.voxelCount or replace:
                         writer.apply(labelmaps, replace)

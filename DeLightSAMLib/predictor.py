@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -14,6 +15,7 @@ from .build import DEFAULT_CONFIG, ModelConfig
 from .checkpoint import load_model
 from .errors import DeLightSAMError
 from .modeling import DeLightSAM, binarize_patch_logits
+from .optimize import ENGINES, default_engine, prepare
 from .registry import OFFICIAL_MODALITY_MAP, modality_name, resolve_modality
 from .transforms import ImageTransform, Window, threshold_logits
 
@@ -88,10 +90,15 @@ class Predictor:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
         modality_map: Optional[dict[str, int]] = None,
+        engine: str = "auto",
     ) -> None:
         self.device = select_device(device)
         self.dtype = select_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
+        self.engine = default_engine(self.device) if engine == "auto" else engine
+        if self.engine not in ENGINES:
+            raise DeLightSAMError(f"unknown engine '{engine}'; use auto or one of {', '.join(ENGINES)}")
+        self.runner = prepare(self.model, self.engine)  # what _run calls; the model itself stays as loaded
         self.modality_map = dict(modality_map or OFFICIAL_MODALITY_MAP)
         self.transform = ImageTransform(getattr(model, "config", DEFAULT_CONFIG).image_size)
         self.reset_image()
@@ -104,15 +111,17 @@ class Predictor:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
         config: Optional[ModelConfig] = None,
+        engine: str = "auto",
     ) -> "Predictor":
         """Load a registry checkpoint (default: the official one) or a .pth path."""
         model, entry = load_model(checkpoint, config)
-        return cls(model, device=device, dtype=dtype, modality_map=entry.modality_map if entry else None)
+        return cls(model, device=device, dtype=dtype, modality_map=entry.modality_map if entry else None,
+                   engine=engine)
 
     @property
     def description(self) -> str:
-        """Device and precision, for status lines."""
-        return f"{self.device.type} {str(self.dtype).replace('torch.', '')}"
+        """Device, precision and engine, for status lines."""
+        return f"{self.device.type} {str(self.dtype).replace('torch.', '')} {self.engine}"
 
     # ------------------------------------------------------------------ single image
     def reset_image(self) -> None:
@@ -180,29 +189,46 @@ class Predictor:
     ) -> list[Prediction]:
         """Masks for many 2D images (any sizes), ``batch_size`` images per network pass.
 
-        ``progress(done, total)`` is called after each batch; raising from it stops the run.
+        Images of one value everywhere (blank slices, padding frames) go through the network once per distinct
+        value and size: their result is the same, so this is exact and cheap. The next batch is prepared on a
+        second thread while the network runs. ``progress(done, total)`` is called after each batch; raising
+        from it stops the run.
         """
         index = resolve_modality(modality, self.modality_map)
-        images = list(images)
-        results: list[Prediction] = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            net_input = torch.cat([self.transform.prepare(im, window, device=self.device) for im in chunk])
-            modality_logits, patch_logits = self._run(net_input)
-            for item, image in enumerate(chunk):
-                size = tuple(np.asarray(image).shape[:2])
-                logits = self.transform.logits_to_image(modality_logits[item : item + 1, index : index + 1], size)[0, 0]
-                results.append(
-                    Prediction(
+        images = [np.asarray(image) for image in images]
+        representative: dict[int, int] = {}  # image index -> index of the identical blank image that runs
+        seen_blank: dict[tuple, int] = {}
+        for i, image in enumerate(images):
+            key = _blank_key(image)
+            if key is not None:
+                representative[i] = seen_blank.setdefault(key, i)
+        to_run = [i for i in range(len(images)) if representative.get(i, i) == i]
+        chunks = [to_run[start : start + batch_size] for start in range(0, len(to_run), batch_size)]
+        results: dict[int, Prediction] = {}
+
+        def prepare(chunk: list[int]) -> torch.Tensor:
+            return torch.cat([self.transform.prepare(images[i], window, device=self.device) for i in chunk])
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(prepare, chunks[0]) if chunks else None
+            for number, chunk in enumerate(chunks):
+                net_input = pending.result()
+                if number + 1 < len(chunks):
+                    pending = pool.submit(prepare, chunks[number + 1])
+                modality_logits, patch_logits = self._run(net_input)
+                for item, i in enumerate(chunk):
+                    logits = self.transform.logits_to_image(
+                        modality_logits[item : item + 1, index : index + 1], images[i].shape[:2])[0, 0]
+                    results[i] = Prediction(
                         mask=threshold_logits(logits, threshold),
                         modality=index,
                         self_prompt=binarize_patch_logits(patch_logits[item, 0]).bool().numpy(),
                         logits=logits.numpy() if return_logits else None,
                     )
-                )
-            if progress is not None:
-                progress(len(results), len(images))
-        return results
+                if progress is not None:
+                    done = sum(1 for i in range(len(images)) if representative.get(i, i) in results)
+                    progress(done, len(images))
+        return [results[representative.get(i, i)] for i in range(len(images))]
 
     # ------------------------------------------------------------------ internals
     def _autocast(self):
@@ -214,9 +240,18 @@ class Predictor:
     def _run(self, net_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) -> ((B, M, h, w), (B, 1, h', w')) float32 logits on the CPU."""
         with self._autocast():
-            output = self.model(net_input)
+            output = self.runner(net_input)
         return output.modality_logits.float().cpu(), output.patch_logits.float().cpu()
 
     def modality_names(self) -> list[str]:
         return [modality_name(i, self.modality_map) for i in range(len(self.modality_map))]
 
+
+def _blank_key(image: np.ndarray) -> Optional[tuple]:
+    """A key shared by images with one value (or one colour) everywhere and the same shape; None otherwise."""
+    if image.size == 0:
+        return None
+    first = image.reshape(-1, image.shape[-1])[0] if image.ndim == 3 else image.reshape(-1)[:1]
+    if not np.all(image == first):
+        return None
+    return image.shape, image.dtype.str, tuple(first.tolist())

@@ -53,14 +53,17 @@ def test_every_modality_reads_its_own_map(predicted, reference_outputs):
 
 def test_switching_modality_or_threshold_does_not_rerun_the_network(predicted):
     calls = []
-    handle = predicted.model.register_forward_hook(lambda *args: calls.append(1))
+    handle = predicted.runner.register_forward_hook(lambda *args: calls.append(1))
     try:
         low = predicted.predict("fundus", threshold=0.2).mask
         high = predicted.predict("fundus", threshold=0.8).mask
         predicted.predict("xray")
+        assert calls == []
+        with torch.inference_mode():
+            predicted.runner(torch.zeros(1, 3, 64, 64))  # control: the hook does see network passes
     finally:
         handle.remove()
-    assert calls == []
+    assert calls == [1]
     assert low.sum() >= high.sum() and (high <= low).all()
 
 
@@ -99,9 +102,34 @@ def test_predict_batch_equals_single_images_of_any_size():
         np.testing.assert_array_equal(result.mask, single.mask)
 
 
+def test_blank_images_run_the_network_once_per_value():
+    predictor = _tiny_predictor()
+    batch_sizes = []
+    handle = predictor.runner.register_forward_hook(lambda module, args, output: batch_sizes.append(args[0].shape[0]))
+    rng = np.random.default_rng(2)
+    blank, other_blank = np.full((20, 30), -1000, np.int16), np.full((20, 30), 40, np.int16)
+    images = [blank, rng.integers(0, 255, (20, 30)).astype(np.int16), blank.copy(), other_blank, blank.copy()]
+    try:
+        results = predictor.predict_batch(images, "xray", batch_size=2, return_logits=True, window=(0, 2000))
+    finally:
+        handle.remove()
+    assert sorted(batch_sizes) == [1, 2]  # three images reach the network: the textured one and two blank values
+    np.testing.assert_array_equal(results[0].logits, results[2].logits)
+    np.testing.assert_array_equal(results[0].logits, results[4].logits)
+    predictor.set_image(blank, (0, 2000))
+    np.testing.assert_allclose(predictor.predict("xray", return_logits=True).logits, results[4].logits, atol=1e-5)
+
+
+def test_engines_are_checked():
+    with pytest.raises(DeLightSAMError, match="unknown engine 'turbo'"):
+        Predictor(build_model(TINY_CONFIG), device="cpu", engine="turbo")
+    assert Predictor(build_model(TINY_CONFIG), device="cpu").engine == "fast"
+    assert "cpu float32 fast" == Predictor(build_model(TINY_CONFIG), device="cpu").description
+
+
 def test_predict_batch_progress_can_cancel():
     predictor = _tiny_predictor()
-    images = [np.zeros((8, 8), np.uint8)] * 5
+    images = [np.random.default_rng(i).integers(0, 255, (8, 8), dtype=np.uint8) for i in range(5)]
     seen = []
 
     def progress(done, total):

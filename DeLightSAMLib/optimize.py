@@ -1,0 +1,98 @@
+"""Faster inference paths over the same network, each computing the eager model's function.
+
+- ``eager``: the model as built (the reference path every other one is measured against).
+- ``fused``: BatchNorm folded into the preceding convolutions (inference only: BN uses running statistics),
+  attention through ``F.scaled_dot_product_attention`` with the same additive bias, channels-last memory.
+- ``fast``: ``fused`` with the cache-blocked CPU encoder of :mod:`fast_encoder` (the CPU default).
+- ``compiled``: ``fused`` through ``torch.compile`` (for GPUs; on a CPU the first call compiles for minutes
+  and ran no faster than ``fast`` in the benchmark).
+
+Rejected after measurement (see benchmarks/README.md): ONNX Runtime (slower than ``fused`` here) and dynamic
+int8 quantisation of the Linear layers (masks changed on over 10% of pixels of the reference fixture).
+
+Each function returns a new module; the model passed in is left as it is (its state_dict keeps the official
+names).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from .modeling.common import Conv2dBN
+from .modeling.image_encoder import Attention as WindowAttention
+from .modeling.transformer import Attention as TokenAttention
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("eager", "fused", "fast", "compiled")
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A Conv2d with bias computing ``bn(conv(x))`` in eval mode."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every Conv2dBN (in place) by the equivalent biased Conv2d."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, Conv2dBN):
+            setattr(model, name, fold_conv_bn(child.c, child.bn))
+        else:
+            fold_batchnorm(child)
+    return model
+
+
+def set_fused_attention(model: nn.Module, enabled: bool = True) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, (WindowAttention, TokenAttention)):
+            module.fused = enabled
+    return model
+
+
+def fused_model(model: nn.Module) -> nn.Module:
+    """A copy with folded BatchNorm, fused attention and channels-last layout."""
+    fused = fold_batchnorm(copy.deepcopy(model).eval())
+    set_fused_attention(fused, True)
+    return fused.to(memory_format=torch.channels_last)
+
+
+def fast_model(model: nn.Module) -> nn.Module:
+    """``fused_model`` with the cache-blocked encoder (CPU)."""
+    from .fast_encoder import FastImageEncoder
+
+    fast = fused_model(model)
+    fast.SemiTViT = FastImageEncoder(fast.SemiTViT)
+    return fast
+
+
+def default_engine(device: torch.device) -> str:
+    """The fastest path measured for a device type: ``fast`` on CPUs, ``fused`` elsewhere."""
+    return "fast" if device.type == "cpu" else "fused"
+
+
+def compiled_model(model: nn.Module) -> nn.Module:
+    return torch.compile(fused_model(model), mode="max-autotune-no-cudagraphs", dynamic=False)
+
+
+def prepare(model: nn.Module, engine: str) -> nn.Module:
+    """The module that runs ``engine`` for ``model``."""
+    if engine == "eager":
+        return model
+    if engine == "fused":
+        return fused_model(model)
+    if engine == "fast":
+        return fast_model(model)
+    if engine == "compiled":
+        return compiled_model(model)
+    raise ValueError(f"unknown engine '{engine}'; use one of {', '.join(ENGINES)}")

@@ -1,0 +1,76 @@
+"""Every inference path gives the eager path's masks on the reference fixture (timings live in benchmarks/)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import reference_file
+from DeLightSAMLib.build import build_model
+from DeLightSAMLib.config import TINY_CONFIG
+from DeLightSAMLib.optimize import fold_batchnorm, prepare
+
+# fused/fast reassociate float32 sums (folded BatchNorm and LayerNorm affine): the same function, so the
+# reference README's float32 bound applies.
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def reference_input():
+    return torch.from_numpy(np.load(reference_file("reference_input_seed1234.npy")))[None]
+
+
+@pytest.mark.parametrize("engine", ["fused", "fast"])
+def test_engine_reproduces_reference_outputs_and_masks(engine, reference_model, reference_input, reference_outputs):
+    runner = prepare(reference_model, engine)
+    with torch.inference_mode():
+        output = runner(reference_input)
+    for modality in range(6):
+        expected = reference_outputs[f"low_res_logits_{modality}"]
+        logits = output.modality_logits[0, modality].numpy()
+        assert np.abs(logits - expected).max() < TOLERANCE
+        agree = (torch.sigmoid(torch.from_numpy(logits)) >= 0.5) == (torch.sigmoid(torch.from_numpy(expected)) >= 0.5)
+        assert agree.float().mean() >= 0.9999
+    assert np.abs(output.patch_logits[0, 0].numpy() - reference_outputs["patch_logits"]).max() < TOLERANCE
+
+
+def test_engines_leave_the_loaded_model_untouched(reference_model):
+    before = {k: v.clone() for k, v in reference_model.state_dict().items()}
+    prepare(reference_model, "fast")
+    after = reference_model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("size", [64, 96, 256])
+def test_fast_encoder_matches_eager_on_other_sizes_and_batches(size):
+    """Other input sizes exercise other paddings and band remainders."""
+    torch.manual_seed(size)
+    model = build_model(TINY_CONFIG)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+        if isinstance(module, torch.nn.LayerNorm):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    images = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        eager = model(images)
+        fast = prepare(model, "fast")(images)
+    torch.testing.assert_close(fast.image_embeddings, eager.image_embeddings, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.modality_logits, eager.modality_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_batchnorm_folding_is_exact_for_a_conv():
+    model = build_model(TINY_CONFIG)
+    conv_bn = model.SemiTViT.patch_embed.seq[0]
+    conv_bn.bn.running_mean.uniform_(-1, 1)
+    conv_bn.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.inference_mode():
+        expected = conv_bn(x)
+        folded = fold_batchnorm(torch.nn.Sequential(conv_bn))[0]
+        torch.testing.assert_close(folded(x), expected, atol=1e-5, rtol=1e-5)
+    assert isinstance(folded, torch.nn.Conv2d) and folded.bias is not None
