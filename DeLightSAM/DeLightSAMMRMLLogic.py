@@ -106,7 +106,7 @@ class DeLightSAMMRMLLogic:
     def __init__(self, predictor=None, predictorFactory: Optional[Callable[[], object]] = None) -> None:
         self._predictor = predictor
         self.predictorFactory = predictorFactory
-        self.batchSize = 4
+        self.batchSize = 4  # slices or frames per progress report (and per chance to cancel)
         self.editorLogic = None  # created on first write without an explicit writer
         self.framesSnapshot: Optional[FramesSnapshot] = None  # for undoLastFrames
 
@@ -202,7 +202,7 @@ class DeLightSAMMRMLLogic:
             for first in range(0, total, self.batchSize):
                 planes = [dataclassReplace(plane, index=i) for i in range(first, min(first + self.batchSize, total))]
                 images = [toRGB8(viewImage(voxels, p), window) for p in planes]
-                results = predictor.predict_batch(images, modality, threshold=threshold, batch_size=self.batchSize)
+                results = predictor.predict_batch(images, modality, threshold=threshold)
                 for p, result in zip(planes, results):
                     mask = postProcessing(result.mask) if postProcessing else result.mask
                     labelmaps = sliceLabelmaps(mask, p, worldToSegmentation)
@@ -275,8 +275,7 @@ class DeLightSAMMRMLLogic:
                 for item in items:
                     browserNode.SetSelectedItemNumber(item)
                     views.append(self.viewImage(sourceVolumeNode, sliceNode))
-                results = predictor.predict_batch([image for image, _ in views], modality, threshold=threshold,
-                                                  batch_size=self.batchSize)
+                results = predictor.predict_batch([image for image, _ in views], modality, threshold=threshold)
                 for item, (_, plane), result in zip(items, views, results):
                     browserNode.SetSelectedItemNumber(item)
                     mask = postProcessing(result.mask) if postProcessing else result.mask

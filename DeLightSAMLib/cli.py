@@ -15,6 +15,7 @@ import numpy as np
 
 from . import __version__
 from .errors import DeLightSAMError
+from .config import ENGINES
 from .registry import CHECKPOINTS, MODALITIES, OFFICIAL_CHECKPOINT, resolve_modality
 
 EXIT_USER_ERROR = 2
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="for volumes: image axis i=0, j=1, k=2 to slice along (default 2, the last)")
     predict.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), default=None,
                          help="intensity window for non-8-bit data (default: 0.5-99.5 percentile range)")
-    predict.add_argument("--batch-size", type=int, default=4, help="slices per network pass for volumes")
+    predict.add_argument("--batch-size", type=int, default=None, help="slices per network pass for volumes (default: 1 on CPU, 8 on GPU)")
+    predict.add_argument("--engine", default="auto", choices=["auto", *ENGINES],
+                         help="inference path (default auto: 'fast' on CPU, 'fused' on GPU)")
     predict.set_defaults(handler=run_predict)
 
     download = commands.add_parser("download", help="download a checkpoint into the cache (or --to DIR)")
@@ -84,12 +87,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if not 0.0 < args.threshold < 1.0:
         raise DeLightSAMError(f"--threshold must be between 0 and 1, got {args.threshold}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise DeLightSAMError(f"--batch-size must be at least 1, got {args.batch_size}")
     resolve_modality(args.modality)  # fail on a typo before loading anything
     loaded = read_image(args.input)
     output = Path(args.output) if args.output else default_output(loaded)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, engine=args.engine)
     window = tuple(args.window) if args.window else None
 
     if loaded.is_2d:

@@ -48,3 +48,6 @@ TINY_CONFIG = ModelConfig(
     decoder_mlp_dim=64,
     patch_hidden_dim=8,
 )
+
+# Inference paths over the same network (see optimize.py); "auto" picks per device.
+ENGINES = ("eager", "fused", "fast", "onnx", "compiled")

@@ -4,11 +4,14 @@
 - ``fused``: BatchNorm folded into the preceding convolutions (inference only: BN uses running statistics),
   attention through ``F.scaled_dot_product_attention`` with the same additive bias, channels-last memory.
 - ``fast``: ``fused`` with the cache-blocked CPU encoder of :mod:`fast_encoder` (the CPU default).
+- ``onnx``: ``fused`` exported to ONNX (once per checkpoint, cached) and run by onnxruntime on the CPU, when the
+  ``onnx`` and ``onnxruntime`` packages are installed. About as fast as ``fast`` on the benchmark machine, at the
+  cost of an export on first use and two more packages, so it is opt-in.
 - ``compiled``: ``fused`` through ``torch.compile`` (for GPUs; on a CPU the first call compiles for minutes
-  and ran no faster than ``fast`` in the benchmark).
+  and ran no faster than ``fast``).
 
-Rejected after measurement (see benchmarks/README.md): ONNX Runtime (slower than ``fused`` here) and dynamic
-int8 quantisation of the Linear layers (masks changed on over 10% of pixels of the reference fixture).
+Rejected after measurement (benchmarks/README.md): dynamic int8 quantisation of the Linear layers (the masks
+changed on 6.7% of the pixels of the benchmark images).
 
 Each function returns a new module; the model passed in is left as it is (its state_dict keeps the official
 names).
@@ -22,13 +25,14 @@ import logging
 import torch
 from torch import nn
 
+from .config import ENGINES
+from .errors import DeLightSAMError
 from .modeling.common import Conv2dBN
 from .modeling.image_encoder import Attention as WindowAttention
 from .modeling.transformer import Attention as TokenAttention
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("eager", "fused", "fast", "compiled")
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -93,6 +97,72 @@ def prepare(model: nn.Module, engine: str) -> nn.Module:
         return fused_model(model)
     if engine == "fast":
         return fast_model(model)
+    if engine == "onnx":
+        return OnnxRunner(model)
     if engine == "compiled":
         return compiled_model(model)
     raise ValueError(f"unknown engine '{engine}'; use one of {', '.join(ENGINES)}")
+
+
+class OnnxRunner:
+    """``fused`` exported to ONNX and run by onnxruntime; called like the model, returns DeLightSAMOutput
+    (without the image embedding). The export is cached per checkpoint under the checkpoint cache folder."""
+
+    def __init__(self, model: nn.Module) -> None:
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise DeLightSAMError("the 'onnx' engine needs: pip install onnx onnxruntime (or use engine 'fast')") from error
+        path = self._export(model)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _export(model: nn.Module):
+        import hashlib
+        import os
+        import tempfile
+
+        from .checkpoint import cache_dir
+
+        digest = hashlib.sha256(torch.__version__.encode())
+        for key, value in model.state_dict().items():
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        config = getattr(model, "config", None)
+        size = config.image_size if config is not None else 1024
+        folder = cache_dir() / "onnx"
+        path = folder / f"delightsam-{digest.hexdigest()[:16]}-{size}.onnx"
+        if path.is_file():
+            return path
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".onnx.part")
+        os.close(handle)
+        try:
+            sample = torch.zeros(1, 3, size, size)
+            torch.onnx.export(_Outputs(fused_model(model).cpu().float()), (sample,), temporary, input_names=["images"],
+                              output_names=["modality_logits", "patch_logits"], dynamo=False, opset_version=17,
+                              dynamic_axes={name: {0: "batch"} for name in ("images", "modality_logits", "patch_logits")})
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+        logger.info("exported %s", path)
+        return path
+
+    def __call__(self, images: torch.Tensor):
+        from .modeling import DeLightSAMOutput
+
+        modality_logits, patch_logits = self.session.run(None, {"images": images.detach().cpu().float().numpy()})
+        return DeLightSAMOutput(torch.from_numpy(modality_logits), torch.from_numpy(patch_logits), None)
+
+
+class _Outputs(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor):
+        output = self.model(images)
+        return output.modality_logits, output.patch_logits

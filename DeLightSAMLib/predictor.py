@@ -15,7 +15,8 @@ from .build import DEFAULT_CONFIG, ModelConfig
 from .checkpoint import load_model
 from .errors import DeLightSAMError
 from .modeling import DeLightSAM, binarize_patch_logits
-from .optimize import ENGINES, default_engine, prepare
+from .config import ENGINES
+from .optimize import default_engine, prepare
 from .registry import OFFICIAL_MODALITY_MAP, modality_name, resolve_modality
 from .transforms import ImageTransform, Window, threshold_logits
 
@@ -182,12 +183,13 @@ class Predictor:
         modality: str | int,
         *,
         threshold: float = 0.5,
-        batch_size: int = 8,
+        batch_size: Optional[int] = None,
         window: Optional[Window] = None,
         return_logits: bool = False,
         progress: Optional[Callable[[int, int | None], None]] = None,
     ) -> list[Prediction]:
-        """Masks for many 2D images (any sizes), ``batch_size`` images per network pass.
+        """Masks for many 2D images (any sizes), ``batch_size`` images per network pass (default: 8 on a GPU,
+        1 on a CPU, where larger batches only spill the cache-blocked encoder out of cache).
 
         Images of one value everywhere (blank slices, padding frames) go through the network once per distinct
         value and size: their result is the same, so this is exact and cheap. The next batch is prepared on a
@@ -195,6 +197,7 @@ class Predictor:
         from it stops the run.
         """
         index = resolve_modality(modality, self.modality_map)
+        batch_size = batch_size or (1 if self.device.type == "cpu" else 8)
         images = [np.asarray(image) for image in images]
         representative: dict[int, int] = {}  # image index -> index of the identical blank image that runs
         seen_blank: dict[tuple, int] = {}

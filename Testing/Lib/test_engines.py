@@ -35,6 +35,32 @@ def test_engine_reproduces_reference_outputs_and_masks(engine, reference_model, 
     assert np.abs(output.patch_logits[0, 0].numpy() - reference_outputs["patch_logits"]).max() < TOLERANCE
 
 
+def test_onnx_engine_reproduces_reference_masks_and_caches_the_export(reference_model, reference_input, reference_outputs, tmp_path):
+    pytest.importorskip("onnxruntime", reason="optional engine: pip install onnx onnxruntime")
+    runner = prepare(reference_model, "onnx")
+    exported = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(exported) == 1 and not list((tmp_path / "cache" / "onnx").glob("*.part"))
+    batch = torch.cat([reference_input, reference_input.flip(-1)])  # the export takes any batch size
+    output = runner(batch)
+    assert output.modality_logits.shape == (2, 6, 256, 256)
+    for modality in range(6):
+        expected = reference_outputs[f"low_res_logits_{modality}"]
+        assert np.abs(output.modality_logits[0, modality].numpy() - expected).max() < TOLERANCE
+    mtime = exported[0].stat().st_mtime_ns
+    prepare(reference_model, "onnx")
+    assert exported[0].stat().st_mtime_ns == mtime  # the second use reads the cached export
+
+
+def test_onnx_engine_without_onnxruntime_says_what_to_install(monkeypatch):
+    import sys
+
+    from DeLightSAMLib.errors import DeLightSAMError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(DeLightSAMError, match="pip install onnx onnxruntime"):
+        prepare(build_model(TINY_CONFIG), "onnx")
+
+
 def test_engines_leave_the_loaded_model_untouched(reference_model):
     before = {k: v.clone() for k, v in reference_model.state_dict().items()}
     prepare(reference_model, "fast")

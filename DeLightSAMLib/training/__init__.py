@@ -1,0 +1,1 @@
+"""Fine-tuning, distillation and evaluation on researchers' own data (torch; no slicer)."""

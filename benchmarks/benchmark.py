@@ -1,0 +1,233 @@
+"""Time every inference path on the same inputs in one process and compare it with the plain eager path.
+
+    python benchmarks/benchmark.py [--checkpoint PATH] [--repeats 5] [--onnx] [--int8] [--compile]
+
+Prints a table (median, min, max seconds; ratio to eager; largest logit difference; mask agreement; peak
+memory) and writes it to benchmarks/results/latest.md and .json. Timings are medians of wall-clock seconds;
+the ratio is against the eager float32 path measured in the same run, on the same machine. No test asserts a
+time: the tests check that every path gives the eager path's masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from DeLightSAMLib.checkpoint import load_model  # noqa: E402
+from DeLightSAMLib.optimize import prepare  # noqa: E402
+from DeLightSAMLib.predictor import Predictor  # noqa: E402
+from DeLightSAMLib.transforms import ImageTransform  # noqa: E402
+
+REFERENCE = REPO.parent / "shared" / "reference"
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def synthetic_images(seed: int = 0) -> dict[str, np.ndarray]:
+    """Images that look like the modalities (shapes, intensities, noise), made here so nothing is downloaded."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:450, 0:600]
+    blob = ((rows - 230) / 140) ** 2 + ((cols - 310) / 190) ** 2 + 0.15 * np.sin(cols / 17) < 1
+    skin = np.stack([np.full(blob.shape, 220.0), np.full(blob.shape, 170.0), np.full(blob.shape, 150.0)], -1)
+    skin[blob] = (120, 70, 55)
+    dermoscopy = np.clip(skin + rng.normal(0, 8, skin.shape), 0, 255).astype(np.uint8)
+    rows, cols = np.mgrid[0:512, 0:512]
+    lungs = (((rows - 260) / 170) ** 2 + ((cols - 160) / 80) ** 2 < 1) | (((rows - 260) / 170) ** 2 + ((cols - 352) / 80) ** 2 < 1)
+    xray = (2600 + 600 * rows / 512 - 1500 * lungs + rng.normal(0, 60, lungs.shape)).astype(np.uint16)
+    rows, cols = np.mgrid[0:400, 0:500]
+    cyst = ((rows - 200) / 60) ** 2 + ((cols - 250) / 90) ** 2 < 1
+    ultrasound = np.clip(rng.rayleigh(60, cyst.shape) * np.where(cyst, 0.2, 1.0), 0, 255).astype(np.uint8)
+    return {"dermoscopy-like 600x450 RGB": dermoscopy, "x-ray-like 512x512 uint16": xray,
+            "ultrasound-like 500x400": ultrasound}
+
+
+def reference_image() -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(REFERENCE / "reference_image_seed1234.png")))
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def timed(function, repeats: int) -> list[float]:
+    function()  # warm-up (and, for compiled paths, compilation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name()}"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- benchmark
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=str(REFERENCE / "reference_weights_seed1234.pth"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--onnx", action="store_true", help="also time the onnxruntime engine (needs onnx, onnxruntime)")
+    parser.add_argument("--int8", action="store_true", help="also time dynamic int8 quantisation")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes on a CPU)")
+    parser.add_argument("--volume-slices", type=int, default=16)
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "latest"))
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = load_model(args.checkpoint)
+    model = model.to(device)
+    transform = ImageTransform()
+    images = {"reference 1024x1024 RGB": reference_image(), **synthetic_images()}
+    inputs = {name: transform.prepare(image, device=device) for name, image in images.items()}
+    reference_input = inputs["reference 1024x1024 RGB"]
+
+    paths = [("eager", "float32", lambda m: m), ("fused", "float32", lambda m: prepare(m, "fused"))]
+    if device.type == "cpu":
+        paths.append(("fast", "float32", lambda m: prepare(m, "fast")))
+    else:
+        paths += [("fused", "bfloat16", lambda m: prepare(m, "fused")), ("fused", "float16", lambda m: prepare(m, "fused"))]
+    if args.compile:
+        paths.append(("compiled", "bfloat16" if device.type == "cuda" else "float32", lambda m: prepare(m, "compiled")))
+    if args.int8 and device.type == "cpu":
+        from torch.ao.quantization import quantize_dynamic
+
+        paths.append(("int8-dynamic", "int8", lambda m: quantize_dynamic(prepare(m, "fused"), {torch.nn.Linear}, dtype=torch.qint8)))
+    if args.onnx and device.type == "cpu":
+        paths.append(("onnx", "float32", lambda m: prepare(m, "onnx")))
+
+    def logits_of(runner, net_input, dtype):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype in ("bfloat16", "float16")):
+            output = runner(net_input)
+        return (output if isinstance(output, torch.Tensor) else output.modality_logits).float().cpu()
+
+    rows, eager_logits, eager_median = [], {}, None
+    for name, dtype, build in paths:
+        runner = build(model)
+        reset_peak_rss()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = timed(lambda: logits_of(runner, reference_input, dtype), args.repeats)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
+        largest, agree, total = 0.0, 0, 0
+        for image_name, net_input in inputs.items():
+            low_res = logits_of(runner, net_input, dtype)
+            if name == "eager":
+                eager_logits[image_name] = low_res
+            size = images[image_name].shape[:2]
+            mine = transform.logits_to_image(low_res, size)
+            base = transform.logits_to_image(eager_logits[image_name], size)
+            largest = max(largest, float((low_res - eager_logits[image_name]).abs().max()))
+            agree += int(((torch.sigmoid(mine) >= 0.5) == (torch.sigmoid(base) >= 0.5)).sum())
+            total += mine.numel()
+        median = statistics.median(times)
+        eager_median = eager_median or median
+        rows.append({"path": name, "dtype": dtype, "device": device.type, "batch": 1, "median_s": median,
+                     "min_s": min(times), "max_s": max(times), "ratio": median / eager_median,
+                     "max_logit_diff": largest, "mask_agreement": agree / total, "peak_memory_mb": peak})
+        print(f"{name:>12} {dtype:>8}: {median:.3f} s median, ratio {median / eager_median:.2f}, "
+              f"|dlogit| {largest:.1e}, masks {100 * agree / total:.4f}%", flush=True)
+        runner = None  # free it before the next path is built
+
+    extra = interaction_timings(model, device, images["reference 1024x1024 RGB"], args)
+    report = render(rows, extra, machine(), args)
+    print(report)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output + ".md").write_text(report)
+    Path(args.output + ".json").write_text(json.dumps({"machine": machine(), "rows": rows, **extra}, indent=2))
+    return 0
+
+
+def interaction_timings(model, device, image, args) -> dict:
+    """What a user waits for: switching modality or threshold on a predicted slice, and a whole volume."""
+    predictor = Predictor(model, device=device)
+    predictor.set_image(image)
+    switch = []
+    for modality in range(6):
+        start = time.perf_counter()
+        predictor.predict(modality)
+        switch.append(time.perf_counter() - start)
+    threshold = timed(lambda: predictor.predict(0, threshold=0.3), args.repeats)
+
+    rng = np.random.default_rng(1)
+    slices = []
+    for index in range(args.volume_slices):
+        if index % 4 == 0:  # a quarter of the slices are padding, as at the ends of a CT scan
+            slices.append(np.full((512, 512), -1024, np.int16))
+        else:
+            rows, cols = np.mgrid[0:512, 0:512]
+            body = ((rows - 256) / 200) ** 2 + ((cols - 256) / 230) ** 2 < 1
+            slices.append(np.where(body, rng.normal(40, 30, body.shape), -1000).astype(np.int16))
+    window = (40.0, 400.0)
+    start = time.perf_counter()
+    predictor.predict_batch(slices, "xray", batch_size=4, window=window)
+    batched = time.perf_counter() - start
+    eager = Predictor(model, device=device, engine="eager")
+    start = time.perf_counter()
+    for image_slice in slices:
+        eager.set_image(image_slice, window)
+        eager.predict("xray")
+    one_by_one = time.perf_counter() - start
+    return {"modality_switch_ms": 1000 * statistics.median(switch), "threshold_change_ms": 1000 * statistics.median(threshold),
+            "volume_slices": len(slices), "volume_default_slices_per_s": len(slices) / batched,
+            "volume_eager_slices_per_s": len(slices) / one_by_one, "default_engine": predictor.engine}
+
+
+def render(rows, extra, machine_text, args) -> str:
+    lines = [f"Machine: {machine_text}. {args.repeats} timed runs after one warm-up, one 1024² image per run.", "",
+             "| path | dtype | device | batch | median s | min s | max s | ratio to eager | max abs logit diff | mask agreement | peak memory MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['path']} | {r['dtype']} | {r['device']} | {r['batch']} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
+                     f"{r['max_s']:.3f} | {r['ratio']:.2f} | {r['max_logit_diff']:.1e} | {100 * r['mask_agreement']:.4f}% | "
+                     f"{r['peak_memory_mb']:.0f} |")
+    lines += ["", f"Default engine: {extra['default_engine']}. Changing modality on a predicted 1024² slice: "
+              f"{extra['modality_switch_ms']:.1f} ms (median, first time per modality); changing the threshold: "
+              f"{extra['threshold_change_ms']:.1f} ms.",
+              f"Volume of {extra['volume_slices']} slices of 512² (a quarter blank): {extra['volume_default_slices_per_s']:.2f} "
+              f"slices/s batched with the default engine, {extra['volume_eager_slices_per_s']:.2f} slices/s eager one by one.",
+              "Mask agreement: thresholded masks at each image's size, all six modalities, reference image and three "
+              "synthetic ones, against the eager path. Peak memory: process peak RSS on the CPU, peak allocated on a GPU."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
