@@ -83,7 +83,7 @@ class Attention(nn.Module):
     scalar bias ``med_attention_biases``.
     """
 
-    def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
+    def __init__(self, dim: int, num_heads: int, window_size: int, modality_token: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.key_dim = dim // num_heads
@@ -92,8 +92,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window_size * window_size))
-        self.med_attention_biases = nn.Parameter(torch.zeros(1))
-        self.deep_QKV_embeddings_med = nn.Parameter(torch.zeros(num_heads, 1, self.key_dim))
+        # The De-LightSAM modality token; absent in plain TinyViT (MobileSAM, used as a distillation teacher).
+        self.med_attention_biases = nn.Parameter(torch.zeros(1)) if modality_token else None
+        self.deep_QKV_embeddings_med = nn.Parameter(torch.zeros(num_heads, 1, self.key_dim)) if modality_token else None
         # Geometry, not a parameter: safe to keep; non-persistent so the checkpoint keys stay the official ones.
         self.register_buffer("attention_bias_idxs", relative_position_index(window_size), persistent=False)
         self.fused = False  # use F.scaled_dot_product_attention (same function, see set_fused_attention)
@@ -101,6 +102,8 @@ class Attention(nn.Module):
     def attention_bias(self) -> torch.Tensor:
         """(heads, N, N + 1) additive logit bias, rebuilt from the parameters at every call (never stale)."""
         spatial = self.attention_biases[:, self.attention_bias_idxs]
+        if self.med_attention_biases is None:
+            return spatial
         modality = self.med_attention_biases.expand(self.num_heads, spatial.shape[1], 1)
         return torch.cat([spatial, modality], dim=-1)
 
@@ -108,9 +111,10 @@ class Attention(nn.Module):
         batch, tokens, _ = x.shape
         qkv = self.qkv(self.norm(x)).view(batch, tokens, self.num_heads, 3 * self.key_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=-1)
-        extra = self.deep_QKV_embeddings_med.to(k.dtype).expand(batch, -1, -1, -1)
-        k = torch.cat([k, extra], dim=2)
-        v = torch.cat([v, extra], dim=2)
+        if self.deep_QKV_embeddings_med is not None:
+            extra = self.deep_QKV_embeddings_med.to(k.dtype).expand(batch, -1, -1, -1)
+            k = torch.cat([k, extra], dim=2)
+            v = torch.cat([v, extra], dim=2)
         bias = self.attention_bias().to(q.dtype)
         if self.fused:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
@@ -126,13 +130,13 @@ class TinyViTBlock(nn.Module):
     Tokens in and out as (B, H, W, C).
     """
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float, adapters: bool = True) -> None:
         super().__init__()
         self.window_size = window_size
-        self.attn = Attention(dim, num_heads, window_size)
+        self.attn = Attention(dim, num_heads, window_size, modality_token=adapters)
         self.mlp = NormMLP(dim, int(dim * mlp_ratio))
         self.local_conv = Conv2dBN(dim, dim, 3, 1, 1, groups=dim)
-        self.med_dah = NormMLP(dim, int(dim * mlp_ratio))
+        self.med_dah = NormMLP(dim, int(dim * mlp_ratio)) if adapters else None
 
     def window_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention on non-overlapping windows; zero padding (bottom/right) takes part as keys and values."""
@@ -151,6 +155,8 @@ class TinyViTBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.window_attention(x)
         x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        if self.med_dah is None:
+            return x + self.mlp(x)
         return x + self.mlp(x) + self.med_dah(x)
 
 
@@ -180,9 +186,10 @@ class TransformerStage(nn.Module):
         mlp_ratio: float,
         out_dim: int | None,
         stride: int,
+        adapters: bool = True,
     ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(TinyViTBlock(dim, num_heads, window_size, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(TinyViTBlock(dim, num_heads, window_size, mlp_ratio, adapters) for _ in range(depth))
         self.downsample = PatchMerging(dim, out_dim, stride) if out_dim is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,7 +203,8 @@ class TransformerStage(nn.Module):
 class ImageEncoder(nn.Module):
     """TinyViT-5M + adapters + SAM neck: (B, 3, S, S) normalised image -> (B, out_chans, S/16, S/16) embedding.
 
-    ``norm_head`` and ``head`` (an ImageNet classifier) exist only because the checkpoints store them.
+    ``norm_head`` and ``head`` (an ImageNet classifier) exist only because the checkpoints store them. With
+    ``modality_adapters=False`` it is MobileSAM's plain TinyViT encoder.
     """
 
     def __init__(
@@ -212,6 +220,7 @@ class ImageEncoder(nn.Module):
         downsample_strides: Sequence[int] = (2, 2, 1),
         out_chans: int = 256,
         num_classes: int = 1000,
+        modality_adapters: bool = True,
     ) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(in_channels, embed_dims[0])
@@ -229,6 +238,7 @@ class ImageEncoder(nn.Module):
                     mlp_ratio,
                     out_dim=None if last else embed_dims[i + 1],
                     stride=1 if last else downsample_strides[i],
+                    adapters=modality_adapters,
                 )
             )
         self.layers = nn.ModuleList(stages)

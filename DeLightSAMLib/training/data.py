@@ -56,11 +56,7 @@ class FolderDataset(torch.utils.data.Dataset):
         for folder in (images, masks):
             if not folder.is_dir():
                 raise DataError(f"{folder} does not exist; a dataset folder holds image_1024/ and mask_1024/")
-        split_path = Path(split_file) if split_file else self._find_split_file()
-        try:
-            splits = json.loads(split_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise DataError(f"cannot read the split file {split_path} ({error})") from error
+        split_path, splits = self.read_splits(self.root, split_file)
         if split not in splits:
             raise DataError(f"{split_path} has no '{split}' list (it has: {', '.join(splits)})")
         self.items = []
@@ -71,11 +67,20 @@ class FolderDataset(torch.utils.data.Dataset):
         if not self.items:
             raise DataError(f"the '{split}' list of {split_path} is empty")
 
-    def _find_split_file(self) -> Path:
-        candidates = sorted(self.root.glob("*.json"))
-        if len(candidates) != 1:
-            raise DataError(f"give the split file with --split-file: {self.root} has {len(candidates)} .json files")
-        return candidates[0]
+    @staticmethod
+    def read_splits(root: Path, split_file: Optional[str | Path]) -> tuple[Path, dict]:
+        """The split file (given, or the one .json in ``root``) and its contents."""
+        if split_file:
+            path = Path(split_file)
+        else:
+            candidates = sorted(Path(root).glob("*.json"))
+            if len(candidates) != 1:
+                raise DataError(f"give the split file with --split-file: {root} has {len(candidates)} .json files")
+            path = candidates[0]
+        try:
+            return path, json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise DataError(f"cannot read the split file {path} ({error})") from error
 
     @staticmethod
     def _match(folder: Path, name: str, required_for: Optional[Path] = None) -> Path:
@@ -165,7 +170,39 @@ def to_tensors(batch, transform: ImageTransform, patch_grid: int):
     (B, 1, g, g): 1 where any mask pixel falls in the patch, names)."""
     images = torch.cat([transform.prepare(image) for image, _, _ in batch])
     size = transform.image_size
-    masks = torch.stack([torch.from_numpy(mask.astype(np.float32))[None] for _, mask, _ in batch])
-    masks = (F.interpolate(masks, size=(size, size), mode="bilinear", align_corners=False) >= 0.5).float()
+    masks = torch.cat([
+        F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=(size, size), mode="bilinear",
+                      align_corners=False) >= 0.5
+        for _, mask, _ in batch]).float()
     patches = F.adaptive_max_pool2d(masks, patch_grid)
     return images, masks, patches, [name for _, _, name in batch]
+
+
+def open_dataset(root: str | Path, split: str, modality: str, split_file: Optional[str | Path] = None,
+                 axis: int = 2, label: Optional[int] = None, optional: bool = False):
+    """A FolderDataset (``image_1024``/``mask_1024``) or VolumeSliceDataset (``images``/``labels``) for ``split``.
+
+    For volumes the split file (optional) lists volume names per split; without one every volume is used.
+    With ``optional``, a split the split file does not list (e.g. no 'valid') gives None instead of an error.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    if (root / "image_1024").is_dir():
+        if optional and split not in FolderDataset.read_splits(root, split_file)[1]:
+            return None
+        return FolderDataset(root, split, modality, split_file)
+    if (root / "images").is_dir():
+        names = None
+        if split_file:
+            try:
+                splits = json.loads(Path(split_file).read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                raise DataError(f"cannot read the split file {split_file} ({error})") from error
+            if split not in splits:
+                if optional:
+                    return None
+                raise DataError(f"{split_file} has no '{split}' list (it has: {', '.join(splits)})")
+            names = [_stem(Path(name)) for name in splits[split]]
+        return VolumeSliceDataset(root, modality, axis=axis, label=label, names=names)
+    raise DataError(f"{root} holds neither image_1024/ + mask_1024/ (2D images) nor images/ + labels/ (volumes)")

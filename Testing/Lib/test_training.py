@@ -1,0 +1,239 @@
+"""Fine-tuning, distillation and evaluation on tiny synthetic data made here (no GPU, nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from DeLightSAMLib.build import build_model
+from DeLightSAMLib.checkpoint import load_model
+from DeLightSAMLib.cli import main
+from DeLightSAMLib.config import TINY_CONFIG
+from DeLightSAMLib.errors import CheckpointError
+from DeLightSAMLib.modeling import ImageEncoder
+from DeLightSAMLib.training import engine
+from DeLightSAMLib.training.data import DataError, check_not_all_empty, open_dataset
+from DeLightSAMLib.training.metrics import hausdorff95, score, summarize
+from DeLightSAMLib.training.teachers import Teacher, ViTImageEncoder, load_teacher
+
+CPU = torch.device("cpu")
+
+
+def make_folder_dataset(root: Path, count: int = 24, seed: int = 0) -> Path:
+    """Bright disks on dark noise, 64-128 px, in the paper's layout with a split file."""
+    (root / "image_1024").mkdir(parents=True)
+    (root / "mask_1024").mkdir()
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(count):
+        size = int(rng.integers(64, 129))
+        rows, cols = np.mgrid[0:size, 0:size]
+        cy, cx = rng.uniform(0.3 * size, 0.7 * size, 2)
+        mask = (rows - cy) ** 2 + (cols - cx) ** 2 < rng.uniform(0.12 * size, 0.25 * size) ** 2
+        image = np.clip(40 + 160 * mask + rng.normal(0, 20, mask.shape), 0, 255).astype(np.uint8)
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(root / "image_1024" / f"case{i}.png"))
+        sitk.WriteImage(sitk.GetImageFromArray(mask.astype(np.uint8) * 255), str(root / "mask_1024" / f"case{i}.png"))
+        names.append(f"case{i}.png")
+    third = count // 6
+    splits = {"train": names[: count - 2 * third], "valid": names[count - 2 * third : count - third], "test": names[count - third :]}
+    (root / "split.json").write_text(json.dumps(splits))
+    return root
+
+
+@pytest.fixture(scope="module")
+def disks(tmp_path_factory):
+    return make_folder_dataset(tmp_path_factory.mktemp("disks"))
+
+
+def test_fine_tuning_learns_and_saves_a_strictly_loadable_checkpoint(disks, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(TINY_CONFIG)
+    train_set, valid_set, test_set = (open_dataset(disks, split, "xray") for split in ("train", "valid", "test"))
+    before = engine.evaluate(model, test_set, 1, CPU)["summary"]["dice"]["mean"]
+    settings = engine.TrainSettings(modality=1, epochs=40, batch_size=4, learning_rate=1e-3, out_dir=str(tmp_path / "run"))
+    result = engine.train(model, train_set, valid_set, settings, CPU)
+    losses = [entry["loss"] for entry in result["history"]]
+    assert losses[-1] < 0.6 * losses[0]
+    reloaded, _ = load_model(tmp_path / "run" / "best.pth", TINY_CONFIG)  # official keys, strict
+    after = engine.evaluate(reloaded, test_set, 1, CPU)["summary"]["dice"]["mean"]
+    assert after > before + 0.2, (before, after)
+    assert (tmp_path / "run" / "train.log").read_text().count('"epoch"') == 40
+
+
+def test_only_the_chosen_groups_train_and_resume_continues(disks, tmp_path):
+    torch.manual_seed(1)
+    model = build_model(TINY_CONFIG)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    train_set = open_dataset(disks, "train", "xray")
+    settings = engine.TrainSettings(modality=1, epochs=1, batch_size=8, learning_rate=1e-3, trainable=["queries"],
+                                    out_dir=str(tmp_path / "run"))
+    engine.train(model, train_set, None, settings, CPU)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
+    assert changed == {"mask_query.weight"}
+    settings.epochs, settings.resume = 2, True
+    result = engine.train(model, train_set, None, settings, CPU)
+    assert [entry["epoch"] for entry in result["history"]] == [1, 2]
+
+
+def test_metrics_equal_hand_computed_values():
+    prediction = np.zeros((10, 10), bool)
+    reference = np.zeros((10, 10), bool)
+    prediction[2:4, 2:4] = True  # 4 pixels
+    reference[2:4, 2:5] = True  # 6 pixels, 4 shared
+    scores = score(prediction, reference)
+    assert scores.dice == pytest.approx(2 * 4 / (4 + 6))
+    assert scores.iou == pytest.approx(4 / 6)
+    assert scores.precision == 1.0 and scores.recall == pytest.approx(4 / 6)
+    shifted = np.zeros((10, 10), bool)
+    shifted[2:4, 5:7] = True  # the 2x2 square moved 3 columns right
+    assert hausdorff95(prediction, shifted) == pytest.approx(3.0)
+    assert hausdorff95(prediction, shifted, spacing=(1.0, 0.5)) == pytest.approx(1.5)
+
+
+def test_empty_mask_conventions():
+    empty, full = np.zeros((4, 4), bool), np.ones((4, 4), bool)
+    both = score(empty, empty)
+    assert (both.dice, both.iou, both.precision, both.recall, both.hd95) == (1.0, 1.0, 1.0, 1.0, 0.0)
+    missed = score(empty, full)
+    assert (missed.dice, missed.iou, missed.precision, missed.recall) == (0.0, 0.0, 0.0, 0.0) and math.isnan(missed.hd95)
+    summary = summarize([both, missed])
+    assert summary["hd95"] == {"mean": 0.0, "std": 0.0, "median": 0.0, "undefined": 1}
+    assert summary["dice"]["mean"] == 0.5
+
+
+def test_evaluate_writes_per_image_csv_summary_and_overlays(disks, tmp_path):
+    result = engine.evaluate(build_model(TINY_CONFIG), open_dataset(disks, "test", "xray"), 1, CPU, tmp_path, overlays=True)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "image,dice,iou,hd95,precision,recall,seconds" and len(lines) == 1 + len(result["rows"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["images"] == len(result["rows"]) and summary["images_per_second"] > 0
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == len(result["rows"])
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing-mask", "the mask for .*case3.png is missing"),
+    ("size", "masks must match their images"),
+    ("non-binary", "is not a binary mask"),
+    ("no-split", "has no 'train' list"),
+])
+def test_bad_data_is_refused_naming_the_file(tmp_path, problem, message):
+    root = make_folder_dataset(tmp_path / "data", count=6)
+    if problem == "missing-mask":
+        (root / "mask_1024" / "case3.png").unlink()
+    elif problem == "size":
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((10, 12), np.uint8)), str(root / "mask_1024" / "case0.png"))
+    elif problem == "non-binary":
+        sitk.WriteImage(sitk.GetImageFromArray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 7), str(root / "mask_1024" / "case0.png"))
+    elif problem == "no-split":
+        (root / "split.json").write_text(json.dumps({"test": ["case0.png"]}))
+    with pytest.raises(DataError, match=message):
+        dataset = open_dataset(root, "train", "xray")
+        [dataset[i] for i in range(len(dataset))]
+
+
+def test_all_empty_masks_and_cli_errors_are_one_line(tmp_path, capsys):
+    root = make_folder_dataset(tmp_path / "data", count=6)
+    for path in (root / "mask_1024").iterdir():
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros(sitk.ReadImage(str(path)).GetSize()[::-1], np.uint8)), str(path))
+    with pytest.raises(DataError, match="every mask .* is empty"):
+        check_not_all_empty(open_dataset(root, "train", "xray"))
+    (root / "mask_1024" / "case1.png").unlink()
+    code = main(["evaluate", "--data", str(root), "--modality", "xray", "--split", "train", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "case1.png is missing" in err
+
+
+def _write_volume(path: Path, array: np.ndarray) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.8, 0.8, 2.0))
+    sitk.WriteImage(image, str(path))
+
+
+def test_volume_datasets_give_foreground_and_as_many_background_slices(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    volume = np.random.default_rng(0).normal(0, 100, (10, 32, 40)).astype(np.int16)
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[3:6, 10:20, 10:20] = 2  # three slices with foreground along k
+    _write_volume(tmp_path / "images" / "ct1.nii.gz", volume)
+    _write_volume(tmp_path / "labels" / "ct1.nii.gz", labels)
+    dataset = open_dataset(tmp_path, "train", "xray")
+    assert len(dataset) == 6
+    foreground = [dataset[i][1].any() for i in range(len(dataset))]
+    assert sum(foreground) == 3 and dataset[0][0].shape == (32, 40, 3) and dataset[0][0].dtype == np.uint8
+    assert len(open_dataset(tmp_path, "train", "xray", label=2)) == 6
+    assert len(open_dataset(tmp_path, "train", "xray", label=1)) == 0  # no voxel has label 1
+    _write_volume(tmp_path / "labels" / "ct1.nii.gz", labels[:, :16])
+    with pytest.raises(DataError, match="has size"):
+        open_dataset(tmp_path, "train", "xray")
+    (tmp_path / "labels" / "ct1.nii.gz").unlink()
+    with pytest.raises(DataError, match="label map for .*ct1.nii.gz is missing"):
+        open_dataset(tmp_path, "train", "xray")
+
+
+def _tiny_vit_teacher() -> Teacher:
+    """A SAM-ViT teacher shrunk to the tiny student's embedding (32 x 16 x 16 at 256²)."""
+    return Teacher(lambda: ViTImageEncoder(image_size=256, embed_dim=32, depth=2, num_heads=2, global_blocks=(1,),
+                                           window_size=4, out_chans=TINY_CONFIG.prompt_embed_dim))
+
+
+def test_distillation_lowers_the_embedding_error_training_only_the_adapters(disks, tmp_path):
+    torch.manual_seed(3)
+    published = {f"image_encoder.{k}": v for k, v in _tiny_vit_teacher().build().state_dict().items()}
+    published["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.zeros(2, 128)  # SAM keeps these too
+    torch.save(published, tmp_path / "sam_tiny.pth")
+    teacher = load_teacher("sam_vit_tiny", str(tmp_path / "sam_tiny.pth"), _tiny_vit_teacher())
+    model = build_model(TINY_CONFIG)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = engine.TrainSettings(modality=0, epochs=6, batch_size=4, learning_rate=3e-3, out_dir=str(tmp_path / "distill"))
+    result = engine.distill(model, teacher, open_dataset(disks, "train", "xray"), settings, CPU)
+    mse = [entry["mse"] for entry in result["history"]]
+    assert mse[-1] < mse[0]
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
+    assert changed and all("med" in k for k in changed)
+    reloaded, _ = load_model(result["checkpoint"], TINY_CONFIG)
+    assert torch.equal(reloaded.state_dict()["mask_query.weight"], model.state_dict()["mask_query.weight"])
+
+
+def test_mobilesam_teacher_loads_its_published_keys_and_refuses_others(tmp_path):
+    plain = ImageEncoder(modality_adapters=False)
+    keys = plain.state_dict()
+    assert not any("med" in k for k in keys)
+    published = {f"image_encoder.{k}": v for k, v in keys.items()}
+    published["image_encoder.layers.1.blocks.0.attn.attention_bias_idxs"] = torch.zeros(49, 49, dtype=torch.long)
+    torch.save(published, tmp_path / "mobile_sam.pt")
+    teacher = load_teacher("mobilesam", str(tmp_path / "mobile_sam.pt"))
+    assert not any(p.requires_grad for p in teacher.parameters())
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768)}, tmp_path / "vit.pth")
+    with pytest.raises(CheckpointError, match="is not a 'mobilesam' checkpoint"):
+        load_teacher("mobilesam", str(tmp_path / "vit.pth"))
+
+
+def test_two_processes_with_torchrun(disks, tmp_path):
+    """DistributedDataParallel through PyTorch's launcher (gloo on the CPU): both ranks train, rank 0 saves."""
+    script = tmp_path / "ddp.py"
+    script.write_text(f"""
+import torch
+from DeLightSAMLib.build import build_model
+from DeLightSAMLib.config import TINY_CONFIG
+from DeLightSAMLib.training import engine
+from DeLightSAMLib.training.data import open_dataset
+torch.manual_seed(0)
+model = build_model(TINY_CONFIG)
+settings = engine.TrainSettings(modality=1, epochs=2, batch_size=2, out_dir={str(tmp_path / 'ddp')!r})
+result = engine.train(model, open_dataset({str(disks)!r}, "train", "xray"), None, settings, torch.device("cpu"))
+print("RANK_DONE", len(result["history"]))
+""")
+    completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.count("RANK_DONE") == 2
+    load_model(tmp_path / "ddp" / "best.pth", TINY_CONFIG)
