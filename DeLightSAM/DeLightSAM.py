@@ -4,6 +4,7 @@ The segmentation itself happens in the Segment Editor (effect "De-LightSAM", mod
 all MRML work is in DeLightSAMMRMLLogic, which is tested outside Slicer. This file is glue.
 """
 
+import contextlib
 import logging
 import traceback
 
@@ -286,27 +287,20 @@ class DeLightSAMLogic(ScriptedLoadableModuleLogic):
         return self._mrmlLogic
 
 
-class userErrorDisplay:
-    """Show a user's mistake as a one-line message box and anything else with details, like Slicer's
-    tryWithErrorDisplay; the exception does not propagate."""
-
-    def __init__(self, message):
-        self.message = message
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, excType, exc, tb):
-        if exc is None:
-            return False
+@contextlib.contextmanager
+def userErrorDisplay(message):
+    """Like slicer.util.tryWithErrorDisplay, but a user's mistake (DeLightSAMError) shows as a plain message
+    without details; anything else shows with its traceback. The exception does not propagate."""
+    try:
+        yield
+    except Exception as error:
         while qt.QApplication.overrideCursor():
             qt.QApplication.restoreOverrideCursor()
-        if isinstance(exc, DeLightSAMError):
-            slicer.util.errorDisplay(f"{self.message}\n\n{exc}")
+        if isinstance(error, DeLightSAMError):
+            slicer.util.errorDisplay(f"{message}\n\n{error}")
         else:
-            logging.exception(self.message)
-            slicer.util.errorDisplay(f"{self.message}\n\n{exc}", detailedText="".join(traceback.format_exception(excType, exc, tb)))
-        return True
+            logging.exception(message)
+            slicer.util.errorDisplay(f"{message}\n\n{error}", detailedText=traceback.format_exc())
 
 
 #

@@ -182,7 +182,8 @@ class DeLightSAMMRMLLogic:
         """Every slice of the volume along the view's normal, in batches; one undo step for the whole run.
 
         Slices with a single value everywhere (padding, air outside the field of view) cost one network pass
-        per distinct value (the predictor reuses the result). Cancelling (``SegmentationCancelled`` from ``progress``) keeps the slices already written.
+        per distinct value (the predictor reuses the result). Cancelling (``SegmentationCancelled`` from
+        ``progress``) keeps the slices already written.
         """
         start = time.perf_counter()
         self._checkSegment(segmentationNode, segmentId)
@@ -206,8 +207,7 @@ class DeLightSAMMRMLLogic:
                 for p, result in zip(planes, results):
                     mask = postProcessing(result.mask) if postProcessing else result.mask
                     labelmaps = sliceLabelmaps(mask, p, worldToSegmentation)
-                    if labelmaps.voxelCount or replace:
-                        writer.apply(labelmaps, replace)
+                    writer.apply(labelmaps, replace)
                     written += labelmaps.voxelCount
                 done += len(planes)
                 if progress is not None:

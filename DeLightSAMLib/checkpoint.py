@@ -21,7 +21,8 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from .build import DEFAULT_CONFIG, ModelConfig, build_model, expected_shapes
+from .build import build_model, expected_shapes
+from .config import DEFAULT_CONFIG, ModelConfig
 from .errors import CheckpointError, DownloadError
 from .modeling import DeLightSAM
 from .registry import OFFICIAL_CHECKPOINT, CheckpointEntry, get_checkpoint_entry

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from .build import DEFAULT_CONFIG, ModelConfig
+from .config import DEFAULT_CONFIG, ModelConfig
 from .checkpoint import load_model
 from .errors import DeLightSAMError
 from .modeling import DeLightSAM, binarize_patch_logits
