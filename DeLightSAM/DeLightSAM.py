@@ -320,9 +320,9 @@ class DeLightSAMTest(ScriptedLoadableModuleTest):
         self.test_effect_writes_the_shown_slice_and_undoes()
 
     def test_effect_writes_the_shown_slice_and_undoes(self):
-        import numpy as np
+        import types
 
-        from DeLightSAMLib.predictor import Prediction
+        import numpy as np
 
         class QuadrantPredictor:
             description = "test stand-in"
@@ -333,7 +333,7 @@ class DeLightSAMTest(ScriptedLoadableModuleTest):
             def predict(self, modality, threshold=0.5, **kwargs):
                 rows, cols = np.mgrid[0:self.shape[0], 0:self.shape[1]]
                 mask = (rows < self.shape[0] / 2) & (cols < self.shape[1] / 2)
-                return Prediction(mask=mask, modality=0, self_prompt=np.zeros((32, 32), bool))
+                return types.SimpleNamespace(mask=mask)  # all the MRML logic reads of a prediction
 
         voxels = (np.arange(4 * 10 * 12) % 255).reshape(4, 10, 12).astype(np.int16)
         volume = slicer.util.addVolumeFromArray(voxels, ijkToRAS=np.diag([-0.8, -0.6, 2.0, 1.0]), name="DeLightSAMTest")

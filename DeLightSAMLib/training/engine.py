@@ -245,8 +245,9 @@ def evaluate(model_or_predictor, dataset, modality: int, device: torch.device, o
     from ..predictor import Predictor
 
     predictor = model_or_predictor if isinstance(model_or_predictor, Predictor) else Predictor(model_or_predictor, device=device)
+    run_log = _file_logger(Path(out_dir), "evaluate") if out_dir is not None else logger
     rows, names, seconds = [], [], []
-    for index in range(len(dataset)):
+    for index in tqdm(range(len(dataset)), desc="evaluate", leave=False, disable=len(dataset) < 2):
         image, reference, name = dataset[index]
         start = time.perf_counter()
         predictor.set_image(image)
@@ -254,6 +255,7 @@ def evaluate(model_or_predictor, dataset, modality: int, device: torch.device, o
         seconds.append(time.perf_counter() - start)
         rows.append(score(mask, reference))
         names.append(name)
+        run_log.info("%s %s", name, json.dumps(asdict(rows[-1])))
         if overlays and out_dir is not None:
             _write_overlay(image, mask, reference, Path(out_dir) / "overlays" / f"{Path(name).stem}.png")
     summary = summarize(rows)
