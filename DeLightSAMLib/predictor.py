@@ -11,11 +11,10 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import DEFAULT_CONFIG, ModelConfig
 from .checkpoint import load_model
+from .config import DEFAULT_CONFIG, ENGINES, ModelConfig
 from .errors import DeLightSAMError
 from .modeling import DeLightSAM, binarize_patch_logits
-from .config import ENGINES
 from .optimize import default_engine, prepare
 from .registry import OFFICIAL_MODALITY_MAP, modality_name, resolve_modality
 from .transforms import ImageTransform, Window, threshold_logits
