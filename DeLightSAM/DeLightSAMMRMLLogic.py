@@ -192,28 +192,18 @@ class DeLightSAMMRMLLogic:
             raise SegmentationError("no slice view selected; choose the view that gives the slicing direction")
         plane = slicePlane(sourceVolumeNode, sliceNode, anyOffset=True)
         window = displayWindow(sourceVolumeNode, voxels)
-        worldToSegmentation = self._worldToSegmentation(segmentationNode)
+        self.predictor  # load the model (asking to install or download) before anything in the scene changes
         writer = writer or self._defaultWriter(sourceVolumeNode, segmentationNode, segmentId)
-        predictor = self.predictor
         total = plane.volumeDimensions[plane.axis]
+
+        def viewAt(index):
+            slicePlaneAtIndex = dataclassReplace(plane, index=index)
+            return toRGB8(viewImage(voxels, slicePlaneAtIndex), window), slicePlaneAtIndex
+
         writer.saveStateForUndo()
-        written = done = 0
-        cancelled = False
-        try:
-            for first in range(0, total, self.batchSize):
-                planes = [dataclassReplace(plane, index=i) for i in range(first, min(first + self.batchSize, total))]
-                images = [toRGB8(viewImage(voxels, p), window) for p in planes]
-                results = predictor.predict_batch(images, modality, threshold=threshold)
-                for p, result in zip(planes, results):
-                    mask = postProcessing(result.mask) if postProcessing else result.mask
-                    labelmaps = sliceLabelmaps(mask, p, worldToSegmentation)
-                    writer.apply(labelmaps, replace)
-                    written += labelmaps.voxelCount
-                done += len(planes)
-                if progress is not None:
-                    progress(done, total)
-        except SegmentationCancelled:
-            cancelled = True
+        written, done, cancelled = self._segmentInBatches(
+            total, viewAt, None, writer, self._worldToSegmentation(segmentationNode), modality,
+            threshold=threshold, replace=replace, postProcessing=postProcessing, progress=progress)
         return SliceResult(written, done, time.perf_counter() - start,
                            f"{done} of {total} slices along {'IJK'[plane.axis]}", cancelled)
 
@@ -257,6 +247,7 @@ class DeLightSAMMRMLLogic:
                 f"'{segmentationNode.GetName()}' is not synchronised with the sequence browser '{browserNode.GetName()}'; "
                 "add it in the Sequences module (Synchronized nodes) so that each frame has its own segmentation"
             )
+        self.predictor  # load the model (asking to install or download) before anything in the scene changes
         primary = browserNode.GetMasterSequenceNode()
         indexValues = [primary.GetNthIndexValue(i) for i in range(primary.GetNumberOfDataNodes())]
         self.framesSnapshot = FramesSnapshot(browserNode, segmentationSequence, segmentationNode, indexValues)
@@ -265,32 +256,46 @@ class DeLightSAMMRMLLogic:
         browserNode.SetSaveChanges(segmentationSequence, True)  # the proxy's edits are stored in the frame's item
         startItem = browserNode.GetSelectedItemNumber()
         writer = writer or self._defaultWriter(sourceVolumeNode, segmentationNode, segmentId)
-        predictor = self.predictor
-        written = done = 0
-        cancelled = False
+
+        def viewAt(item):
+            browserNode.SetSelectedItemNumber(item)
+            return self.viewImage(sourceVolumeNode, sliceNode)
+
         try:
-            for first in range(0, len(indexValues), self.batchSize):
-                items = list(range(first, min(first + self.batchSize, len(indexValues))))
-                views = []
-                for item in items:
-                    browserNode.SetSelectedItemNumber(item)
-                    views.append(self.viewImage(sourceVolumeNode, sliceNode))
-                results = predictor.predict_batch([image for image, _ in views], modality, threshold=threshold)
-                for item, (_, plane), result in zip(items, views, results):
-                    browserNode.SetSelectedItemNumber(item)
-                    mask = postProcessing(result.mask) if postProcessing else result.mask
-                    labelmaps = sliceLabelmaps(mask, plane, self._worldToSegmentation(segmentationNode))
-                    writer.apply(labelmaps, replace)
-                    written += labelmaps.voxelCount
-                done += len(items)
-                if progress is not None:
-                    progress(done, len(indexValues))
-        except SegmentationCancelled:
-            cancelled = True
+            written, done, cancelled = self._segmentInBatches(
+                len(indexValues), viewAt, browserNode.SetSelectedItemNumber, writer,
+                self._worldToSegmentation(segmentationNode), modality,
+                threshold=threshold, replace=replace, postProcessing=postProcessing, progress=progress)
         finally:
             browserNode.SetSelectedItemNumber(startItem)
             browserNode.SetSaveChanges(segmentationSequence, saveChanges)
         return SliceResult(written, done, time.perf_counter() - start, f"{done} of {len(indexValues)} frames", cancelled)
+
+    def _segmentInBatches(self, count, viewAt, beforeWrite, writer, worldToSegmentation, modality, *,
+                          threshold, replace, postProcessing, progress) -> tuple[int, int, bool]:
+        """The loop the batch runs share: views ``viewAt(i)`` (image, plane) ``batchSize`` at a time, predicted
+        together, each written (after ``beforeWrite(i)``), progress reported per batch.
+        Returns (voxels written, items done, cancelled)."""
+        predictor = self.predictor
+        written = done = 0
+        try:
+            for first in range(0, count, self.batchSize):
+                items = range(first, min(first + self.batchSize, count))
+                views = [viewAt(item) for item in items]
+                results = predictor.predict_batch([image for image, _ in views], modality, threshold=threshold)
+                for item, (_, plane), result in zip(items, views, results):
+                    if beforeWrite is not None:
+                        beforeWrite(item)
+                    mask = postProcessing(result.mask) if postProcessing else result.mask
+                    labelmaps = sliceLabelmaps(mask, plane, worldToSegmentation)
+                    writer.apply(labelmaps, replace)
+                    written += labelmaps.voxelCount
+                done += len(items)
+                if progress is not None:
+                    progress(done, count)
+        except SegmentationCancelled:
+            return written, done, True
+        return written, done, False
 
     def undoLastFrames(self) -> bool:
         """Put every frame's segmentation back as it was before the last ``segmentAllFrames``; False if none."""
