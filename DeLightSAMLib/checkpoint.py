@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
+from .atomic import atomic_file
 from .build import build_model, expected_shapes
 from .config import DEFAULT_CONFIG, ModelConfig
 from .errors import CheckpointError, DownloadError
@@ -181,7 +181,7 @@ def download_checkpoint(
     """Fetch a checkpoint, verify it, and move it into ``destination`` (default: the cache folder).
 
     ``source`` is a registry name or entry, an http(s) URL, ``gdrive:<file id>``, or a local path. The file is
-    written to ``<destination>/<name>.part`` and renamed only after verification, so a failed, cancelled,
+    written to a ``.part`` file beside the target and renamed only after verification, so a failed, cancelled,
     truncated or HTML download never stays behind. Returns the final path.
     """
     if isinstance(source, str) and not _is_location(source):
@@ -202,24 +202,20 @@ def download_checkpoint(
 
     failures = []
     for url in urls:
-        handle = tempfile.NamedTemporaryFile(dir=folder, prefix=filename + ".", suffix=".part", delete=False)
-        part = Path(handle.name)
         try:
-            with handle:
-                digest = _fetch(url, handle, progress)
-            if sha256 and digest.lower() != sha256.lower():
-                raise DownloadError(f"{url}: SHA-256 is {digest}, expected {sha256}; the file is corrupt or was replaced upstream")
-            try:
-                check_state_dict(read_state_dict(part), config, source=f"the file downloaded from {url}")
-            except CheckpointError as error:
-                raise DownloadError(str(error)) from error
-            os.replace(part, target)
+            with atomic_file(target) as part:
+                with open(part, "wb") as handle:
+                    digest = _fetch(url, handle, progress)
+                if sha256 and digest.lower() != sha256.lower():
+                    raise DownloadError(f"{url}: SHA-256 is {digest}, expected {sha256}; the file is corrupt or was replaced upstream")
+                try:
+                    check_state_dict(read_state_dict(part), config, source=f"the file downloaded from {url}")
+                except CheckpointError as error:
+                    raise DownloadError(str(error)) from error
             logger.info("checkpoint saved to %s", target)
             return target
         except DownloadError as error:
             failures.append(str(error))
-        finally:
-            part.unlink(missing_ok=True)
     raise DownloadError("; ".join(failures) if len(failures) > 1 else failures[0])
 
 

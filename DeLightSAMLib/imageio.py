@@ -8,7 +8,6 @@ half-written file.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_file
 from .errors import ImageError
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -112,16 +112,10 @@ def _atomic_write(write, target: Path) -> None:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise ImageError(f"output folder does not exist: {folder}")
-    suffix = full_suffix(target) or ".tmp"
-    handle, name = tempfile.mkstemp(dir=folder, prefix="." + target.name + ".", suffix=suffix)
-    os.close(handle)
-    tmp = Path(name)
     try:
-        write(tmp)
-        os.replace(tmp, target)
+        with atomic_file(target, suffix=full_suffix(target)) as temporary:  # the suffix picks the file format
+            write(temporary)
     except RuntimeError as error:
         raise ImageError(f"cannot write {target} ({str(error).strip().splitlines()[-1][:160]})") from error
     except OSError as error:
         raise ImageError(f"cannot write {target} ({error.strerror})") from error
-    finally:
-        tmp.unlink(missing_ok=True)

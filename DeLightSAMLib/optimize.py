@@ -121,9 +121,8 @@ class OnnxRunner:
     @staticmethod
     def _export(model: nn.Module):
         import hashlib
-        import os
-        import tempfile
 
+        from .atomic import atomic_file
         from .checkpoint import cache_dir
 
         digest = hashlib.sha256(torch.__version__.encode())
@@ -137,17 +136,11 @@ class OnnxRunner:
         if path.is_file():
             return path
         folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".onnx.part")
-        os.close(handle)
-        try:
+        with atomic_file(path) as temporary:
             sample = torch.zeros(1, 3, size, size)
-            torch.onnx.export(_Outputs(fused_model(model).cpu().float()), (sample,), temporary, input_names=["images"],
+            torch.onnx.export(_Outputs(fused_model(model).cpu().float()), (sample,), str(temporary), input_names=["images"],
                               output_names=["modality_logits", "patch_logits"], dynamo=False, opset_version=17,
                               dynamic_axes={name: {0: "batch"} for name in ("images", "modality_logits", "patch_logits")})
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
         logger.info("exported %s", path)
         return path
 

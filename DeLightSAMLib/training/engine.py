@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from ..atomic import atomic_file
 from ..errors import DeLightSAMError
 from ..modeling import DeLightSAM
 from ..transforms import ImageTransform
@@ -118,9 +119,8 @@ def _file_logger(out_dir: Path, name: str) -> logging.Logger:
 def save_official(model: torch.nn.Module, path: Path) -> None:
     """The model's state_dict in the released checkpoint format (plain dict, official keys), atomically."""
     inner = model.module if hasattr(model, "module") else model
-    tmp = path.with_suffix(path.suffix + ".part")
-    torch.save({k: v.detach().cpu() for k, v in inner.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as temporary:
+        torch.save({k: v.detach().cpu() for k, v in inner.state_dict().items()}, temporary)
 
 
 def _loader(dataset, settings: TrainSettings, transform: ImageTransform, grid: int, shuffle: bool, world: int, rank: int):
@@ -184,11 +184,10 @@ def train(model: DeLightSAM, train_set, valid_set, settings: TrainSettings, devi
                 save_official(model, best_path)
             history.append(entry)
             run_log.info(json.dumps(entry))
-            tmp = last_path.with_suffix(".pth.part")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                        "history": json.dumps(history), "settings": json.dumps(asdict(settings))}, tmp)
-            os.replace(tmp, last_path)
+            with atomic_file(last_path) as temporary:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
+                            "history": json.dumps(history), "settings": json.dumps(asdict(settings))}, temporary)
     return {"history": history, "best_valid_dice": best, "best_checkpoint": str(best_path)}
 
 

@@ -121,6 +121,15 @@ def test_cancelling_from_the_progress_callback_leaves_nothing(server, tmp_path):
 def test_local_file_is_copied_and_checked(tmp_path, reference_weights_path):
     path = ckpt.download_checkpoint(str(reference_weights_path), tmp_path / "out")
     assert path.read_bytes() == reference_weights_path.read_bytes()
+    assert path.stat().st_mode & 0o044 == 0o044 & ~_umask()  # readable like any new file, not 0600
+
+
+def _umask() -> int:
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def test_existing_file_is_kept_when_a_new_download_fails(server, tmp_path):

@@ -37,6 +37,9 @@ def test_predict_png_writes_mask_and_logits_matching_reference(capsys, tmp_path,
     np.testing.assert_array_equal(mask == 255, torch.sigmoid(torch.from_numpy(logits)).numpy() >= 0.5)  # float32, as released
     assert str(output) in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logits.npy", "mask.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output.stat().st_mode & 0o777 == 0o666 & ~umask  # not the 0600 of a temporary file
 
 
 def test_predict_volume_slice_by_slice_keeps_geometry(capsys, tmp_path, reference_weights_path):
