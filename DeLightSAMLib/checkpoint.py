@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import shutil
 import sys
 import urllib.error
@@ -92,7 +93,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         )
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and EOF errors all mean the same thing to the user
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise CheckpointError(
+                f"{path} stores Python objects besides tensors (training arguments, for example), which are not "
+                "loaded for safety; if you trust the file, re-save only its weights: "
+                "torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')"
+            ) from error
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({_first_line(error)}); it may be truncated or corrupt: "
+            "download it again"
+        ) from error
+    except Exception as error:  # zip and EOF errors mean the same thing to the user
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {_first_line(error)}); "
             "it may be truncated or corrupt: download it again"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import hashlib
 import http.server
@@ -186,9 +187,9 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 
 def test_pickled_objects_are_not_executed(tmp_path):
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": build_model(TINY_CONFIG).state_dict(), "obj": object()}, path)
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    path = tmp_path / "with_objects.pth"
+    torch.save({"state_dict": build_model(TINY_CONFIG).state_dict(), "args": argparse.Namespace(lr=1e-4)}, path)
+    with pytest.raises(CheckpointError, match="stores Python objects besides tensors.*re-save only its weights"):
         ckpt.read_state_dict(path)
 
 

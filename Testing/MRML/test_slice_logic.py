@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import QuadrantPredictor, matrix, slicer, toArray
+from conftest import QuadrantPredictor, matrix, slicer, toArray, vtk
+from vtk.util import numpy_support
 
 from DeLightSAMGeometry import SegmentationError, slicePlane, viewImage, voxelArray
 from DeLightSAMMRMLLogic import DeLightSAMMRMLLogic, PostProcessing, SegmentationCancelled, fillHoles, keepLargestComponent
@@ -342,3 +343,39 @@ def test_post_processing_keeps_the_largest_region_and_fills_holes():
     both = PostProcessing(keepLargestComponent=True, fillHoles=True)(mask)
     assert both.sum() == 25
     assert not keepLargestComponent(np.zeros((3, 3), bool)).any()
+
+
+@pytest.mark.parametrize("segmentationTransformed", [True, False])
+def test_volume_under_a_linear_transform(mrml, segmentationTransformed):
+    """The view shows the transformed volume: the slice and the written voxels follow the transform."""
+    volume, _ = _volume(mrml, "flipped-anisotropic")
+    segmentation, (target, _) = mrml.segmentation(volume)
+    transform = mrml.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    rotation = np.eye(4)
+    rotation[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]  # 90 degrees about S
+    rotation[:3, 3] = [5, -7, 3]
+    transform.SetMatrixTransformToParent(matrix(rotation))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    if segmentationTransformed:
+        segmentation.SetAndObserveTransformNodeID(transform.GetID())
+    sliceNode = mrml.sliceNode("Red", "Axial")
+    worldIJKToRAS = rotation @ GEOMETRIES["flipped-anisotropic"]
+    _center_on_voxel(sliceNode, worldIJKToRAS, (4, 4, 3))
+    DeLightSAMMRMLLogic(QuadrantPredictor()).segmentSlice(volume, sliceNode, segmentation, target, "xray")
+    expected, _ = _expected_quadrant(worldIJKToRAS, sliceNode, (4, 4, 3))
+    if segmentationTransformed:  # same grid as the volume: voxel for voxel
+        np.testing.assert_array_equal(mrml.segmentArray(segmentation, target, volume), expected)
+    else:  # the segment lives in world space: its voxels are where the transformed slice is
+        ijk = np.argwhere(expected)[:, ::-1]
+        world = (worldIJKToRAS @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
+        labelmap = slicer.vtkOrientedImageData()
+        assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation, target, labelmap, False)
+        imageToWorld = vtk.vtkMatrix4x4()
+        labelmap.GetImageToWorldMatrix(imageToWorld)
+        inSegment = np.rint((np.linalg.inv(toArray(imageToWorld)) @ np.c_[world, np.ones(len(world))].T)[:3].T).astype(int)
+        values = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(
+            tuple(np.array(labelmap.GetExtent()[1::2]) - labelmap.GetExtent()[0::2] + 1)[::-1])
+        low = np.array(labelmap.GetExtent()[0::2])
+        assert values.sum() == len(ijk)
+        assert all(values[tuple((p - low)[::-1])] for p in inSegment)
+
