@@ -194,8 +194,14 @@ class DeLightSAMLogic(ScriptedLoadableModuleLogic):
         text = f"Checkpoint: {path}"
         if self._predictor is not None:
             text += f" — loaded on {self._predictor.description}"
-            if self._predictor.device.type == "cpu":
-                text += " (no GPU: expect a few seconds per slice)"
+        from DeLightSAMLib.predictor import select_device
+
+        try:
+            device = self._predictor.device if self._predictor is not None else select_device(self.device)
+        except DeLightSAMError as error:
+            return f"{text}\nDevice: {error}"
+        if device.type == "cpu":
+            text += "\nRunning on the CPU (no GPU selected or found): expect a few seconds per slice."
         return text
 
     # ------------------------------------------------------------------ dependencies
