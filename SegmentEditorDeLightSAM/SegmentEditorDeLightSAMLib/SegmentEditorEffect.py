@@ -88,6 +88,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             buttons.addWidget(button)
         self.scriptedEffect.addOptionsWidget(buttons)
 
+        self.undoFramesButton = qt.QPushButton("Undo all frames")
+        self.undoFramesButton.toolTip = ("Put every frame's segmentation back as it was before the last 'All frames' "
+                                         "run (Ctrl+Z only covers the frame on screen)")
+        self.undoFramesButton.enabled = False
+        self.scriptedEffect.addOptionsWidget(self.undoFramesButton)
+
         self.statusLabel = qt.QLabel()
         self.statusLabel.wordWrap = True
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
@@ -100,6 +106,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.applyButton.connect("clicked()", self.onApply)
         self.allSlicesButton.connect("clicked()", self.onApplyAllSlices)
         self.allFramesButton.connect("clicked()", self.onApplyAllFrames)
+        self.undoFramesButton.connect("clicked()", self.onUndoAllFrames)
 
     def createCursor(self, widget):
         return slicer.util.mainWindow().cursor  # no painting: keep the normal cursor
@@ -152,6 +159,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         browser = self._sequenceBrowser()
         self._run(lambda logic, args, options: logic.segmentAllFrames(browser, *args, progress=self._progress("frames"), **options))
 
+    def onUndoAllFrames(self):
+        from DeLightSAM import DeLightSAMLogic
+
+        DeLightSAMLogic.shared().mrmlLogic().undoLastFrames()
+        self.undoFramesButton.enabled = False
+        self.statusLabel.text = "All-frames run undone."
+
     def _run(self, action):
         from DeLightSAM import DeLightSAMLogic, userErrorDisplay
         from DeLightSAMMRMLLogic import PostProcessing
@@ -175,6 +189,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 result = action(mrmlLogic, args, options)
             finally:
                 qt.QApplication.restoreOverrideCursor()
+            self.undoFramesButton.enabled = mrmlLogic.framesSnapshot is not None
             state = "cancelled after" if result.cancelled else "done:"
             self.statusLabel.text = (
                 f"{state} {result.description}, {result.voxelCount} voxels, {result.seconds:.1f} s "
