@@ -110,6 +110,7 @@ def main() -> int:
     parser.add_argument("--int8", action="store_true", help="also time dynamic int8 quantisation")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes on a CPU)")
     parser.add_argument("--volume-slices", type=int, default=16)
+    parser.add_argument("--batches", default="8,32", help="GPU only: batch sizes for the throughput table")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "latest"))
     args = parser.parse_args()
 
@@ -177,13 +178,30 @@ def main() -> int:
               f"{median / eager_median:.2f}, |dlogit| {largest:.1e}, masks {100 * agree / total:.4f}%", flush=True)
         runner = None  # free it before the next path is built
 
+    throughput = gpu_throughput(model, paths[1:], reference_input, args, logits_of) if device.type == "cuda" else []
     extra = interaction_timings(model, device, images["reference 1024x1024 RGB"], args)
+    extra["throughput"] = throughput
     report = render(rows, extra, machine(), args)
     print(report)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output + ".md").write_text(report)
     Path(args.output + ".json").write_text(json.dumps({"machine": machine(), "rows": rows, **extra}, indent=2))
     return 0
+
+
+def gpu_throughput(model, paths, reference_input, args, logits_of) -> list[dict]:
+    """Images per second at larger batches (GPU only): the reference input repeated."""
+    rows = []
+    for name, dtype, build in paths:
+        runner = build(model)
+        for batch in (int(b) for b in args.batches.split(",")):
+            batch_input = reference_input.expand(batch, -1, -1, -1).contiguous()
+            times = timed(lambda: logits_of(runner, batch_input, dtype), args.repeats)
+            median = statistics.median(times)
+            rows.append({"path": name, "dtype": dtype, "batch": batch, "median_s": median,
+                         "images_per_s": batch / median, "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20})
+        runner = None
+    return rows
 
 
 def interaction_timings(model, device, image, args) -> dict:
@@ -237,6 +255,10 @@ def render(rows, extra, machine_text, args) -> str:
               f"slices/s batched with the default engine, {extra['volume_eager_slices_per_s']:.2f} slices/s eager one by one.",
               "Mask agreement: thresholded masks at each image's size, all six modalities, reference image and three "
               "synthetic ones, against the eager path. Peak memory: process peak RSS on the CPU, peak allocated on a GPU."]
+    if extra["throughput"]:
+        lines += ["", "| path | dtype | batch | median s per batch | images/s | peak memory MB |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['path']} | {r['dtype']} | {r['batch']} | {r['median_s']:.4f} | {r['images_per_s']:.0f} | "
+                  f"{r['peak_memory_mb']:.0f} |" for r in extra["throughput"]]
     return "\n".join(lines) + "\n"
 
 
