@@ -16,7 +16,7 @@ from .config import DEFAULT_CONFIG, ENGINES, ModelConfig
 from .errors import DeLightSAMError
 from .modeling import DeLightSAM, binarize_patch_logits
 from .optimize import default_engine, prepare
-from .registry import OFFICIAL_MODALITY_MAP, modality_name, resolve_modality
+from .registry import OFFICIAL_MODALITY_MAP, resolve_modality
 from .transforms import ImageTransform, Window, threshold_logits
 
 logger = logging.getLogger(__name__)
@@ -244,9 +244,6 @@ class Predictor:
         with self._autocast():
             output = self.runner(net_input)
         return output.modality_logits.float().cpu(), output.patch_logits.float().cpu()
-
-    def modality_names(self) -> list[str]:
-        return [modality_name(i, self.modality_map) for i in range(len(self.modality_map))]
 
 
 def _blank_key(image: np.ndarray) -> Optional[tuple]:

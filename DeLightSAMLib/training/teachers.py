@@ -157,8 +157,3 @@ def load_teacher(name: str, checkpoint: str, teacher: Teacher | None = None) -> 
         parameter.requires_grad_(False)
     return encoder.eval()
 
-
-def embedding_shape(module: nn.Module, image_size: int) -> tuple:
-    with torch.no_grad():
-        return tuple(module(torch.zeros(1, 3, image_size, image_size)).shape[1:])
-
