@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,6 @@ class ModelConfig:
     def embedding_size(self) -> int:
         """Side of the (C, n, n) image embedding: 64 for 1024² input."""
         return self.image_size // self.encoder_stride
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 DEFAULT_CONFIG = ModelConfig()

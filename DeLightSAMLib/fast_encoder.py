@@ -26,10 +26,6 @@ MBCONV_BAND_ROWS = 8
 TOKENS_PER_BAND = 256
 
 
-def _conv(conv: nn.Conv2d):
-    return conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
-
-
 class FastMBConv(nn.Module):
     """(B, H, W, C) tokens in and out; the 1x1 convolutions run as Linear layers on channels-last bands."""
 

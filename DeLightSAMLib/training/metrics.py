@@ -9,7 +9,7 @@ an empty reference likewise. HD95 is in pixels unless a spacing is given.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,9 +22,6 @@ class Scores:
     hd95: float
     precision: float
     recall: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _ratio(numerator: int, denominator: int, both_empty: bool) -> float:
