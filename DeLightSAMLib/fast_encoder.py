@@ -5,6 +5,9 @@ On a CPU the encoder is bound by memory bandwidth, not arithmetic: the 4x-expand
 stage runs in horizontal bands small enough to stay in cache:
 
 - MBConv: 1x1 expand, depthwise 3x3 and 1x1 project per band of rows, with a one-row halo for the 3x3.
+- Patch embedding and PatchMerging: both convolutions per band of output rows, computing only the rows of
+  the first one that the second reads (the full-size intermediates are 32-64 MB each at 1024², large enough
+  that the allocator hands them back to the system and every run pays for fresh pages).
 - TinyViT block: attention per band of windows (one window row at a time), the LayerNorm affine folded into
   ``qkv`` so padded tokens need no work (a zero token normalises to 0, so its q/k/v are the folded bias), and
   ``proj`` applied after cropping the padding. ``mlp`` and ``med_dah`` read the same normalised input, so they
@@ -23,11 +26,18 @@ from torch.nn import functional as F
 from .modeling.image_encoder import ConvStage, ImageEncoder, MBConv, PatchMerging, TinyViTBlock, TransformerStage
 
 MBCONV_BAND_ROWS = 8
-TOKENS_PER_BAND = 256
+TOKENS_PER_BAND = 1024
+PATCH_EMBED_BAND_PIXELS = 4096
+MERGE_BAND_TOKENS = 1024
+ATTENTION_LOGITS_BYTES = 2 << 20
 
 
 class FastMBConv(nn.Module):
-    """(B, H, W, C) tokens in and out; the 1x1 convolutions run as Linear layers on channels-last bands."""
+    """(B, H, W, C) tokens in and out; the 1x1 convolutions run as Linear layers on channels-last bands.
+
+    The expanded (4C) activations live only in a buffer of band + 2 rows: the depthwise 3x3 reads one row above
+    and one below each band, and the two rows the next band needs are carried over rather than recomputed.
+    """
 
     def __init__(self, block: MBConv) -> None:
         super().__init__()
@@ -36,20 +46,108 @@ class FastMBConv(nn.Module):
         self.depthwise = block.conv2  # folded Conv2d
         self.register_buffer("project_weight", block.conv3.weight.detach().flatten(1))
         self.register_buffer("project_bias", block.conv3.bias.detach())
+        assert self.depthwise.kernel_size == (3, 3) and self.depthwise.padding == (1, 1) and self.depthwise.stride == (1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height = x.shape[1]
+        batch, height, width, _ = x.shape
+        band = max(2, MBCONV_BAND_ROWS)
+        # buffer row i holds expanded image row (top - 1 + i); rows outside the image are the conv's zero padding
+        buffer = x.new_empty(batch, band + 2, width, self.expand_weight.shape[0])
         out = torch.empty_like(x)
-        for top in range(0, height, MBCONV_BAND_ROWS):
-            bottom = min(top + MBCONV_BAND_ROWS, height)
-            first, last = max(top - 1, 0), min(bottom + 1, height)
-            hidden = _gelu_(F.linear(x[:, first:last], self.expand_weight, self.expand_bias)).permute(0, 3, 1, 2)
-            # Zero padding is right at the image border; inside, the halo rows' outputs are dropped.
-            hidden = F.conv2d(hidden, self.depthwise.weight, self.depthwise.bias, padding=1, groups=self.depthwise.groups)
-            hidden = _gelu_(hidden[:, :, top - first : top - first + bottom - top])
-            projected = F.linear(hidden.permute(0, 2, 3, 1), self.project_weight, self.project_bias)
+        for top in range(0, height, band):
+            bottom = min(top + band, height)
+            if top == 0:
+                buffer[:, 0].zero_()
+                computed_from = 0
+            else:
+                buffer[:, :2] = buffer[:, band : band + 2]  # rows top - 1 and top, from the band above
+                computed_from = top + 1
+            computed_to = min(bottom + 1, height)
+            start = computed_from - (top - 1)
+            rows = buffer[:, start : start + computed_to - computed_from]
+            _linear_into(rows, x[:, computed_from:computed_to], self.expand_weight, self.expand_bias)
+            _gelu_(rows)
+            if bottom == height:  # the row below the image
+                buffer[:, bottom - (top - 1)].zero_()
+            hidden = buffer[:, : bottom - top + 2].permute(0, 3, 1, 2)
+            hidden = F.conv2d(hidden, self.depthwise.weight, self.depthwise.bias, padding=(0, 1), groups=self.depthwise.groups)
+            hidden = _gelu_(hidden).permute(0, 2, 3, 1)
+            projected = F.linear(hidden, self.project_weight, self.project_bias)
             projected += x[:, top:bottom]
             out[:, top:bottom] = _gelu_(projected)
+        return out
+
+
+def _linear_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """``out[...] = F.linear(x, weight, bias)`` written in place (no temporary) where the memory allows."""
+    if out.is_contiguous() and x.is_contiguous():
+        torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight.t(), out=out.view(-1, out.shape[-1]))
+    else:
+        out.copy_(F.linear(x, weight, bias))
+
+
+def _conv_rows(conv: nn.Conv2d, rows_of_input, top: int, bottom: int, height: int) -> torch.Tensor:
+    """Rows [top, bottom) of ``conv`` applied to an (B, C, height, W) input of which ``rows_of_input(first, last)``
+    returns rows [first, last); the conv's zero padding above and below is added here, left and right by conv2d."""
+    stride, padding, kernel = conv.stride[0], conv.padding[0], conv.kernel_size[0]
+    first, last = top * stride - padding, (bottom - 1) * stride - padding + kernel
+    rows = rows_of_input(max(first, 0), min(last, height))
+    if first < 0 or last > height:
+        rows = F.pad(rows, (0, 0, max(-first, 0), max(last - height, 0)))
+    return F.conv2d(rows, conv.weight, conv.bias, conv.stride, (0, conv.padding[1]), conv.dilation, conv.groups)
+
+
+def _conv_size(conv: nn.Conv2d, size: int, axis: int) -> int:
+    return (size + 2 * conv.padding[axis] - conv.dilation[axis] * (conv.kernel_size[axis] - 1) - 1) // conv.stride[axis] + 1
+
+
+class FastPatchEmbed(nn.Module):
+    """(B, 3, S, S) images -> (B, S/4, S/4, C) tokens, both stride-2 convolutions per band of output rows."""
+
+    def __init__(self, patch_embed: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = patch_embed.seq[0], patch_embed.seq[2]  # folded Conv2d, GELU between
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = images.shape
+        mid_height, mid_width = _conv_size(self.conv1, height, 0), _conv_size(self.conv1, width, 1)
+        out_height, out_width = _conv_size(self.conv2, mid_height, 0), _conv_size(self.conv2, mid_width, 1)
+        out = images.new_empty(batch, out_height, out_width, self.conv2.out_channels)
+        band = max(1, PATCH_EMBED_BAND_PIXELS // out_width)
+
+        def hidden_rows(first: int, last: int) -> torch.Tensor:
+            return _gelu_(_conv_rows(self.conv1, lambda a, b: images[:, :, a:b], first, last, height))
+
+        for top in range(0, out_height, band):
+            bottom = min(top + band, out_height)
+            out[:, top:bottom] = _conv_rows(self.conv2, hidden_rows, top, bottom, mid_height).permute(0, 2, 3, 1)
+        return out
+
+
+class FastPatchMerging(nn.Module):
+    """(B, H, W, C) tokens -> (B, H', W', C') tokens, as :class:`PatchMerging`, per band of output rows."""
+
+    def __init__(self, merging: PatchMerging) -> None:
+        super().__init__()
+        self.register_buffer("expand_weight", merging.conv1.weight.detach().flatten(1))
+        self.register_buffer("expand_bias", merging.conv1.bias.detach())
+        self.depthwise = merging.conv2  # folded Conv2d
+        self.register_buffer("project_weight", merging.conv3.weight.detach().flatten(1))
+        self.register_buffer("project_bias", merging.conv3.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        out_height, out_width = _conv_size(self.depthwise, height, 0), _conv_size(self.depthwise, width, 1)
+        out = x.new_empty(batch, out_height, out_width, self.project_weight.shape[0])
+        band = max(1, MERGE_BAND_TOKENS // out_width)
+
+        def hidden_rows(first: int, last: int) -> torch.Tensor:
+            return _gelu_(F.linear(x[:, first:last], self.expand_weight, self.expand_bias)).permute(0, 3, 1, 2)
+
+        for top in range(0, out_height, band):
+            bottom = min(top + band, out_height)
+            hidden = _gelu_(_conv_rows(self.depthwise, hidden_rows, top, bottom, height)).permute(0, 2, 3, 1)
+            out[:, top:bottom] = F.linear(hidden, self.project_weight, self.project_bias)
         return out
 
 
@@ -59,57 +157,67 @@ def _gelu_(x: torch.Tensor) -> torch.Tensor:
 
 
 class FastTinyViTBlock(nn.Module):
-    """(B, H, W, C) tokens in and out, as :class:`TinyViTBlock`."""
-
+    """(B, H, W, C) tokens in and out, as :class:`TinyViTBlock` (with or without the modality adapters)."""
 
     def __init__(self, block: TinyViTBlock) -> None:
         super().__init__()
         attn = block.attn
         self.window = block.window_size
-        self.heads, self.key_dim, self.scale = attn.num_heads, attn.key_dim, attn.scale
+        self.heads, self.key_dim = attn.num_heads, attn.key_dim
         self.eps = attn.norm.eps
         self.attn = attn  # for the bias tables and the modality token, read at every call
         qkv_weight, qkv_bias = _fold_layernorm(attn.norm, attn.qkv)
-        self.register_buffer("qkv_weight", qkv_weight)
-        self.register_buffer("qkv_bias", qkv_bias)
+        # The softmax scale applied to q (its rows within each head's [q, k, v]) instead of to every logit.
+        is_query = (torch.arange(qkv_weight.shape[0], device=qkv_weight.device) % (3 * self.key_dim)) < self.key_dim
+        scale = torch.where(is_query, attn.scale, 1.0).to(qkv_weight.dtype)
+        self.register_buffer("qkv_weight", qkv_weight * scale[:, None])
+        self.register_buffer("qkv_bias", qkv_bias * scale)
         self.proj = attn.proj
         self.local_conv = block.local_conv  # folded Conv2d
-        assert block.mlp.norm.eps == block.med_dah.norm.eps
-        mlp_w1, mlp_b1 = _fold_layernorm(block.mlp.norm, block.mlp.fc1)
-        med_w1, med_b1 = _fold_layernorm(block.med_dah.norm, block.med_dah.fc1)
-        self.register_buffer("fc1_weight", torch.cat([mlp_w1, med_w1]))
-        self.register_buffer("fc1_bias", torch.cat([mlp_b1, med_b1]))
-        self.register_buffer("fc2_weight", torch.cat([block.mlp.fc2.weight, block.med_dah.fc2.weight], 1).detach())
-        self.register_buffer("fc2_bias", (block.mlp.fc2.bias + block.med_dah.fc2.bias).detach())
+        mlps = [block.mlp] + ([block.med_dah] if block.med_dah is not None else [])
+        assert all(mlp.norm.eps == self.eps for mlp in mlps)
+        folded = [_fold_layernorm(mlp.norm, mlp.fc1) for mlp in mlps]
+        self.register_buffer("fc1_weight", torch.cat([weight for weight, _ in folded]))
+        self.register_buffer("fc1_bias", torch.cat([bias for _, bias in folded]))
+        self.register_buffer("fc2_weight", torch.cat([mlp.fc2.weight for mlp in mlps], 1).detach())
+        self.register_buffer("fc2_bias", sum(mlp.fc2.bias for mlp in mlps).detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self._attention(x)
+        x = self._attention(x)  # includes the residual
         x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).contiguous()
-        return x + self._mlps(x)
+        return self._mlps(x)  # includes the residual
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
-        w = self.window
+        w, heads, key_dim = self.window, self.heads, self.key_dim
         cols = -(-width // w)
-        padded_width = cols * w
         bias = self.attn.attention_bias().to(x.dtype)
-        extra = self.attn.deep_QKV_embeddings_med.to(x.dtype)
+        extra = self.attn.deep_QKV_embeddings_med
+        # Windows per attention call: enough to keep both cores busy, few enough that the logits stay in cache.
+        group = max(1, ATTENTION_LOGITS_BYTES // (heads * w * w * bias.shape[-1] * x.element_size()))
+        # One band of windows in window order; the padding stays zero (a zero token normalises to zero, and the
+        # LayerNorm affine is folded into qkv, so padded tokens get exactly the eager path's q/k/v).
+        windows = x.new_zeros(batch, cols, w, w, channels)
         out = torch.empty_like(x)
         for top in range(0, height, w):
             rows = min(w, height - top)
+            if rows < w:
+                windows[:, :, rows:] = 0
             normed = F.layer_norm(x[:, top : top + rows], (channels,), None, None, self.eps)
-            qkv = self.qkv_bias.expand(batch, w, padded_width, -1).clone()  # padding: q/k/v of a zero token
-            qkv[:, :rows, :width] = F.linear(normed, self.qkv_weight, self.qkv_bias)
-            windows = qkv.view(batch, w, cols, w, self.heads, 3 * self.key_dim).permute(0, 2, 4, 1, 3, 5)
-            windows = windows.reshape(batch * cols, self.heads, w * w, 3 * self.key_dim)
-            q, k, v = windows.split(self.key_dim, dim=-1)
-            k = torch.cat([k, extra.expand(batch * cols, -1, -1, -1)], dim=2)
-            v = torch.cat([v, extra.expand(batch * cols, -1, -1, -1)], dim=2)
-            logits = q @ k.transpose(-2, -1)
-            attended = logits.mul_(self.scale).add_(bias).softmax(dim=-1) @ v
-            merged = attended.view(batch, cols, self.heads, w, w, self.key_dim).permute(0, 3, 1, 4, 2, 5)
-            merged = merged.reshape(batch, w, padded_width, channels)[:, :rows, :width]
-            out[:, top : top + rows] = self.proj(merged)
+            _to_windows(windows, normed)
+            qkv = F.linear(windows.view(batch * cols, w * w, channels), self.qkv_weight, self.qkv_bias)
+            q, k, v = qkv.view(batch * cols, w * w, heads, 3 * key_dim).transpose(1, 2).split(key_dim, dim=-1)
+            q = q[:, :, : rows * w]  # queries of padding rows are cropped anyway
+            if extra is not None:
+                extra_token = extra.to(x.dtype).expand(batch * cols, -1, -1, -1)
+                k, v = torch.cat([k, extra_token], dim=2), torch.cat([v, extra_token], dim=2)
+            attended = q.new_empty(batch * cols, rows * w, heads, key_dim)
+            for first in range(0, batch * cols, group):
+                last = first + group
+                logits = torch.matmul(q[first:last], k[first:last].transpose(-2, -1)).add_(bias[:, : rows * w])
+                attended[first:last] = torch.matmul(logits.softmax(dim=-1), v[first:last]).transpose(1, 2)
+            projected = self.proj(attended.view(batch * cols, rows * w, heads * key_dim))
+            _from_windows(out[:, top : top + rows], projected.view(batch, cols, rows, w, channels), x[:, top : top + rows])
         return out
 
     def _mlps(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,8 +227,31 @@ class FastTinyViTBlock(nn.Module):
         for top in range(0, height, band):
             normed = F.layer_norm(x[:, top : top + band], (channels,), None, None, self.eps)
             hidden = _gelu_(F.linear(normed, self.fc1_weight, self.fc1_bias))
-            out[:, top : top + band] = F.linear(hidden, self.fc2_weight, self.fc2_bias)
+            torch.add(x[:, top : top + band], F.linear(hidden, self.fc2_weight, self.fc2_bias), out=out[:, top : top + band])
         return out
+
+
+def _to_windows(windows: torch.Tensor, band: torch.Tensor) -> None:
+    """Copy (B, rows, W, C) tokens into (B, cols, w, w, C) windows; the columns past W are left as they are."""
+    w = windows.shape[-2]
+    rows, width = band.shape[1], band.shape[2]
+    full = width // w
+    target = windows.permute(0, 2, 1, 3, 4)[:, :rows]  # (B, rows, cols, w, C) view
+    target[:, :, :full] = band[:, :, : full * w].unflatten(2, (full, w))
+    if width > full * w:
+        target[:, :, full, : width - full * w] = band[:, :, full * w :]
+
+
+def _from_windows(band: torch.Tensor, windows: torch.Tensor, residual: torch.Tensor) -> None:
+    """``band = residual + windows`` back in (B, rows, W, C) token order: the inverse of :func:`_to_windows` for
+    (B, cols, rows, w, C) windows, cropping the padded columns."""
+    w = windows.shape[-2]
+    width = band.shape[2]
+    full = width // w
+    source = windows.permute(0, 2, 1, 3, 4)  # (B, rows, cols, w, C) view
+    torch.add(residual[:, :, : full * w], source[:, :, :full].flatten(2, 3), out=band[:, :, : full * w])
+    if width > full * w:
+        torch.add(residual[:, :, full * w :], source[:, :, full, : width - full * w], out=band[:, :, full * w :])
 
 
 def _fold_layernorm(norm: nn.LayerNorm, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,11 +262,12 @@ def _fold_layernorm(norm: nn.LayerNorm, linear: nn.Linear) -> tuple[torch.Tensor
 
 
 class FastImageEncoder(nn.Module):
-    """Same input and output as :class:`ImageEncoder` ((B, 3, S, S) -> (B, C, S/16, S/16))."""
+    """Same input and output as :class:`ImageEncoder` ((B, 3, S, S) -> (B, C, S/16, S/16)); the output is in
+    channels-last memory."""
 
     def __init__(self, encoder: ImageEncoder) -> None:
         super().__init__()
-        self.patch_embed = encoder.patch_embed
+        self.patch_embed = FastPatchEmbed(encoder.patch_embed)
         self.neck = encoder.neck
         self.stages = nn.ModuleList()
         for stage in encoder.layers:
@@ -144,16 +276,15 @@ class FastImageEncoder(nn.Module):
             else:
                 assert isinstance(stage, TransformerStage)
                 blocks = nn.ModuleList(FastTinyViTBlock(block) for block in stage.blocks)
-            self.stages.append(nn.ModuleDict({"blocks": blocks, **({"downsample": stage.downsample} if stage.downsample else {})}))
-        assert all(isinstance(s.downsample, (PatchMerging, type(None))) for s in encoder.layers)
+            assert isinstance(stage.downsample, (PatchMerging, type(None)))
+            downsample = {"downsample": FastPatchMerging(stage.downsample)} if stage.downsample is not None else {}
+            self.stages.append(nn.ModuleDict({"blocks": blocks, **downsample}))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(images)
+        x = self.patch_embed(images)  # (B, H, W, C) from here to the neck
         for stage in self.stages:
-            x = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): free when x is already channels-last
             for block in stage["blocks"]:
                 x = block(x)
-            x = x.permute(0, 3, 1, 2)
             if "downsample" in stage:
                 x = stage["downsample"](x)
-        return self.neck(x)
+        return self.neck(x.permute(0, 3, 1, 2))

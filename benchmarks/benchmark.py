@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -75,6 +76,16 @@ def reset_peak_rss() -> None:
         pass
 
 
+def keep_freed_memory() -> None:
+    """Raise glibc's mmap and trim thresholds so freed buffers stay in the heap for the next run."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1)):
+        raise SystemExit("--keep-freed-memory: mallopt refused the thresholds")
+
+
 def timed(function, repeats: int, warm: bool = True) -> list[float]:
     if warm:
         function()  # warm-up (and, for compiled paths, compilation)
@@ -109,11 +120,16 @@ def main() -> int:
     parser.add_argument("--onnx", action="store_true", help="also time the onnxruntime engine (needs onnx, onnxruntime)")
     parser.add_argument("--int8", action="store_true", help="also time dynamic int8 quantisation")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes on a CPU)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc only: keep freed memory in the process, so that no path pays for fresh pages "
+                             "(shows how much of each path's time is page faults; not what users get by default)")
     parser.add_argument("--volume-slices", type=int, default=16)
     parser.add_argument("--batches", default="8,32", help="GPU only: batch sizes for the throughput table")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "latest"))
     args = parser.parse_args()
 
+    if args.keep_freed_memory:
+        keep_freed_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_model(args.checkpoint)
     model = model.to(device)
@@ -154,10 +170,13 @@ def main() -> int:
         call = lambda: logits_of(runner, reference_input, dtype)  # noqa: E731
         call()  # warm-up; its peak memory is this path's alone
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
-        times, eager_times = [], []
+        times, eager_times, faults = [], [], 0
         for _ in range(args.repeats):
             eager_times += timed(eager_call, 1, warm=False)
+            before = resource.getrusage(resource.RUSAGE_SELF)
             times += timed(call, 1, warm=False)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            faults += after.ru_minflt - before.ru_minflt
         largest, agree, total = 0.0, 0, 0
         for image_name, net_input in inputs.items():
             low_res = logits_of(runner, net_input, dtype)
@@ -173,7 +192,7 @@ def main() -> int:
         rows.append({"path": name, "dtype": dtype, "device": device.type, "batch": 1, "median_s": median,
                      "min_s": min(times), "max_s": max(times), "eager_median_s": eager_median,
                      "ratio": median / eager_median, "max_logit_diff": largest, "mask_agreement": agree / total,
-                     "peak_memory_mb": peak})
+                     "peak_memory_mb": peak, "page_faults_per_run": faults / args.repeats})
         print(f"{name:>12} {dtype:>8}: {median:.3f} s median (eager alongside {eager_median:.3f} s), ratio "
               f"{median / eager_median:.2f}, |dlogit| {largest:.1e}, masks {100 * agree / total:.4f}%", flush=True)
         runner = None  # free it before the next path is built
@@ -241,20 +260,25 @@ def interaction_timings(model, device, image, args) -> dict:
 
 def render(rows, extra, machine_text, args) -> str:
     lines = [f"Machine: {machine_text}. {args.repeats} timed runs after one warm-up, one 1024² image per run, each "
-             "paired with an eager run just before it (the ratio is of the two medians).", "",
-             "| path | dtype | device | batch | median s | min s | max s | eager alongside, median s | ratio to eager | max abs logit diff | mask agreement | peak memory MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "paired with an eager run just before it (the ratio is of the two medians)."
+             + (" Run with --keep-freed-memory (glibc keeps freed buffers: no path pays for fresh pages)."
+                if args.keep_freed_memory else ""), "",
+             "| path | dtype | device | batch | median s | min s | max s | eager alongside, median s | ratio to eager | max abs logit diff | mask agreement | peak memory MB | page faults per run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['path']} | {r['dtype']} | {r['device']} | {r['batch']} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
                      f"{r['max_s']:.3f} | {r['eager_median_s']:.3f} | {r['ratio']:.2f} | {r['max_logit_diff']:.1e} | "
-                     f"{100 * r['mask_agreement']:.4f}% | {r['peak_memory_mb']:.0f} |")
+                     f"{100 * r['mask_agreement']:.4f}% | {r['peak_memory_mb']:.0f} | {r['page_faults_per_run']:,.0f} |")
     lines += ["", f"Default engine: {extra['default_engine']}. Changing modality on a predicted 1024² slice: "
               f"{extra['modality_switch_ms']:.1f} ms (median, first time per modality); changing the threshold: "
               f"{extra['threshold_change_ms']:.1f} ms.",
               f"Volume of {extra['volume_slices']} slices of 512² (a quarter blank): {extra['volume_default_slices_per_s']:.2f} "
               f"slices/s batched with the default engine, {extra['volume_eager_slices_per_s']:.2f} slices/s eager one by one.",
               "Mask agreement: thresholded masks at each image's size, all six modalities, reference image and three "
-              "synthetic ones, against the eager path. Peak memory: process peak RSS on the CPU, peak allocated on a GPU."]
+              "synthetic ones, against the eager path. Peak memory: process peak RSS on the CPU, peak allocated on a GPU. "
+              "Page faults: minor faults of the process per timed run (each is a fresh 4 KiB page the kernel zeroes; "
+              "buffers over the allocator's mmap threshold are returned to the system when freed and faulted in again "
+              "on the next run)."]
     if extra["throughput"]:
         lines += ["", "| path | dtype | batch | median s per batch | images/s | peak memory MB |", "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['path']} | {r['dtype']} | {r['batch']} | {r['median_s']:.4f} | {r['images_per_s']:.0f} | "

@@ -9,6 +9,7 @@ import torch
 from conftest import reference_file
 from DeLightSAMLib.build import build_model
 from DeLightSAMLib.config import TINY_CONFIG
+from DeLightSAMLib.modeling.image_encoder import TinyViTBlock
 from DeLightSAMLib.optimize import fold_batchnorm, prepare
 
 # fused/fast reassociate float32 sums (folded BatchNorm and LayerNorm affine): the same function, so the
@@ -73,14 +74,7 @@ def test_fast_encoder_matches_eager_on_other_sizes_and_batches(size):
     """Other input sizes exercise other paddings and band remainders."""
     torch.manual_seed(size)
     model = build_model(TINY_CONFIG)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-        if isinstance(module, torch.nn.LayerNorm):
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
+    _randomize_norms(model)
     images = torch.randn(2, 3, size, size)
     with torch.inference_mode():
         eager = model(images)
@@ -100,3 +94,43 @@ def test_batchnorm_folding_is_exact_for_a_conv():
         folded = fold_batchnorm(torch.nn.Sequential(conv_bn))[0]
         torch.testing.assert_close(folded(x), expected, atol=1e-5, rtol=1e-5)
     assert isinstance(folded, torch.nn.Conv2d) and folded.bias is not None
+
+
+def _randomize_norms(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+        if isinstance(module, torch.nn.LayerNorm):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+
+
+@pytest.mark.parametrize("height, width", [(17, 11), (9, 20), (8, 8), (1, 5)])
+def test_fast_blocks_match_eager_blocks_on_band_remainders(height, width):
+    """Heights that leave 1, 0 or several rows for the last band; odd widths need column padding."""
+    from DeLightSAMLib import fast_encoder as fe
+
+    torch.manual_seed(height * 100 + width)
+    model = build_model(TINY_CONFIG)
+    _randomize_norms(model)
+    encoder = fold_batchnorm(model.eval()).SemiTViT
+    conv_stage, vit_stage = encoder.layers[0], encoder.layers[1]
+    plain_block = TinyViTBlock(vit_stage.blocks[0].attn.qkv.in_features, 2, 3, 4.0, adapters=False).eval()
+    _randomize_norms(plain_block)  # MobileSAM's block: no modality token, no adapter
+    plain_block = fold_batchnorm(plain_block)
+    tokens = torch.randn(2, height, width, conv_stage.blocks[0].conv1.weight.shape[1])
+    vit_tokens = torch.randn(2, height, width, vit_stage.blocks[0].attn.qkv.in_features)
+    images = torch.randn(2, 3, 4 * height + 1, 4 * width + 3)
+    with torch.inference_mode():
+        mbconv = conv_stage.blocks[0]
+        expected = mbconv(tokens.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(fe.FastMBConv(mbconv)(tokens), expected, atol=1e-5, rtol=1e-5)
+        merging = conv_stage.downsample
+        expected = merging(tokens.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(fe.FastPatchMerging(merging)(tokens), expected, atol=1e-5, rtol=1e-5)
+        expected = encoder.patch_embed(images).permute(0, 2, 3, 1)
+        torch.testing.assert_close(fe.FastPatchEmbed(encoder.patch_embed)(images), expected, atol=1e-5, rtol=1e-5)
+        for block in (vit_stage.blocks[0], plain_block):
+            torch.testing.assert_close(fe.FastTinyViTBlock(block)(vit_tokens), block(vit_tokens), atol=1e-5, rtol=1e-5)
