@@ -168,7 +168,7 @@ def main() -> int:
         # Each timed run of a path is paired with a run of eager right before it, so that the ratio compares
         # the two under the same machine conditions (this shared VM's speed drifts by 20-30% over minutes).
         call = lambda: logits_of(runner, reference_input, dtype)  # noqa: E731
-        call()  # warm-up; its peak memory is this path's alone
+        first_call = timed(call, 1, warm=False)[0]  # warm-up (compilation, export); its peak memory is this path's alone
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
         times, eager_times, faults = [], [], 0
         for _ in range(args.repeats):
@@ -192,7 +192,7 @@ def main() -> int:
         rows.append({"path": name, "dtype": dtype, "device": device.type, "batch": 1, "median_s": median,
                      "min_s": min(times), "max_s": max(times), "eager_median_s": eager_median,
                      "ratio": median / eager_median, "max_logit_diff": largest, "mask_agreement": agree / total,
-                     "peak_memory_mb": peak, "page_faults_per_run": faults / args.repeats})
+                     "peak_memory_mb": peak, "page_faults_per_run": faults / args.repeats, "first_call_s": first_call})
         print(f"{name:>12} {dtype:>8}: {median:.3f} s median (eager alongside {eager_median:.3f} s), ratio "
               f"{median / eager_median:.2f}, |dlogit| {largest:.1e}, masks {100 * agree / total:.4f}%", flush=True)
         runner = None  # free it before the next path is built
@@ -263,12 +263,13 @@ def render(rows, extra, machine_text, args) -> str:
              "paired with an eager run just before it (the ratio is of the two medians)."
              + (" Run with --keep-freed-memory (glibc keeps freed buffers: no path pays for fresh pages)."
                 if args.keep_freed_memory else ""), "",
-             "| path | dtype | device | batch | median s | min s | max s | eager alongside, median s | ratio to eager | max abs logit diff | mask agreement | peak memory MB | page faults per run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| path | dtype | device | batch | median s | min s | max s | eager alongside, median s | ratio to eager | max abs logit diff | mask agreement | peak memory MB | page faults per run | first call s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['path']} | {r['dtype']} | {r['device']} | {r['batch']} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
                      f"{r['max_s']:.3f} | {r['eager_median_s']:.3f} | {r['ratio']:.2f} | {r['max_logit_diff']:.1e} | "
-                     f"{100 * r['mask_agreement']:.4f}% | {r['peak_memory_mb']:.0f} | {r['page_faults_per_run']:,.0f} |")
+                     f"{100 * r['mask_agreement']:.4f}% | {r['peak_memory_mb']:.0f} | {r['page_faults_per_run']:,.0f} | "
+                     f"{r['first_call_s']:.2f} |")
     lines += ["", f"Default engine: {extra['default_engine']}. Changing modality on a predicted 1024² slice: "
               f"{extra['modality_switch_ms']:.1f} ms (median, first time per modality); changing the threshold: "
               f"{extra['threshold_change_ms']:.1f} ms.",
@@ -278,7 +279,7 @@ def render(rows, extra, machine_text, args) -> str:
               "synthetic ones, against the eager path. Peak memory: process peak RSS on the CPU, peak allocated on a GPU. "
               "Page faults: minor faults of the process per timed run (each is a fresh 4 KiB page the kernel zeroes; "
               "buffers over the allocator's mmap threshold are returned to the system when freed and faulted in again "
-              "on the next run)."]
+              "on the next run). First call: the warm-up run, with any compilation or export."]
     if extra["throughput"]:
         lines += ["", "| path | dtype | batch | median s per batch | images/s | peak memory MB |", "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['path']} | {r['dtype']} | {r['batch']} | {r['median_s']:.4f} | {r['images_per_s']:.0f} | "
