@@ -94,7 +94,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error):
+        if "Unsupported global" in str(error):  # a pickled class, e.g. argparse.Namespace of training arguments
             raise CheckpointError(
                 f"{path} stores Python objects besides tensors (training arguments, for example), which are not "
                 "loaded for safety; if you trust the file, re-save only its weights: "

@@ -70,7 +70,12 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     if spatial not in (2, 3):
         raise ImageError(f"{path} has {image.GetDimension()} dimensions; only 2D images and 3D volumes are supported")
     if components not in (1, 3, 4):
-        raise ImageError(f"{path} has {components} components per pixel; expected gray, RGB or RGBA")
+        raise ImageError(
+            f"{path} has {components} values per pixel (a multi-channel or 4D image); expected gray, RGB or RGBA: "
+            "save one channel or one time point as a 2D image or 3D volume"
+        )
+    if np.issubdtype(array.dtype, np.floating) and array.size and not np.isfinite(array).any():
+        raise ImageError(f"{path} has no finite pixel values (all NaN or infinite); check how the file was written")
     return LoadedImage(array=array, image=image, is_2d=spatial == 2, source=path)
 
 

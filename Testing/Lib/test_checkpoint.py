@@ -193,6 +193,13 @@ def test_pickled_objects_are_not_executed(tmp_path):
         ckpt.read_state_dict(path)
 
 
+def test_random_bytes_are_called_corrupt_not_pickled_objects(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint.*download it again"):
+        ckpt.read_state_dict(path)
+
+
 def test_missing_and_not_yet_downloaded_checkpoints_say_what_to_do(tmp_path):
     with pytest.raises(CheckpointError, match="not downloaded yet.*delightsam download"):
         ckpt.resolve_checkpoint(None)

@@ -86,6 +86,9 @@ def tiny_checkpoint(tmp_path):
         ("not-downloaded", "not downloaded yet"),
         ("missing-checkpoint", "checkpoint file not found"),
         ("bad-threshold", "--threshold must be between 0 and 1"),
+        ("4d-input", "only 2D images and 3D volumes"),
+        ("multichannel-input", "values per pixel (a multi-channel or 4D image)"),
+        ("all-nan-input", "no finite pixel values"),
     ],
 )
 def test_user_errors_print_one_line_and_write_nothing(capsys, tmp_path, reference_image_path, tiny_checkpoint, case, message):
@@ -108,6 +111,15 @@ def test_user_errors_print_one_line_and_write_nothing(capsys, tmp_path, referenc
         args += ["--checkpoint", work / "nope.pth"]
     elif case == "bad-threshold":
         args += ["--threshold", "2"]
+    elif case == "4d-input":
+        sitk.WriteImage(sitk.JoinSeries([sitk.Image([6, 5, 4], sitk.sitkFloat32)] * 3), str(work / "dynamic.nrrd"))
+        args[1] = work / "dynamic.nrrd"
+    elif case == "all-nan-input":
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((5, 6), np.nan, np.float32)), str(work / "empty.nrrd"))
+        args[1] = work / "empty.nrrd"
+    elif case == "multichannel-input":
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 6, 7), np.float32), isVector=True), str(work / "spectral.nrrd"))
+        args[1] = work / "spectral.nrrd"
     before = sorted(p.name for p in work.iterdir())
     code, out, err = run(capsys, *args)
     assert code == 2
