@@ -209,7 +209,11 @@ class Predictor:
         results: dict[int, Prediction] = {}
 
         def prepare(chunk: list[int]) -> torch.Tensor:
-            return torch.cat([self.transform.prepare(images[i], window, device=self.device) for i in chunk])
+            batch = torch.cat([self.transform.prepare(images[i], window, device=self.device) for i in chunk])
+            if self.engine == "compiled" and len(chunk) < batch_size:
+                # a compiled graph is built per input shape: fill the last batch rather than compile again
+                batch = torch.cat([batch, batch[-1:].expand(batch_size - len(chunk), -1, -1, -1)])
+            return batch
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(prepare, chunks[0]) if chunks else None

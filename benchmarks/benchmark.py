@@ -54,9 +54,33 @@ def synthetic_images(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def reference_image() -> np.ndarray:
-    import SimpleITK as sitk
+    """The fixture's 1024² RGB image, or (where ../shared is not at hand, as on a device machine) a synthetic one."""
+    path = REFERENCE / "reference_image_seed1234.png"
+    if not path.is_file():
+        rng = np.random.default_rng(1234)
+        rows, cols = np.mgrid[0:1024, 0:1024]
+        disc = ((rows - 500) / 300) ** 2 + ((cols - 540) / 260) ** 2 < 1
+        gray = np.where(disc, 170.0, 60.0) + rng.normal(0, 12, disc.shape)
+        return np.clip(np.stack([gray, gray * 0.9, gray * 0.8], -1), 0, 255).astype(np.uint8)
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        from PIL import Image
 
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(REFERENCE / "reference_image_seed1234.png")))
+        return np.asarray(Image.open(path).convert("RGB"))
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def load_benchmark_model(checkpoint: str):
+    """The checkpoint's model, or with ``random`` the default network with seeded random weights (timings do not
+    depend on the weights; the reference weights are random too)."""
+    if checkpoint == "random":
+        from DeLightSAMLib.build import build_model
+        from DeLightSAMLib.config import DEFAULT_CONFIG
+
+        torch.manual_seed(1234)
+        return build_model(DEFAULT_CONFIG).eval()
+    return load_model(checkpoint)[0]
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -115,7 +139,9 @@ def machine() -> str:
 # ---------------------------------------------------------------------------------------------- benchmark
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=str(REFERENCE / "reference_weights_seed1234.pth"))
+    reference_weights = REFERENCE / "reference_weights_seed1234.pth"
+    parser.add_argument("--checkpoint", default=str(reference_weights) if reference_weights.is_file() else "random",
+                        help="a .pth file, or 'random' (default where ../shared/reference is not at hand)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--onnx", action="store_true", help="also time the onnxruntime engine (needs onnx, onnxruntime)")
     parser.add_argument("--int8", action="store_true", help="also time dynamic int8 quantisation")
@@ -131,8 +157,7 @@ def main() -> int:
     if args.keep_freed_memory:
         keep_freed_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = load_model(args.checkpoint)
-    model = model.to(device)
+    model = load_benchmark_model(args.checkpoint).to(device)
     transform = ImageTransform()
     images = {"reference 1024x1024 RGB": reference_image(), **synthetic_images()}
     inputs = {name: transform.prepare(image, device=device) for name, image in images.items()}
@@ -260,7 +285,8 @@ def interaction_timings(model, device, image, args) -> dict:
 
 def render(rows, extra, machine_text, args) -> str:
     lines = [f"Machine: {machine_text}. {args.repeats} timed runs after one warm-up, one 1024² image per run, each "
-             "paired with an eager run just before it (the ratio is of the two medians)."
+             "paired with an eager run just before it (the ratio is of the two medians). "
+             f"Weights: {Path(args.checkpoint).name}."
              + (" Run with --keep-freed-memory (glibc keeps freed buffers: no path pays for fresh pages)."
                 if args.keep_freed_memory else ""), "",
              "| path | dtype | device | batch | median s | min s | max s | eager alongside, median s | ratio to eager | max abs logit diff | mask agreement | peak memory MB | page faults per run | first call s |",

@@ -120,6 +120,24 @@ def test_blank_images_run_the_network_once_per_value():
     np.testing.assert_allclose(predictor.predict("xray", return_logits=True).logits, results[4].logits, atol=1e-5)
 
 
+def test_compiled_engine_fills_the_last_batch_instead_of_compiling_another_shape():
+    predictor = _tiny_predictor()
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) for _ in range(5)]
+    expected = predictor.predict_batch(images, "fundus", batch_size=2, return_logits=True)
+    predictor.engine = "compiled"  # only its batching differs here: the runner stays the eager model
+    batch_sizes = []
+    handle = predictor.runner.register_forward_hook(lambda module, args, output: batch_sizes.append(args[0].shape[0]))
+    try:
+        results = predictor.predict_batch(images, "fundus", batch_size=2, return_logits=True)
+    finally:
+        handle.remove()
+    assert batch_sizes == [2, 2, 2]
+    for mine, theirs in zip(results, expected):
+        np.testing.assert_allclose(mine.logits, theirs.logits, atol=1e-5)
+        np.testing.assert_array_equal(mine.mask, theirs.mask)
+
+
 def test_engines_are_checked():
     with pytest.raises(DeLightSAMError, match="unknown engine 'turbo'"):
         Predictor(build_model(TINY_CONFIG), device="cpu", engine="turbo")
