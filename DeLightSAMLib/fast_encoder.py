@@ -4,14 +4,15 @@ On a CPU the encoder is bound by memory bandwidth, not arithmetic: the 4x-expand
 256 channels x 256² in stage 0) are written to and read back from DRAM by every elementwise op. Here each
 stage runs in horizontal bands small enough to stay in cache:
 
-- MBConv: 1x1 expand, depthwise 3x3 and 1x1 project per band of rows, with a one-row halo for the 3x3.
+- MBConv: 1x1 expand, depthwise 3x3 and 1x1 project per band of rows; the 3x3's halo rows are carried over.
 - Patch embedding and PatchMerging: both convolutions per band of output rows, computing only the rows of
   the first one that the second reads (the full-size intermediates are 32-64 MB each at 1024², large enough
   that the allocator hands them back to the system and every run pays for fresh pages).
-- TinyViT block: attention per band of windows (one window row at a time), the LayerNorm affine folded into
-  ``qkv`` so padded tokens need no work (a zero token normalises to 0, so its q/k/v are the folded bias), and
-  ``proj`` applied after cropping the padding. ``mlp`` and ``med_dah`` read the same normalised input, so they
-  run as one Linear(C, 8C) -> GELU -> Linear(8C, C) over bands of tokens.
+- TinyViT block: attention per band of windows (one window row at a time), the normalised tokens partitioned
+  into zero-padded windows (the LayerNorm affine is folded into ``qkv``, so a zero token gets exactly the eager
+  path's q/k/v), the softmax scale folded into q, windows grouped so the logits stay in cache, queries of
+  padding rows skipped, residual added as the band is written back. ``mlp`` and ``med_dah`` read the same
+  normalised input, so they run as one Linear(C, 8C) -> GELU -> Linear(8C, C) over bands of tokens.
 
 Weights are derived once from a (BatchNorm-folded) :class:`ImageEncoder`; results equal the eager encoder up to
 float32 rounding (see Testing/Lib/test_engines.py and the benchmark).
