@@ -42,11 +42,9 @@ class FastMBConv(nn.Module):
 
     def __init__(self, block: MBConv) -> None:
         super().__init__()
-        self.register_buffer("expand_weight", block.conv1.weight.detach().flatten(1))
-        self.register_buffer("expand_bias", block.conv1.bias.detach())
+        _register_pointwise(self, "expand", block.conv1)
         self.depthwise = block.conv2  # folded Conv2d
-        self.register_buffer("project_weight", block.conv3.weight.detach().flatten(1))
-        self.register_buffer("project_bias", block.conv3.bias.detach())
+        _register_pointwise(self, "project", block.conv3)
         assert self.depthwise.kernel_size == (3, 3) and self.depthwise.padding == (1, 1) and self.depthwise.stride == (1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +75,12 @@ class FastMBConv(nn.Module):
             projected += x[:, top:bottom]
             out[:, top:bottom] = _gelu_(projected)
         return out
+
+
+def _register_pointwise(module: nn.Module, name: str, conv: nn.Conv2d) -> None:
+    """A folded 1x1 Conv2d as ``{name}_weight`` (out, in) and ``{name}_bias`` buffers, for F.linear on tokens."""
+    module.register_buffer(f"{name}_weight", conv.weight.detach().flatten(1))
+    module.register_buffer(f"{name}_bias", conv.bias.detach())
 
 
 def _linear_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -130,11 +134,9 @@ class FastPatchMerging(nn.Module):
 
     def __init__(self, merging: PatchMerging) -> None:
         super().__init__()
-        self.register_buffer("expand_weight", merging.conv1.weight.detach().flatten(1))
-        self.register_buffer("expand_bias", merging.conv1.bias.detach())
+        _register_pointwise(self, "expand", merging.conv1)
         self.depthwise = merging.conv2  # folded Conv2d
-        self.register_buffer("project_weight", merging.conv3.weight.detach().flatten(1))
-        self.register_buffer("project_bias", merging.conv3.bias.detach())
+        _register_pointwise(self, "project", merging.conv3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
