@@ -168,7 +168,10 @@ class FastTinyViTBlock(nn.Module):
         self.window = block.window_size
         self.heads, self.key_dim = attn.num_heads, attn.key_dim
         self.eps = attn.norm.eps
-        self.attn = attn  # for the bias tables and the modality token, read at every call
+        # Like every weight below, the bias table and the modality token are a snapshot of the block given.
+        self.register_buffer("bias", attn.attention_bias().detach().clone())
+        extra = attn.deep_QKV_embeddings_med
+        self.register_buffer("extra", extra.detach().clone() if extra is not None else None)
         qkv_weight, qkv_bias = _fold_layernorm(attn.norm, attn.qkv)
         # The softmax scale applied to q (its rows within each head's [q, k, v]) instead of to every logit.
         is_query = (torch.arange(qkv_weight.shape[0], device=qkv_weight.device) % (3 * self.key_dim)) < self.key_dim
@@ -194,8 +197,7 @@ class FastTinyViTBlock(nn.Module):
         batch, height, width, channels = x.shape
         w, heads, key_dim = self.window, self.heads, self.key_dim
         cols = -(-width // w)
-        bias = self.attn.attention_bias().to(x.dtype)
-        extra = self.attn.deep_QKV_embeddings_med
+        bias, extra = self.bias.to(x.dtype), self.extra
         # Windows per attention call: enough to keep both cores busy, few enough that the logits stay in cache.
         group = max(1, ATTENTION_LOGITS_BYTES // (heads * w * w * bias.shape[-1] * x.element_size()))
         # One band of windows in window order; the padding stays zero (a zero token normalises to zero, and the

@@ -3,7 +3,8 @@
 - ``eager``: the model as built (the reference path every other one is measured against).
 - ``fused``: BatchNorm folded into the preceding convolutions (inference only: BN uses running statistics),
   attention through ``F.scaled_dot_product_attention`` with the same additive bias, channels-last memory.
-- ``fast``: ``fused`` with the cache-blocked CPU encoder of :mod:`fast_encoder` (the CPU default).
+- ``fast``: ``fused`` with the cache-blocked CPU encoder of :mod:`fast_encoder` and the leaner decoders of
+  :mod:`fast_decoder` (the CPU default).
 - ``onnx``: ``fused`` exported to ONNX (once per checkpoint, cached) and run by onnxruntime on the CPU, when the
   ``onnx`` and ``onnxruntime`` packages are installed. About as fast as ``fast`` on the benchmark machine, at the
   cost of an export on first use and two more packages, so it is opt-in.
@@ -72,11 +73,14 @@ def fused_model(model: nn.Module) -> nn.Module:
 
 
 def fast_model(model: nn.Module) -> nn.Module:
-    """``fused_model`` with the cache-blocked encoder (CPU)."""
+    """``fused_model`` with the cache-blocked encoder and the leaner decoders (CPU)."""
+    from .fast_decoder import FastDensePrompter, FastMaskDecoder, swap_layernorm2d
     from .fast_encoder import FastImageEncoder
 
-    fast = fused_model(model)
+    fast = swap_layernorm2d(fused_model(model))
     fast.SemiTViT = FastImageEncoder(fast.SemiTViT)
+    fast.dense_prompter = FastDensePrompter(fast.dense_prompter)
+    fast.mask_decoder = FastMaskDecoder(fast.mask_decoder)
     return fast
 
 

@@ -134,3 +134,58 @@ def test_fast_blocks_match_eager_blocks_on_band_remainders(height, width):
         torch.testing.assert_close(fe.FastPatchEmbed(encoder.patch_embed)(images), expected, atol=1e-5, rtol=1e-5)
         for block in (vit_stage.blocks[0], plain_block):
             torch.testing.assert_close(fe.FastTinyViTBlock(block)(vit_tokens), block(vit_tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_fast_decoder_parts_match_the_eager_modules():
+    """LayerNorm2d on either memory layout, the dense prompter on binary and non-binary prompts, and the
+    few-keys attention against the eager Attention."""
+    from DeLightSAMLib.fast_decoder import FastDensePrompter, FastLayerNorm2d, _attend_few_keys
+    from DeLightSAMLib.modeling.common import LayerNorm2d
+    from DeLightSAMLib.modeling.transformer import Attention
+
+    torch.manual_seed(3)
+    norm = LayerNorm2d(8)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.bias.data.uniform_(-0.5, 0.5)
+    maps = torch.randn(2, 8, 5, 7) * 3 + 1
+    model = build_model(TINY_CONFIG)
+    _randomize_norms(model)
+    prompter = model.dense_prompter
+    for module in prompter.modules():
+        if isinstance(module, LayerNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    binary = (torch.rand(2, 1, 6, 5) > 0.5).float()
+    attention = Attention(16, 4, downsample_rate=2).eval()
+    image, tokens = torch.randn(2, 50, 16), torch.randn(2, 3, 16)
+    with torch.inference_mode():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            torch.testing.assert_close(FastLayerNorm2d(norm)(maps.to(memory_format=layout)), norm(maps), atol=1e-5, rtol=1e-5)
+        fast_prompter = FastDensePrompter(prompter)
+        torch.testing.assert_close(fast_prompter(binary), prompter(binary), atol=1e-5, rtol=1e-5)
+        soft = binary * 0.7
+        torch.testing.assert_close(fast_prompter(soft), prompter(soft), atol=1e-5, rtol=1e-5)
+        expected = attention(image, tokens, tokens)
+        q = attention.q_proj(image)
+        k, v = attention.k_proj(tokens), attention.v_proj(tokens)
+        attended = attention.out_proj(_attend_few_keys(q, k, v, attention.num_heads))
+        torch.testing.assert_close(attended, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_decoder_recomputes_its_positional_terms_when_the_encoding_changes():
+    """The projections of the positional encoding are cached; another encoding of the same shape must not
+    reuse them."""
+    from DeLightSAMLib.fast_decoder import FastMaskDecoder
+
+    torch.manual_seed(4)
+    model = build_model(TINY_CONFIG).eval()
+    decoder = model.mask_decoder
+    fast = FastMaskDecoder(decoder)
+    channels = decoder.transformer.layers[0].self_attn.q_proj.in_features
+    image = torch.randn(2, channels, 8, 8)
+    queries = torch.randn(2, model.mask_query.weight.shape[0], channels)
+    with torch.inference_mode():
+        for image_pe in (torch.randn(1, channels, 8, 8), torch.randn(1, channels, 8, 8), torch.randn(1, channels, 4, 16)):
+            image_at_size = image.reshape(2, channels, *image_pe.shape[-2:])
+            torch.testing.assert_close(fast(image_at_size, image_pe, queries), decoder(image_at_size, image_pe, queries),
+                                       atol=1e-5, rtol=1e-5)
