@@ -1,7 +1,7 @@
 """The prompt and modality decoders with fewer passes over memory: the same function as the eager modules.
 
-Used by the ``fast`` engine (see :mod:`optimize`). On a CPU these parts cost ~100 ms per image when run as
-written, mostly in passes over (B, 4096, 256) keys and (B, 64, 256, 256) maps rather than in arithmetic:
+Used by the ``fast`` engine (see :mod:`optimize`). On a CPU these parts cost 60-100 ms per image when run as
+written, much of it in passes over (B, 4096, 256) keys and (B, 64, 256, 256) maps rather than in arithmetic:
 
 - ``LayerNorm2d`` as one ``F.layer_norm`` over the channels of a channels-last map (eager: nine elementwise
   passes).
@@ -9,8 +9,9 @@ written, mostly in passes over (B, 4096, 256) keys and (B, 64, 256, 256) maps ra
   eager layers), selected per pixel instead of a 1x1 conv, LayerNorm and GELU over the whole map.
 - The two-way transformer projects the image keys once per layer: the token->image k/v and the image->token q
   are one Linear(256, 384) on the keys, with the projection of the positional encoding (``W pe + b``, constant
-  for a grid size) added instead of adding the encoding to the keys before every projection. Attention over 7
-  query tokens runs as two small matmuls (on a CPU faster than ``scaled_dot_product_attention`` here).
+  for a grid size) added instead of adding the encoding to the keys before every projection. The image's
+  attention over the 7 query tokens (7 keys per head) runs as two GEMMs with block-diagonal key and value
+  matrices: batched matmuls and softmax over 7 columns took about four times as long.
 - ``output_upscaling`` (two ConvTranspose2d 2x2 stride 2) as two GEMMs on channels-last pixels, the LayerNorm and
   GELUs on contiguous channels, and the six hypernetwork products as one GEMM whose rows are put in image order
   once at the end.
@@ -30,7 +31,7 @@ from .modeling.transformer import Attention, TwoWayAttentionBlock
 
 
 class FastLayerNorm2d(nn.Module):
-    """:class:`LayerNorm2d` as one fused op; a channels-last input is normalised in place of a copy."""
+    """:class:`LayerNorm2d` as one fused op; a channels-last input is normalised without a copy."""
 
     def __init__(self, norm: LayerNorm2d) -> None:
         super().__init__()
@@ -133,7 +134,8 @@ class FastMaskDecoder(nn.Module):
         """``W pe + b`` for each projection of the keys that the eager model applies to ``keys + pe``; cached for
         the last positional encoding seen (it depends only on the grid size)."""
         cached = self._pe_terms
-        if cached is not None and cached[0].shape == key_pe.shape and torch.equal(cached[0], key_pe):
+        if (cached is not None and cached[0].shape == key_pe.shape and cached[0].device == key_pe.device
+                and cached[0].dtype == key_pe.dtype and torch.equal(cached[0], key_pe)):
             return cached[1], cached[2]
         transformer = self.decoder.transformer
         layer_terms = []
