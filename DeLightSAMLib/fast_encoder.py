@@ -71,9 +71,8 @@ class FastMBConv(nn.Module):
             hidden = buffer[:, : bottom - top + 2].permute(0, 3, 1, 2)
             hidden = F.conv2d(hidden, self.depthwise.weight, self.depthwise.bias, padding=(0, 1), groups=self.depthwise.groups)
             hidden = _gelu_(hidden).permute(0, 2, 3, 1)
-            projected = F.linear(hidden, self.project_weight, self.project_bias)
-            projected += x[:, top:bottom]
-            out[:, top:bottom] = _gelu_(projected)
+            _add_linear_into(out[:, top:bottom], x[:, top:bottom], hidden, self.project_weight, self.project_bias)
+            _gelu_(out[:, top:bottom])
         return out
 
 
@@ -89,6 +88,17 @@ def _linear_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias:
         torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight.t(), out=out.view(-1, out.shape[-1]))
     else:
         out.copy_(F.linear(x, weight, bias))
+
+
+def _add_linear_into(out: torch.Tensor, residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor) -> None:
+    """``out[...] = residual + F.linear(x, weight, bias)``; where the memory allows, ``out`` is filled with
+    ``residual + bias`` and the GEMM adds into it (no temporary, no separate pass to broadcast the bias)."""
+    if out.is_contiguous() and x.is_contiguous():
+        torch.add(residual, bias, out=out)
+        out.view(-1, out.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight.t())
+    else:
+        torch.add(residual, F.linear(x, weight, bias), out=out)
 
 
 def _conv_rows(conv: nn.Conv2d, rows_of_input, top: int, bottom: int, height: int) -> torch.Tensor:
@@ -150,7 +160,7 @@ class FastPatchMerging(nn.Module):
         for top in range(0, out_height, band):
             bottom = min(top + band, out_height)
             hidden = _gelu_(_conv_rows(self.depthwise, hidden_rows, top, bottom, height)).permute(0, 2, 3, 1)
-            out[:, top:bottom] = F.linear(hidden, self.project_weight, self.project_bias)
+            _linear_into(out[:, top:bottom], hidden, self.project_weight, self.project_bias)
         return out
 
 
@@ -229,10 +239,14 @@ class FastTinyViTBlock(nn.Module):
         batch, height, width, channels = x.shape
         band = max(1, TOKENS_PER_BAND // width)
         out = torch.empty_like(x)
+        # One hidden buffer for every band: it stays in cache, where a new tensor per band would be fresh memory.
+        buffer = x.new_empty(batch, band, width, self.fc1_weight.shape[0])
         for top in range(0, height, band):
-            normed = F.layer_norm(x[:, top : top + band], (channels,), None, None, self.eps)
-            hidden = _gelu_(F.linear(normed, self.fc1_weight, self.fc1_bias))
-            torch.add(x[:, top : top + band], F.linear(hidden, self.fc2_weight, self.fc2_bias), out=out[:, top : top + band])
+            rows = min(band, height - top)
+            normed = F.layer_norm(x[:, top : top + rows], (channels,), None, None, self.eps)
+            hidden = buffer[:, :rows]
+            _linear_into(hidden, normed, self.fc1_weight, self.fc1_bias)
+            _add_linear_into(out[:, top : top + rows], x[:, top : top + rows], _gelu_(hidden), self.fc2_weight, self.fc2_bias)
         return out
 
 
