@@ -29,8 +29,14 @@ def test_mask_and_logits_match_reference_for_modality_0(predicted, reference_out
     prediction = predicted.predict("dermoscopy", return_logits=True, return_probability=True)
     expected_logits = reference_outputs["mask_logits_1024_modality0"]
     assert prediction.mask.shape == (1024, 1024) and prediction.mask.dtype == bool
-    assert np.abs(prediction.logits - expected_logits).max() < 1e-4
-    np.testing.assert_array_equal(prediction.mask, torch.sigmoid(torch.from_numpy(expected_logits)).numpy() >= 0.5)
+    difference = np.abs(prediction.logits - expected_logits).max()
+    assert difference < 1e-4
+    expected_mask = torch.sigmoid(torch.from_numpy(expected_logits)).numpy() >= 0.5
+    # A few reference logits sit within float32 rounding of the 0.5 tie (the smallest is -9e-9): any path within
+    # `difference` of the reference may put those either side, and every other pixel must agree.
+    decided = np.abs(expected_logits) > difference + 1e-6
+    assert (~decided).sum() < 100
+    np.testing.assert_array_equal(prediction.mask[decided], expected_mask[decided])
     assert 0 < prediction.mask.sum() < prediction.mask.size  # the fixture is chosen so both classes appear
     np.testing.assert_allclose(prediction.probability, 1 / (1 + np.exp(-prediction.logits)), atol=1e-6)
     np.testing.assert_array_equal(prediction.self_prompt, reference_outputs["self_prompt_binary"].astype(bool))
