@@ -239,7 +239,7 @@ class FastTinyViTBlock(nn.Module):
         batch, height, width, channels = x.shape
         band = max(1, TOKENS_PER_BAND // width)
         out = torch.empty_like(x)
-        # One hidden buffer for every band: it stays in cache, where a new tensor per band would be fresh memory.
+        # One hidden buffer for every band (no allocation per band).
         buffer = x.new_empty(batch, band, width, self.fc1_weight.shape[0])
         for top in range(0, height, band):
             rows = min(band, height - top)
