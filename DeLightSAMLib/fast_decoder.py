@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from .modeling.common import LayerNorm2d
 from .modeling.mask_decoder import ModalityMaskDecoder
-from .modeling.transformer import Attention, TwoWayAttentionBlock
+from .modeling.transformer import TwoWayAttentionBlock
 
 
 class FastLayerNorm2d(nn.Module):
@@ -97,11 +97,6 @@ def _attend_few_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
     return torch.matmul(weights.view(batch, -1, heads * tokens), values)
 
 
-def _project(attention: Attention, name: str, x: torch.Tensor) -> torch.Tensor:
-    layer = getattr(attention, name)
-    return F.linear(x, layer.weight, layer.bias)
-
-
 class FastMaskDecoder(nn.Module):
     """Same call and result as :class:`ModalityMaskDecoder`: image (B, C, H, W), image_pe (1, C, H, W),
     queries (B, Q, C) -> (B, num_modalities, 4H, 4W) logits."""
@@ -142,9 +137,9 @@ class FastMaskDecoder(nn.Module):
         for layer in transformer.layers:
             i2t, t2i = layer.cross_attn_image_to_token, layer.cross_attn_token_to_image
             value_bias = t2i.v_proj.bias.expand(key_pe.shape[1], -1).unsqueeze(0)
-            layer_terms.append(torch.cat([_project(i2t, "q_proj", key_pe), _project(t2i, "k_proj", key_pe), value_bias], -1))
+            layer_terms.append(torch.cat([i2t.q_proj(key_pe), t2i.k_proj(key_pe), value_bias], -1))
         final = transformer.final_attn_token_to_image
-        final_terms = torch.cat([_project(final, "k_proj", key_pe), final.v_proj.bias.expand(key_pe.shape[1], -1)[None]], -1)
+        final_terms = torch.cat([final.k_proj(key_pe), final.v_proj.bias.expand(key_pe.shape[1], -1)[None]], -1)
         self._pe_terms = (key_pe.clone(), layer_terms, final_terms)
         return layer_terms, final_terms
 
@@ -160,8 +155,8 @@ class FastMaskDecoder(nn.Module):
         final = transformer.final_attn_token_to_image
         projected = F.linear(keys, self.final_keys_weight).add_(final_terms)
         k, v = projected.split(final.k_proj.out_features, -1)
-        q = _project(final, "q_proj", queries + query_pe)
-        attended = _project(final, "out_proj", _attend(q, k, v, final.num_heads))
+        q = final.q_proj(queries + query_pe)
+        attended = final.out_proj(_attend(q, k, v, final.num_heads))
         queries = transformer.norm_final_attn(queries + attended)
         return self._masks(keys, queries, height, width)
 
@@ -169,18 +164,19 @@ class FastMaskDecoder(nn.Module):
     def _layer(layer: TwoWayAttentionBlock, queries, keys, query_pe, keys_weight, keys_terms):
         self_attn, t2i, i2t = layer.self_attn, layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         if layer.skip_first_layer_pe:
-            queries = _self_attention(self_attn, queries, queries)
+            queries = self_attn(queries, queries, queries)  # replaces the queries, as in SAM
         else:
-            queries = queries + _self_attention(self_attn, queries + query_pe, queries)
+            q = queries + query_pe
+            queries = queries + self_attn(q, q, queries)
         queries = layer.norm1(queries)
         projected = F.linear(keys, keys_weight).add_(keys_terms)
         image_q, k, v = projected.split([i2t.q_proj.out_features, t2i.k_proj.out_features, t2i.v_proj.out_features], -1)
-        q = _project(t2i, "q_proj", queries + query_pe)
-        queries = layer.norm2(queries + _project(t2i, "out_proj", _attend(q, k, v, t2i.num_heads)))
+        q = t2i.q_proj(queries + query_pe)
+        queries = layer.norm2(queries + t2i.out_proj(_attend(q, k, v, t2i.num_heads)))
         queries = layer.norm3(queries + layer.mlp(queries))
         token_pos = queries + query_pe
-        k, v = _project(i2t, "k_proj", token_pos), _project(i2t, "v_proj", queries)
-        attended = _project(i2t, "out_proj", _attend_few_keys(image_q, k, v, i2t.num_heads))
+        k, v = i2t.k_proj(token_pos), i2t.v_proj(queries)
+        attended = i2t.out_proj(_attend_few_keys(image_q, k, v, i2t.num_heads))
         keys = layer.norm4(attended.add_(keys))
         return queries, keys
 
@@ -197,7 +193,3 @@ class FastMaskDecoder(nn.Module):
         # output row 4h + 2i + k, column 4w + 2j + l
         return masks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(batch, self.num_modalities, 4 * height, 4 * width)
 
-
-def _self_attention(attention: Attention, q_and_k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    q, k = _project(attention, "q_proj", q_and_k), _project(attention, "k_proj", q_and_k)
-    return _project(attention, "out_proj", _attend(q, k, _project(attention, "v_proj", v), attention.num_heads))
