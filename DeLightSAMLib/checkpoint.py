@@ -4,11 +4,17 @@ A checkpoint is accepted as a plain state_dict, as a dict holding one under ``st
 without the ``module.`` prefix a DataParallel wrapper adds. Files are always read on the CPU with
 ``weights_only=True``. Downloads go to a ``.part`` file in the destination folder and are renamed into place only
 after the SHA-256 (when known) and the structural check (keys and shapes) pass.
+
+Resolving and downloading need no torch (a fresh Slicer downloads the weights before PyTorch is installed): torch
+is imported where tensors are read, and without it a download is checked as a PyTorch archive only; loading always
+makes the full check.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import logging
 import os
 import pickle
@@ -16,17 +22,19 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
-from typing import Callable, Mapping, Optional
-
-import torch
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from .atomic import atomic_file
-from .build import build_model, expected_shapes
 from .config import DEFAULT_CONFIG, ModelConfig
 from .errors import CheckpointError, DownloadError
-from .modeling import DeLightSAM
 from .registry import OFFICIAL_CHECKPOINT, CheckpointEntry, get_checkpoint_entry
+
+if TYPE_CHECKING:
+    import torch
+
+    from .modeling import DeLightSAM
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +89,12 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None = None) -> tuple[P
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, unwrapped and with any ``module.`` prefix removed."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    with open(path, "rb") as handle:
-        head = handle.read(512).lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
-        raise CheckpointError(
-            f"{path} is an HTML page, not a checkpoint (a failed or quota-limited download); "
-            "delete it and download again, or fetch the file in a browser"
-        )
+    _refuse_html(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -114,6 +118,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def unwrap_state_dict(loaded: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Accept ``{...tensors}``, ``{"state_dict": {...}}`` or ``{"model": {...}}``; strip ``module.``."""
+    import torch
+
     if isinstance(loaded, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(loaded.get(key), Mapping):
@@ -130,6 +136,8 @@ def check_state_dict(
     state_dict: Mapping[str, torch.Tensor], config: ModelConfig = DEFAULT_CONFIG, source: str = "checkpoint"
 ) -> None:
     """Raise CheckpointError listing missing, unexpected and mis-shaped keys if ``state_dict`` does not fit."""
+    from .build import expected_shapes
+
     expected = expected_shapes(config)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -157,6 +165,8 @@ def load_model(
     device: torch.device | str = "cpu",
 ) -> tuple[DeLightSAM, CheckpointEntry | None]:
     """Build the network and load a checkpoint (registry name or path) strictly; the model is in eval mode."""
+    from .build import build_model
+
     path, entry = resolve_checkpoint(checkpoint)
     config = config or (entry.config if entry else DEFAULT_CONFIG)
     state_dict = read_state_dict(path)
@@ -221,7 +231,7 @@ def download_checkpoint(
                 if sha256 and digest.lower() != sha256.lower():
                     raise DownloadError(f"{url}: SHA-256 is {digest}, expected {sha256}; the file is corrupt or was replaced upstream")
                 try:
-                    check_state_dict(read_state_dict(part), config, source=f"the file downloaded from {url}")
+                    _check_download(part, config, source=f"the file downloaded from {url}")
                 except CheckpointError as error:
                     raise DownloadError(str(error)) from error
             logger.info("checkpoint saved to %s", target)
@@ -229,6 +239,33 @@ def download_checkpoint(
         except DownloadError as error:
             failures.append(str(error))
     raise DownloadError("; ".join(failures) if len(failures) > 1 else failures[0])
+
+
+def _refuse_html(path: Path) -> None:
+    with open(path, "rb") as handle:
+        head = handle.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        raise CheckpointError(
+            f"{path} is an HTML page, not a checkpoint (a failed or quota-limited download); "
+            "delete it and download again, or fetch the file in a browser"
+        )
+
+
+def _check_download(path: Path, config: ModelConfig, source: str) -> None:
+    """The structural check (keys and shapes) when torch imports; without it, that the file is a complete PyTorch
+    archive (``torch.save``'s zip format, with its ``data.pkl``): loading makes the full check later."""
+    try:
+        importlib.import_module("torch")
+    except Exception as error:  # a missing or broken torch (any import error) must not stop a download
+        logger.info("torch is not importable (%s): checking %s as a PyTorch archive only", _first_line(error), source)
+        _refuse_html(path)
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{source} is not a PyTorch checkpoint archive; it may be truncated: download it again")
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist()):
+                raise CheckpointError(f"{source} is a zip file but not a PyTorch checkpoint (no data.pkl inside)")
+        return
+    check_state_dict(read_state_dict(path), config, source=source)
 
 
 def _is_location(text: str) -> bool:
@@ -284,8 +321,12 @@ def _fetch_gdrive(file_id: str, writer: "_HashingWriter") -> None:
         import gdown
     except ImportError as error:
         raise DownloadError("downloading from Google Drive needs the 'gdown' package: pip install gdown") from error
+    # gdown 6 reports the total size and takes a timeout; gdown 5 (the last for Python 3.9, Slicer 5.8's Python) has
+    # neither, and progress then comes from the writes alone.
+    accepted = inspect.signature(gdown.download).parameters
+    options = {name: value for name, value in (("progress", writer.report), ("timeout", _TIMEOUT_S)) if name in accepted}
     try:
-        gdown.download(id=file_id, output=writer, quiet=True, progress=writer.report, timeout=_TIMEOUT_S)
+        gdown.download(id=file_id, output=writer, quiet=True, **options)
     except DownloadError:
         raise
     except Exception as error:  # gdown raises its own and requests' errors; all mean "no file"

@@ -213,3 +213,64 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DELIGHTSAM_CACHE_DIR", str(tmp_path / "here"))
     assert ckpt.cache_dir() == tmp_path / "here"
     assert ckpt.cached_path() == tmp_path / "here" / "delightsam_official.pth"
+
+
+_WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None  # any 'import torch' fails, as on a fresh Slicer before PyTorch is installed
+from DeLightSAMLib import checkpoint
+from DeLightSAMLib.errors import DownloadError
+source, truncated, html, folder = sys.argv[1:]
+print(checkpoint.download_checkpoint(source, folder).name)
+for bad in (truncated, html):
+    try:
+        checkpoint.download_checkpoint(bad, folder)
+    except DownloadError as error:
+        print("refused:", "truncated" in str(error), "HTML page" in str(error))
+print(sorted(p.name for p in __import__("pathlib").Path(folder).iterdir()))
+print("torch" in sys.modules and sys.modules["torch"] is not None)
+"""
+
+
+def test_download_needs_no_torch(tmp_path, reference_weights_path):
+    """A fresh Slicer downloads before PyTorch exists: the download imports no torch and still refuses a truncated
+    file and an HTML page (the archive check); loading makes the full check later."""
+    import subprocess
+    import sys
+
+    data = reference_weights_path.read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "quota.pth").write_text("<!DOCTYPE html><html><body>quota exceeded</body></html>")
+    (tmp_path / "out").mkdir()
+    run = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(reference_weights_path), str(tmp_path / "truncated.pth"),
+                          str(tmp_path / "quota.pth"), str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        reference_weights_path.name,
+        "refused: True False",
+        "refused: False True",
+        f"['{reference_weights_path.name}']",
+        "False",
+    ]
+
+
+def test_google_drive_through_gdown_5(monkeypatch, tmp_path, reference_weights_path):
+    """gdown 5 (the last for Python 3.9, Slicer 5.8) has no progress or timeout arguments: the library calls it
+    with what it accepts, and progress comes from the writes."""
+    import types
+
+    data = reference_weights_path.read_bytes()
+    calls = []
+
+    def download(url=None, output=None, quiet=False, proxy=None, speed=None, use_cookies=True, verify=True, id=None,
+                 fuzzy=False, resume=False, format=None, user_agent=None, log_messages=None):  # gdown 5.2.0's signature
+        calls.append(id)
+        for start in range(0, len(data), 1 << 20):
+            output.write(data[start : start + (1 << 20)])
+        return output
+
+    monkeypatch.setitem(__import__("sys").modules, "gdown", types.SimpleNamespace(download=download))
+    seen = []
+    path = ckpt.download_checkpoint("gdrive:FILEID", tmp_path, progress=lambda done, total: seen.append((done, total)))
+    assert calls == ["FILEID"] and path.read_bytes() == data
+    assert seen[-1] == (len(data), None) and len(seen) == -(-len(data) // (1 << 20))
