@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -55,6 +56,75 @@ def test_extension_metadata_and_catalog_entry():
     assert (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
 
 
+# ExtensionsIndex's catalog schema (schemas/slicer-extension-catalog-entry-schema-v1.0.2.json): the allowed keys
+# (additionalProperties is false), their JSON types, and the required ones.
+CATALOG_SCHEMA_KEYS = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+                       "build_dependencies": list, "dicom_support_rule": str, "build_subdirectory": str,
+                       "enabled": bool, "tier": int}
+
+
+def test_catalog_entry_passes_the_extensions_index_checks():
+    """The schema fields, and the formatting ExtensionsIndex's prettier check wants (prettier 3 with the
+    multiline-arrays plugin, wrap threshold 0): two-space indent, every non-empty array one item per line, LF only,
+    a final newline. For plain JSON that is exactly json.dumps(indent=2)."""
+    raw = (REPO / "DeLightSAM.json").read_bytes()
+    assert b"\r" not in raw
+    text = raw.decode("utf-8")
+    entry = json.loads(text)
+    assert text == json.dumps(entry, indent=2, ensure_ascii=False) + "\n"
+    assert {"$schema", "category", "scm_url"} <= entry.keys() <= CATALOG_SCHEMA_KEYS.keys()
+    for key, value in entry.items():
+        assert type(value) is CATALOG_SCHEMA_KEYS[key], key
+    assert 1 <= entry["tier"] <= 5 and all(isinstance(name, str) for name in entry["build_dependencies"])
+    assert re.fullmatch(r"https://raw\.githubusercontent\.com/Slicer/Slicer/main/Schemas/"
+                        r"slicer-extension-catalog-entry-schema-v1\.0\.[0-2]\.json#?", entry["$schema"])
+    assert entry["scm_url"].startswith("https://") and entry["scm_url"].rstrip("/").split("/")[-1].startswith("Slicer")
+
+
+def _installed_top_level_scripts(folder: str) -> list[str]:
+    """The .py files a module's CMakeLists installs at the top of qt-scripted-modules (Slicer loads each as a
+    module): the module's SCRIPTS without a folder, and any library script without one."""
+    cmake = REPO / folder / "CMakeLists.txt"
+    scripts = _cmake_list(cmake, "MODULE_PYTHON_SCRIPTS")
+    if "DELIGHTSAMLIB_PYTHON_SCRIPTS" in cmake.read_text():
+        scripts += _cmake_list(cmake, "DELIGHTSAMLIB_PYTHON_SCRIPTS")
+    return [name for name in scripts if "/" not in name]
+
+
+def _text_value(node) -> str:
+    """A string literal, or the literal inside _("...") / translate(context, "..."); '' otherwise."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Call) and node.args:
+        return _text_value(node.args[-1])
+    if isinstance(node, ast.List):
+        return " ".join(_text_value(item) for item in node.elts)
+    return ""
+
+
+@pytest.mark.parametrize("folder", SLICER_DIRS)
+def test_every_installed_top_level_script_is_a_complete_scripted_module(folder):
+    """Slicer's scripted-module factory loads every .py at the top of qt-scripted-modules as a module and needs a
+    class of the file's name; ScriptedLoadableModule registers a self-test that looks up <Name>Test; Slicer's generic
+    module tests assert non-empty categories, contributors and acknowledgement."""
+    scripts = _installed_top_level_scripts(folder)
+    assert scripts == [f"{folder}.py"]
+    for script in scripts:
+        name = script[: -len(".py")]
+        tree = ast.parse((REPO / folder / script).read_text())
+        classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+        assert name in classes and [base.id for base in classes[name].bases] == ["ScriptedLoadableModule"]
+        assert f"{name}Test" in classes and [base.id for base in classes[f"{name}Test"].bases] == ["ScriptedLoadableModuleTest"]
+        texts = {}
+        for node in ast.walk(classes[name]):
+            if isinstance(node, (ast.Assign, ast.AugAssign)):
+                target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+                if isinstance(target, ast.Attribute) and ast.unparse(target.value) == "self.parent":
+                    texts[target.attr] = texts.get(target.attr, "") + _text_value(node.value)
+        for attribute in ("title", "categories", "contributors", "helpText", "acknowledgementText"):
+            assert texts.get(attribute, "").strip(), f"{script}: parent.{attribute} is empty"
+
+
 def test_module_icon_is_a_128_pixel_png():
     data = (REPO / "DeLightSAM" / "Resources" / "Icons" / "DeLightSAM.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -84,14 +154,71 @@ def test_library_never_imports_slicer_vtk_or_qt(path):
     assert not _imports(path) & {"slicer", "vtk", "qt", "ctk", "vtkmodules"}
 
 
-@pytest.mark.parametrize("name", ["DeLightSAMGeometry.py", "DeLightSAMMRMLLogic.py"])
-def test_mrml_logic_imports_no_gui(name):
-    imports = _imports(REPO / "DeLightSAM" / name)
-    assert not imports & {"qt", "ctk", "SegmentEditorEffects"}
-    assert "slicer.ScriptedLoadableModule" not in _imports(REPO / "DeLightSAM" / name, full=True)
+@pytest.mark.parametrize("path", _python_files("DeLightSAM/DeLightSAMSlicerLib"), ids=lambda p: p.name)
+def test_slicer_lib_imports_no_gui_and_no_torch(path):
+    """The package runs under slicer-core (no Qt) and on a Slicer without torch: torch comes only through the
+    library, when a predictor is loaded."""
+    imports = _imports(path)
+    assert not imports & {"qt", "ctk", "SegmentEditorEffects", "torch"}
+    assert "slicer.ScriptedLoadableModule" not in _imports(path, full=True)
+
+
+def test_gui_files_use_the_session_and_the_mrml_logic_openly():
+    """The effect and the module panel import the session (the one owner of the predictor) and the MRML logic at
+    the top of the file, not through each other; neither imports the library there (importing the package first
+    is what makes the library importable from a source checkout)."""
+    effect = REPO / "SegmentEditorDeLightSAM" / "SegmentEditorDeLightSAMLib" / "SegmentEditorEffect.py"
+    module = REPO / "DeLightSAM" / "DeLightSAM.py"
+    for path, expected in ((effect, {"DeLightSAMSlicerLib.Session", "DeLightSAMSlicerLib.MRMLLogic"}),
+                           (module, {"DeLightSAMSlicerLib.Session"})):
+        top = {node.module for node in ast.parse(path.read_text()).body if isinstance(node, ast.ImportFrom)}
+        assert expected <= top
+        assert not {name for name in top if name.split(".")[0] == "DeLightSAMLib"}
 
 
 def test_no_large_files_in_the_repository():
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
     big = [name for name in tracked if (REPO / name).is_file() and (REPO / name).stat().st_size > 1_000_000]
     assert big == []
+
+
+_IMPORT_AS_SLICER_DOES = """
+import sys
+sys.path.append(sys.argv[1])  # what Slicer adds for a scripted module: the module's own folder
+before = list(sys.path)
+try:
+    import DeLightSAMSlicerLib
+    import DeLightSAMLib.registry
+except ModuleNotFoundError as error:
+    print("error:", error)
+else:
+    print(DeLightSAMLib.__file__)
+    print([folder for folder in sys.path if folder not in before])
+"""
+
+
+def _import_as_slicer_does(module_folder: Path, cwd: Path) -> list[str]:
+    """Import the package with only the module folder on sys.path (no site-packages: -S; ``cwd`` an empty folder),
+    as Slicer loads a module from Additional module paths or from its qt-scripted-modules folder."""
+    run = subprocess.run([sys.executable, "-S", "-E", "-c", _IMPORT_AS_SLICER_DOES, str(module_folder)],
+                         capture_output=True, text=True, cwd=cwd)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.splitlines()
+
+
+def test_source_checkout_module_folder_finds_the_library(tmp_path):
+    """From a checkout, Slicer puts only <checkout>/DeLightSAM on sys.path (.slicerrc.py runs too late to help):
+    importing DeLightSAMSlicerLib adds the checkout, where DeLightSAMLib is."""
+    assert _import_as_slicer_does(REPO / "DeLightSAM", tmp_path) == [str(REPO / "DeLightSAMLib" / "__init__.py"), str([str(REPO)])]
+
+
+def test_installed_layout_needs_no_path_change_and_a_missing_library_says_what_to_do(tmp_path):
+    installed = tmp_path / "qt-scripted-modules"  # what the extension's build installs: both packages side by side
+    shutil.copytree(REPO / "DeLightSAM" / "DeLightSAMSlicerLib", installed / "DeLightSAMSlicerLib")
+    shutil.copytree(REPO / "DeLightSAMLib", installed / "DeLightSAMLib")
+    assert _import_as_slicer_does(installed, tmp_path) == [str(installed / "DeLightSAMLib" / "__init__.py"), "[]"]
+
+    alone = tmp_path / "alone" / "DeLightSAM"  # a module folder without the library anywhere
+    shutil.copytree(REPO / "DeLightSAM" / "DeLightSAMSlicerLib", alone / "DeLightSAMSlicerLib")
+    (output,) = _import_as_slicer_does(alone, tmp_path)
+    assert output.startswith("error: De-LightSAM cannot find its library DeLightSAMLib") and "build and install" in output

@@ -1,4 +1,5 @@
 """Slice geometry for the De-LightSAM extension: the image a slice view shows, and the voxels a mask goes back to.
+Geometry only: the conversion of the raw view image to the network's 8 bits is the library's (``intensity``).
 
 Imports only Slicer's MRML classes (``slicer``), ``vtk``, ``numpy`` and ``DeLightSAMLib``: no Qt, ctk or
 ScriptedLoadableModule, so it runs inside Slicer and, for the tests, under the PyPI ``slicer-core`` package.
@@ -18,11 +19,12 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-import slicer
 from DeLightSAMLib.errors import DeLightSAMError
-from DeLightSAMLib.intensity import Window, apply_window, robust_window
+from DeLightSAMLib.intensity import Window, robust_window
+from DeLightSAMSlicerLib.i18n import tr as _
 
 ALIGNMENT_TOLERANCE = 1e-4  # |sin| of the angle below which a view axis counts as a volume axis
+IDENTITY_WINDOW: Window = (127.5, 255.0)  # 0..255 onto 0..255: 8-bit colour shown as it is
 
 
 class SegmentationError(DeLightSAMError):
@@ -30,11 +32,11 @@ class SegmentationError(DeLightSAMError):
 
 
 # ---------------------------------------------------------------------------------------------- geometry
-def _matrixToArray(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+def matrixToArray(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def _arrayToMatrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+def arrayToMatrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
     matrix = vtk.vtkMatrix4x4()
     for r in range(4):
         for c in range(4):
@@ -42,37 +44,38 @@ def _arrayToMatrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
     return matrix
 
 
-def _worldFromNode(node) -> np.ndarray:
+def worldFromNode(node) -> np.ndarray:
     """4x4 from a transformable node's local coordinates to world RAS; non-linear transforms are refused."""
     transformNode = node.GetParentTransformNode()
     if transformNode is None:
         return np.eye(4)
     if not transformNode.IsTransformToWorldLinear():
-        raise SegmentationError(
-            f"'{node.GetName()}' is under the non-linear transform '{transformNode.GetName()}'; "
+        raise SegmentationError(_(
+            "'{node}' is under the non-linear transform '{transform}'; "
             "harden the transform (Data module, right-click > Harden transform) and apply again"
-        )
+        ).format(node=node.GetName(), transform=transformNode.GetName()))
     matrix = vtk.vtkMatrix4x4()
     transformNode.GetMatrixTransformToWorld(matrix)
-    return _matrixToArray(matrix)
+    return matrixToArray(matrix)
 
 
 def volumeIJKToWorld(volumeNode) -> np.ndarray:
     """4x4 IJK (voxel index, i fastest) -> world RAS of ``volumeNode``, parent transforms included."""
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)
-    return _worldFromNode(volumeNode) @ _matrixToArray(matrix)
+    return worldFromNode(volumeNode) @ matrixToArray(matrix)
 
 
 def voxelArray(volumeNode) -> np.ndarray:
     """[k, j, i] or [k, j, i, c] view of a volume's voxels (works for nodes outside the scene too)."""
     imageData = volumeNode.GetImageData() if volumeNode is not None else None
     if imageData is None or imageData.GetPointData().GetScalars() is None:
-        name = volumeNode.GetName() if volumeNode is not None else "the source volume"
-        raise SegmentationError(f"'{name}' has no voxels; load an image into it first")
+        name = volumeNode.GetName() if volumeNode is not None else _("the source volume")
+        raise SegmentationError(_("'{volume}' has no voxels; load an image into it first").format(volume=name))
     dims = imageData.GetDimensions()
     if 0 in dims:
-        raise SegmentationError(f"'{volumeNode.GetName()}' is empty (dimensions {dims})")
+        raise SegmentationError(_("'{volume}' is empty (dimensions {dimensions})").format(
+            volume=volumeNode.GetName(), dimensions=dims))
     scalars = numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars())
     components = imageData.GetNumberOfScalarComponents()
     shape = tuple(reversed(dims)) + ((components,) if components > 1 else ())
@@ -102,14 +105,6 @@ class SlicePlane:
     pixelToIJK: Optional[np.ndarray] = None
     description: str = ""
 
-    @property
-    def sliceExtent(self) -> list:
-        """[i0, i1, j0, j1, k0, k1] of the aligned slice."""
-        extent = []
-        for ax in range(3):
-            extent += [self.index, self.index] if ax == self.axis else [0, self.volumeDimensions[ax] - 1]
-        return extent
-
 
 def _dominantAxis(vector: np.ndarray) -> tuple[int, int, bool]:
     """(axis, sign, isAligned) of a direction given in IJK units."""
@@ -129,25 +124,24 @@ def slicePlane(volumeNode, sliceNode, anyOffset: bool = False) -> SlicePlane:
     dims = volumeNode.GetImageData().GetDimensions()
     ijkToWorld = volumeIJKToWorld(volumeNode)
     worldToIJK = np.linalg.inv(ijkToWorld)
-    sliceToRAS = _matrixToArray(sliceNode.GetSliceToRAS())
+    sliceToRAS = matrixToArray(sliceNode.GetSliceToRAS())
     # Directions transform with the linear part; the normal is the cross product of the in-plane axes so that
     # shear in IJK-to-RAS cannot fool the alignment test.
     xIJK = worldToIJK[:3, :3] @ sliceToRAS[:3, 0]
     yIJK = worldToIJK[:3, :3] @ sliceToRAS[:3, 1]
-    normalAxis, _, normalAligned = _dominantAxis(np.cross(xIJK, yIJK))
+    normalAxis, _normalSign, normalAligned = _dominantAxis(np.cross(xIJK, yIJK))
     colAxis, colSign, colAligned = _dominantAxis(xIJK)
     yAxis, ySign, yAligned = _dominantAxis(yIJK)
-    viewName = sliceNode.GetName() or "slice"
-    outside = (
-        f"the {viewName} view does not show any part of '{volumeNode.GetName()}'; "
-        "scroll or center the view on the volume and apply again"
-    )
+    viewName = sliceNode.GetName() or _("slice")
+    outside = _(
+        "the {view} view does not show any part of '{volume}'; scroll or center the view on the volume and apply again"
+    ).format(view=viewName, volume=volumeNode.GetName())
     aligned = normalAligned and colAligned and yAligned and len({normalAxis, colAxis, yAxis}) == 3
     if anyOffset and not aligned:
-        raise SegmentationError(
-            f"the {viewName} view is not aligned with the axes of '{volumeNode.GetName()}', which 'All slices' "
-            "needs; use the view's 'Rotate to volume plane' button, or segment the oblique slice on its own"
-        )
+        raise SegmentationError(_(
+            "the {view} view is not aligned with the axes of '{volume}', which 'All slices' needs; use the view's "
+            "'Rotate to volume plane' button, or segment the oblique slice on its own"
+        ).format(view=viewName, volume=volumeNode.GetName()))
     if aligned:
         centerIJK = worldToIJK @ sliceToRAS[:, 3]
         index = int(np.floor(centerIJK[normalAxis] + 0.5))
@@ -158,7 +152,7 @@ def slicePlane(volumeNode, sliceNode, anyOffset: bool = False) -> SlicePlane:
         return SlicePlane(
             volumeDimensions=tuple(dims), ijkToWorld=ijkToWorld, aligned=True, axis=normalAxis, index=index,
             rowAxis=yAxis, rowSign=-ySign, colAxis=colAxis, colSign=colSign,
-            shape=(dims[yAxis], dims[colAxis]), description=f"{'IJK'[normalAxis]} = {index}",
+            shape=(dims[yAxis], dims[colAxis]), description=_("{axis} = {index}").format(axis="IJK"[normalAxis], index=index),
         )
     return _obliquePlane(volumeNode, sliceNode, dims, ijkToWorld, worldToIJK, sliceToRAS, outside)
 
@@ -185,7 +179,8 @@ def _obliquePlane(volumeNode, sliceNode, dims, ijkToWorld, worldToIJK, sliceToRA
     pixelToSlice = np.array([[pixel, 0, 0, xMin], [0, -pixel, 0, yMax], [0, 0, 1, 0], [0, 0, 0, 1]])
     pixelToIJK = worldToIJK @ sliceToRAS @ pixelToSlice
     return SlicePlane(volumeDimensions=tuple(dims), ijkToWorld=ijkToWorld, aligned=False, shape=(rows, cols),
-                      pixelToIJK=pixelToIJK, description=f"oblique, {rows} x {cols} px of {pixel:.3g} mm")
+                      pixelToIJK=pixelToIJK, description=_("oblique, {rows} x {cols} px of {pixel} mm").format(
+                          rows=rows, cols=cols, pixel=f"{pixel:.3g}"))
 
 
 # ---------------------------------------------------------------------------------------------- pixels
@@ -230,82 +225,44 @@ def _trilinear(voxels: np.ndarray, ijk: np.ndarray) -> np.ndarray:
     return result
 
 
-def displayWindow(volumeNode, voxels: np.ndarray) -> Optional[Window]:
-    """(center, width) the user sees for a scalar volume; None for 8-bit vector (RGB) data shown as is."""
+def displayWindow(volumeNode, voxels: np.ndarray) -> Window:
+    """(center, width) mapping the volume's values to 8 bits as the user sees them.
+
+    Scalar volumes: the display node's window/level, or the robust percentile window without one. 8-bit vector
+    (RGB) volumes are shown as they are: the identity window (0..255 to 0..255).
+    """
     if voxels.ndim == 4 and voxels.dtype == np.uint8:
-        return None
+        return IDENTITY_WINDOW
     displayNode = volumeNode.GetDisplayNode() if volumeNode is not None else None
     if displayNode is not None and hasattr(displayNode, "GetWindow") and displayNode.GetWindow() > 0 and voxels.ndim == 3:
         return float(displayNode.GetLevel()), float(displayNode.GetWindow())
     return robust_window(voxels)
 
 
-def toRGB8(image: np.ndarray, window: Optional[Window]) -> np.ndarray:
-    """A raw view image -> (rows, cols, 3) uint8, through ``window``; NaN (outside the volume) is black."""
-    outside = np.isnan(image) if image.dtype.kind == "f" else None
-    if window is None:
-        rgb = np.nan_to_num(image).astype(np.uint8) if image.dtype != np.uint8 else image
-    else:
-        rgb = apply_window(image, window)
-    if outside is not None:
-        rgb = np.where(outside, 0, rgb).astype(np.uint8)
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=-1)
-    elif rgb.shape[-1] == 4:
-        rgb = rgb[..., :3]
-    elif rgb.shape[-1] != 3:
-        rgb = np.repeat(rgb[..., :1], 3, axis=-1)
-    return np.ascontiguousarray(rgb)
-
-
 # ---------------------------------------------------------------------------------------------- write-back
-@dataclass
-class SliceLabelmaps:
-    """What to write for one slice: ``mask`` (1 = predicted foreground) and ``background`` (1 = the slice's
-    voxels outside the mask), vtkOrientedImageData in the source volume's voxel grid, of the slice's extent."""
-
-    mask: slicer.vtkOrientedImageData
-    background: slicer.vtkOrientedImageData
-    voxelCount: int  # foreground voxels
-
-
-def _orientedImage(values: np.ndarray, extent: list, ijkToWorld: np.ndarray) -> slicer.vtkOrientedImageData:
-    """values [k, j, i] uint8 covering ``extent`` -> vtkOrientedImageData in that voxel grid."""
-    image = slicer.vtkOrientedImageData()
-    image.SetImageToWorldMatrix(_arrayToMatrix(ijkToWorld))
-    image.SetExtent(*extent)
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(values, np.uint8).ravel()
-    image.Modified()
-    return image
-
-
-def sliceLabelmaps(mask: np.ndarray, plane: SlicePlane, worldToSegmentation: np.ndarray) -> SliceLabelmaps:
-    """Place a view-image mask (rows, cols) back into the voxels of the slice it came from."""
-    labelToSegmentation = worldToSegmentation @ plane.ijkToWorld
+def sliceVoxels(mask: np.ndarray, plane: SlicePlane) -> tuple[np.ndarray, np.ndarray]:
+    """Where a view-image mask (rows, cols) goes back: the slice's voxels as (N, 3) IJK indices (i, j, k) of the
+    source volume, and each one's mask value (N,) bool. Aligned views give every voxel of the slice; oblique views
+    a one-voxel-thick digital plane (see ``_obliqueVoxels``)."""
     mask = np.asarray(mask, dtype=bool)
+    if mask.shape != tuple(plane.shape):
+        raise ValueError(f"mask of shape {mask.shape} for a view image of shape {plane.shape}")
     if plane.aligned:
-        unflipped = mask[:: plane.rowSign, :: plane.colSign]
-        remaining = [ax for ax in range(3) if ax != plane.axis]
-        inSection = unflipped.transpose(np.argsort([remaining.index(plane.rowAxis), remaining.index(plane.colAxis)]))
-        ijkFirst = np.expand_dims(inSection, plane.axis)  # [i, j, k] with one slice along the normal
-        values = ijkFirst.transpose(2, 1, 0)
-        extent = plane.sliceExtent
-        return SliceLabelmaps(_orientedImage(values, extent, labelToSegmentation),
-                              _orientedImage(~values, extent, labelToSegmentation), int(mask.sum()))
-    voxels, hits = _obliqueVoxels(mask, plane)
-    if len(voxels) == 0:
-        raise SegmentationError("the view's plane passes between the volume's voxels; scroll it slightly and apply again")
-    low, high = voxels.min(axis=0), voxels.max(axis=0)
-    extent = [int(v) for pair in zip(low, high) for v in pair]
-    size = (high - low + 1)[::-1]
-    maskValues = np.zeros(size, np.uint8)
-    backgroundValues = np.zeros(size, np.uint8)
-    local = tuple((voxels - low)[:, ::-1].T)  # [k, j, i] indices
-    maskValues[local] = hits
-    backgroundValues[local] = 1 - hits
-    return SliceLabelmaps(_orientedImage(maskValues, extent, labelToSegmentation),
-                          _orientedImage(backgroundValues, extent, labelToSegmentation), int(hits.sum()))
+        rows, cols = np.mgrid[0 : plane.shape[0], 0 : plane.shape[1]]
+        ijk = np.empty((mask.size, 3), np.int64)
+        ijk[:, plane.axis] = plane.index
+        ijk[:, plane.rowAxis] = _viewToIndex(rows.ravel(), plane.rowSign, plane.shape[0])
+        ijk[:, plane.colAxis] = _viewToIndex(cols.ravel(), plane.colSign, plane.shape[1])
+        return ijk, mask.ravel()
+    ijk, hits = _obliqueVoxels(mask, plane)
+    if len(ijk) == 0:
+        raise SegmentationError(_("the view's plane passes between the volume's voxels; scroll it slightly and apply again"))
+    return ijk, hits.astype(bool)
+
+
+def _viewToIndex(position: np.ndarray, sign: int, size: int) -> np.ndarray:
+    """Voxel index along a volume axis of view row/column ``position`` (the view runs against the axis if sign < 0)."""
+    return position if sign > 0 else size - 1 - position
 
 
 def _obliqueVoxels(mask: np.ndarray, plane: SlicePlane) -> tuple[np.ndarray, np.ndarray]:

@@ -1,94 +1,101 @@
 """MRML logic of the De-LightSAM extension: segment the slice a view shows, every slice, or every frame.
 
 Imports only Slicer's MRML classes, vtk, numpy and DeLightSAMLib (no Qt), so the same code runs inside Slicer and
-under the PyPI ``slicer-core`` package in CI. Results are written through a *writer* — the Segment Editor effect
-inside Slicer (undo, masking and overwrite settings), or :class:`EditorLogicWriter` around Slicer's
-``vtkSlicerSegmentEditorLogic`` anywhere else — so this module never touches segment voxels directly.
+under the PyPI ``slicer-core`` package in CI. The three runs share one options object and one loop: view images
+(raw voxels and the display window) go to the predictor, masks come back, and each batch is resampled into the
+editor's modifier geometry (``Labelmaps``) and written through a *writer* — the Segment Editor effect inside
+Slicer, or :class:`EditorLogicWriter` around Slicer's ``vtkSlicerSegmentEditorLogic`` anywhere else — so the
+editor's undo, editable area, intensity range and overwrite settings hold. This module never touches segment
+voxels itself; it reads them back to report what changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from dataclasses import dataclass, replace as dataclassReplace
-from typing import Callable, Optional, Protocol
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support
 
 import slicer
-from DeLightSAMGeometry import (
+from DeLightSAMLib.intensity import Window, to_rgb8
+from DeLightSAMLib.registry import MODALITIES
+from DeLightSAMSlicerLib.CleanUp import fillHoles, keepLargestComponent
+from DeLightSAMSlicerLib.Frames import FramesSnapshot, fillMissingItems
+from DeLightSAMSlicerLib.Geometry import (
     SegmentationError,
-    SliceLabelmaps,
     SlicePlane,
-    _worldFromNode,
     displayWindow,
     slicePlane,
-    sliceLabelmaps,
-    toRGB8,
+    sliceVoxels,
     viewImage,
     voxelArray,
+    worldFromNode,
 )
+from DeLightSAMSlicerLib.i18n import tr as _
+from DeLightSAMSlicerLib.Labelmaps import BatchLabelmap, ModifierGeometry, segmentVoxels
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]  # (done, total); raise SegmentationCancelled from it to stop
+PredictorProvider = Callable[[], object]  # returns the predictor, loading it (and asking the user) on first use
 
 
 class SegmentationCancelled(Exception):
     """Raised by a progress callback to stop a batch run; what was written so far is kept."""
 
 
-class LabelmapWriter(Protocol):
-    """Where results go. ``apply`` adds ``labelmaps.mask`` to the segment; with ``replace`` it first removes
-    ``labelmaps.background`` (the slice's voxels outside the mask)."""
+@dataclass(frozen=True)
+class SegmentationOptions:
+    """How to segment and write, shared by one slice, all slices and all frames.
 
-    def saveStateForUndo(self) -> None: ...
+    A prompt (a box drawn on the view, for the box model) will be one more field here: the loop hands the options to
+    ``_predictMasks``, the only step that depends on how a mask is predicted; writing is the same for every mask.
+    """
 
-    def apply(self, labelmaps: SliceLabelmaps, replace: bool) -> None: ...
-
-
-class EditorLogicWriter:
-    """Writes through ``vtkSlicerSegmentEditorLogic``: the editor's masking, overwrite and undo apply."""
-
-    def __init__(self, editorLogic, segmentationNode, segmentId: str) -> None:
-        self.editorLogic = editorLogic
-        self.segmentationNode = segmentationNode
-        self.segmentId = segmentId
-
-    def saveStateForUndo(self) -> None:
-        self.editorLogic.SaveStateForUndo()
-
-    def apply(self, labelmaps: SliceLabelmaps, replace: bool) -> None:
-        logic = self.editorLogic
-        if replace:
-            logic.ModifySegmentByLabelmap(self.segmentationNode, self.segmentId, labelmaps.background,
-                                          logic.ModificationModeRemove, True, False)
-        if labelmaps.voxelCount:
-            logic.ModifySegmentByLabelmap(self.segmentationNode, self.segmentId, labelmaps.mask,
-                                          logic.ModificationModeAdd, True, False)
-
-
-@dataclass
-class SliceResult:
-    """What one Apply did: voxels written, where, and how long it took."""
-
-    voxelCount: int
-    sliceCount: int
-    seconds: float
-    description: str
-    cancelled: bool = False
-
-
-@dataclass
-class PostProcessing:
-    """Optional clean-up of each 2D mask before it is written."""
-
+    modality: Union[str, int] = MODALITIES[0]
+    threshold: float = 0.5
+    replace: bool = False  # the covered voxels become exactly the prediction (an empty one clears them)
     keepLargestComponent: bool = False
     fillHoles: bool = False
 
-    def __call__(self, mask: np.ndarray) -> np.ndarray:
+    # The Segment Editor effect keeps the options in its parameter node under these names (field -> parameter),
+    # declared here once; parameter values are strings, booleans "0"/"1".
+    PARAMETER_NAMES = {"modality": "Modality", "threshold": "Threshold", "replace": "Replace",
+                       "keepLargestComponent": "KeepLargest", "fillHoles": "FillHoles"}
+
+    def toParameters(self) -> dict[str, str]:
+        """Parameter name -> value, as the effect's parameter node stores them."""
+        return {name: _parameterText(getattr(self, field)) for field, name in self.PARAMETER_NAMES.items()}
+
+    @classmethod
+    def fromParameters(cls, parameters: Mapping[str, str]) -> "SegmentationOptions":
+        """Options from parameter values (missing or empty ones keep their defaults)."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            text = parameters.get(cls.PARAMETER_NAMES[field.name], "")
+            if text in ("", None):
+                continue
+            default = field.default
+            if isinstance(default, bool):
+                values[field.name] = str(text).strip().lower() not in ("0", "false", "")
+            elif isinstance(default, float):
+                values[field.name] = float(text)
+            else:
+                values[field.name] = str(text)
+        return cls(**values)
+
+    @classmethod
+    def of(cls, options: Union["SegmentationOptions", str, int], **changes) -> "SegmentationOptions":
+        """``options`` itself, or a modality name or index as shorthand; keyword arguments replace fields."""
+        if not isinstance(options, cls):
+            options = cls(modality=options)
+        return dataclasses.replace(options, **changes) if changes else options
+
+    def cleanUp(self, mask: np.ndarray) -> np.ndarray:
+        """The 2D mask as it is written: holes filled, then only the largest region, when asked for."""
         if self.fillHoles:
             mask = fillHoles(mask)
         if self.keepLargestComponent:
@@ -96,345 +103,425 @@ class PostProcessing:
         return mask
 
 
+def _parameterText(value) -> str:
+    return str(int(value)) if isinstance(value, bool) else str(value)
+
+
+@dataclass
+class SliceView:
+    """What a view shows of the source volume: raw values (rows, cols[, c]), the window that maps them to the 8 bits
+    on screen, and the plane they come from. NaN marks samples outside the volume (oblique views)."""
+
+    image: np.ndarray
+    window: Window
+    plane: SlicePlane
+
+    def rgb8(self) -> np.ndarray:
+        """(rows, cols, 3) uint8: what the network sees, through the library's one pixel pipeline."""
+        return to_rgb8(self.image, self.window)
+
+
+class LabelmapWriter(Protocol):
+    """Where masks go: labelmaps in ``modifierGeometry()``'s lattice are added to or removed from the segment with
+    the editor's masking and overwrite settings."""
+
+    def modifierGeometry(self) -> ModifierGeometry: ...
+
+    def saveStateForUndo(self) -> None: ...
+
+    def add(self, labelmap) -> None: ...
+
+    def remove(self, labelmap) -> None: ...
+
+
+class EditorLogicWriter:
+    """Writes through ``vtkSlicerSegmentEditorLogic`` (Slicer 5.10 and later): the editor's masking, overwrite and
+    undo apply. Its modifier geometry is the segmentation's reference geometry, which the editor logic also builds
+    its modifier labelmap, editable-area mask and aligned source volume from."""
+
+    def __init__(self, editorLogic, segmentationNode, segmentId: str) -> None:
+        self.editorLogic = editorLogic
+        self.segmentationNode = segmentationNode
+        self.segmentId = segmentId
+
+    def modifierGeometry(self) -> ModifierGeometry:
+        geometry = self.editorLogic.GetReferenceImageGeometryString()
+        if not geometry:
+            raise SegmentationError(_("'{segmentation}' has no reference geometry; choose a source volume").format(
+                segmentation=self.segmentationNode.GetName()))
+        return ModifierGeometry.fromSerialized(geometry)
+
+    def saveStateForUndo(self) -> None:
+        self.editorLogic.SaveStateForUndo()
+
+    def add(self, labelmap) -> None:
+        self._modify(labelmap, self.editorLogic.ModificationModeAdd)
+
+    def remove(self, labelmap) -> None:
+        self._modify(labelmap, self.editorLogic.ModificationModeRemove)
+
+    def _modify(self, labelmap, mode) -> None:
+        self.editorLogic.ModifySegmentByLabelmap(self.segmentationNode, self.segmentId, labelmap, mode, True, False)
+
+
+@dataclass
+class SliceResult:
+    """What one run did: segment voxels added and removed (read back after writing), where, and how long it took."""
+
+    voxelsAdded: int
+    voxelsRemoved: int
+    sliceCount: int
+    seconds: float
+    description: str
+    cancelled: bool = False
+    sceneClosed: bool = False
+
+    @property
+    def voxelCount(self) -> int:
+        """Voxels of the segment that changed."""
+        return self.voxelsAdded + self.voxelsRemoved
+
+
+@dataclass
+class _Job:
+    """The items of one run: ``viewAt(i)`` shows item i; ``selectForWriting(i)``, for frames, makes item i's
+    segmentation the one the writer modifies (then each item is written on its own; otherwise a batch at once)."""
+
+    count: int
+    viewAt: Callable[[int], SliceView]
+    selectForWriting: Optional[Callable[[int], None]] = None
+    undoable: bool = True  # one editor undo state before the first change
+
+
 class DeLightSAMMRMLLogic:
     """Segment what Slicer's views show with a De-LightSAM predictor.
 
-    ``predictorFactory`` is called once, on first use, to build the predictor (loading torch and the checkpoint is
-    slow, so nothing happens at construction). Pass ``predictor`` directly to reuse one.
+    ``predictorProvider`` is called at the start of every run and returns the predictor; the owner of the predictor
+    (the session) loads it on first use, asking to install or download. A predictor object may be passed instead.
     """
 
-    def __init__(self, predictor=None, predictorFactory: Optional[Callable[[], object]] = None) -> None:
-        self._predictor = predictor
-        self.predictorFactory = predictorFactory
-        self.batchSize = 4  # slices or frames per progress report (and per chance to cancel)
+    def __init__(self, predictorProvider: Union[PredictorProvider, object]) -> None:
+        if hasattr(predictorProvider, "set_image"):
+            predictor = predictorProvider
+            predictorProvider = lambda: predictor  # noqa: E731
+        self.predictorProvider = predictorProvider
+        self.batchSize = 4  # slices or frames per network call and per progress report (and chance to cancel)
         self.editorLogic = None  # created on first write without an explicit writer
-        self.framesSnapshot: Optional[FramesSnapshot] = None  # for undoLastFrames
+        self._framesSnapshot: Optional[FramesSnapshot] = None  # for undoLastFrames
 
-    # ------------------------------------------------------------------ predictor
-    @property
-    def predictor(self):
-        if self._predictor is None:
-            if self.predictorFactory is None:
-                raise SegmentationError("no De-LightSAM model is loaded; choose a checkpoint in the De-LightSAM module")
-            self._predictor = self.predictorFactory()
-        return self._predictor
-
-    @predictor.setter
-    def predictor(self, predictor) -> None:
-        self._predictor = predictor
-
-    # ------------------------------------------------------------------ one slice
-    def viewImage(self, sourceVolumeNode, sliceNode) -> tuple[np.ndarray, SlicePlane]:
-        """The (rows, cols, 3) uint8 image ``sliceNode`` shows of ``sourceVolumeNode`` and its plane."""
+    # ------------------------------------------------------------------ what a view shows
+    def sliceView(self, sourceVolumeNode, sliceNode) -> SliceView:
         voxels = self._checkedVoxels(sourceVolumeNode)
         if sliceNode is None:
-            raise SegmentationError("no slice view selected; choose the view whose slice to segment")
+            raise SegmentationError(_("no slice view selected; choose the view whose slice to segment"))
         plane = slicePlane(sourceVolumeNode, sliceNode)
-        return toRGB8(viewImage(voxels, plane), displayWindow(sourceVolumeNode, voxels)), plane
+        return SliceView(viewImage(voxels, plane), displayWindow(sourceVolumeNode, voxels), plane)
 
-    def segmentSlice(
-        self,
-        sourceVolumeNode,
-        sliceNode,
-        segmentationNode,
-        segmentId: str,
-        modality,
-        writer: Optional[LabelmapWriter] = None,
-        *,
-        threshold: float = 0.5,
-        replace: bool = False,
-        postProcessing: Optional[PostProcessing] = None,
-    ) -> SliceResult:
-        """Predict the slice ``sliceNode`` shows and write it into that slice of ``segmentId``.
+    def viewImage(self, sourceVolumeNode, sliceNode) -> tuple[np.ndarray, SlicePlane]:
+        """The (rows, cols, 3) uint8 image the network sees of the slice ``sliceNode`` shows, and its plane."""
+        view = self.sliceView(sourceVolumeNode, sliceNode)
+        return view.rgb8(), view.plane
 
-        With ``replace`` the slice's voxels become exactly the prediction (an empty prediction clears the slice);
-        otherwise the prediction is added to what the segment already has. One undo step.
+    # ------------------------------------------------------------------ the three runs
+    def segmentSlice(self, sourceVolumeNode, sliceNode, segmentationNode, segmentId: str, options,
+                     writer: Optional[LabelmapWriter] = None, **changes) -> SliceResult:
+        """Predict the slice ``sliceNode`` shows and write it into that slice of ``segmentId``. One undo step.
+
+        ``options``: :class:`SegmentationOptions` or a modality; keyword arguments replace its fields.
         """
-        start = time.perf_counter()
+        options = SegmentationOptions.of(options, **changes)
         self._checkSegment(segmentationNode, segmentId)
-        image, plane = self.viewImage(sourceVolumeNode, sliceNode)
-        predictor = self.predictor
-        predictor.set_image(image)
-        mask = predictor.predict(modality, threshold=threshold).mask
-        if postProcessing is not None:
-            mask = postProcessing(mask)
-        labelmaps = sliceLabelmaps(mask, plane, self._worldToSegmentation(segmentationNode))
-        writer = writer or self._defaultWriter(sourceVolumeNode, segmentationNode, segmentId)
-        writer.saveStateForUndo()
-        writer.apply(labelmaps, replace)
-        return SliceResult(labelmaps.voxelCount, 1, time.perf_counter() - start, plane.description)
+        view = self.sliceView(sourceVolumeNode, sliceNode)
+        result = self._run(_Job(1, lambda _item: view), sourceVolumeNode, segmentationNode, segmentId, options, writer)
+        result.description = view.plane.description
+        return result
 
-    # ------------------------------------------------------------------ all slices
-    def segmentAllSlices(
-        self,
-        sourceVolumeNode,
-        sliceNode,
-        segmentationNode,
-        segmentId: str,
-        modality,
-        writer: Optional[LabelmapWriter] = None,
-        *,
-        threshold: float = 0.5,
-        replace: bool = False,
-        postProcessing: Optional[PostProcessing] = None,
-        progress: Optional[ProgressCallback] = None,
-    ) -> SliceResult:
+    def segmentAllSlices(self, sourceVolumeNode, sliceNode, segmentationNode, segmentId: str, options,
+                         writer: Optional[LabelmapWriter] = None, *, progress: Optional[ProgressCallback] = None,
+                         **changes) -> SliceResult:
         """Every slice of the volume along the view's normal, in batches; one undo step for the whole run.
 
-        Slices with a single value everywhere (padding, air outside the field of view) cost one network pass
-        per distinct value (the predictor reuses the result). Cancelling (``SegmentationCancelled`` from
-        ``progress``) keeps the slices already written.
+        Slices with one value everywhere (padding, air outside the field of view) cost one network pass per distinct
+        value (the predictor reuses the result). Cancelling (``SegmentationCancelled`` from ``progress``) keeps the
+        slices already written.
         """
-        start = time.perf_counter()
+        options = SegmentationOptions.of(options, **changes)
         self._checkSegment(segmentationNode, segmentId)
         voxels = self._checkedVoxels(sourceVolumeNode)
         if sliceNode is None:
-            raise SegmentationError("no slice view selected; choose the view that gives the slicing direction")
+            raise SegmentationError(_("no slice view selected; choose the view that gives the slicing direction"))
         plane = slicePlane(sourceVolumeNode, sliceNode, anyOffset=True)
-        window = displayWindow(sourceVolumeNode, voxels)
-        self.predictor  # load the model (asking to install or download) before anything in the scene changes
-        writer = writer or self._defaultWriter(sourceVolumeNode, segmentationNode, segmentId)
-        total = plane.volumeDimensions[plane.axis]
+        window = displayWindow(sourceVolumeNode, voxels)  # one window for the whole volume, as the user sees it
 
         def viewAt(index):
-            slicePlaneAtIndex = dataclassReplace(plane, index=index)
-            return toRGB8(viewImage(voxels, slicePlaneAtIndex), window), slicePlaneAtIndex
+            planeAtIndex = dataclasses.replace(plane, index=index)
+            return SliceView(viewImage(voxels, planeAtIndex), window, planeAtIndex)
 
-        writer.saveStateForUndo()
-        written, done, cancelled = self._segmentInBatches(
-            total, viewAt, None, writer, self._worldToSegmentation(segmentationNode), modality,
-            threshold=threshold, replace=replace, postProcessing=postProcessing, progress=progress)
-        return SliceResult(written, done, time.perf_counter() - start,
-                           f"{done} of {total} slices along {'IJK'[plane.axis]}", cancelled)
+        total = plane.volumeDimensions[plane.axis]
+        result = self._run(_Job(total, viewAt), sourceVolumeNode, segmentationNode, segmentId, options, writer, progress)
+        result.description = _("{done} of {total} slices along {axis}").format(
+            done=result.sliceCount, total=total, axis="IJK"[plane.axis])
+        return result
 
-    # ------------------------------------------------------------------ all frames
-    def segmentAllFrames(
-        self,
-        browserNode,
-        sourceVolumeNode,
-        sliceNode,
-        segmentationNode,
-        segmentId: str,
-        modality,
-        writer: Optional[LabelmapWriter] = None,
-        *,
-        threshold: float = 0.5,
-        replace: bool = False,
-        postProcessing: Optional[PostProcessing] = None,
-        progress: Optional[ProgressCallback] = None,
-    ) -> SliceResult:
+    def segmentAllFrames(self, browserNode, sourceVolumeNode, sliceNode, segmentationNode, segmentId: str, options,
+                         writer: Optional[LabelmapWriter] = None, *, progress: Optional[ProgressCallback] = None,
+                         **changes) -> SliceResult:
         """The slice ``sliceNode`` shows, in every frame of a sequence; each frame's mask goes into the matching
-        item of the segmentation sequence synchronised with ``browserNode``.
+        item of the segmentation sequence synchronised with ``browserNode`` (one modification per frame).
 
         ``sourceVolumeNode`` and ``segmentationNode`` are the browser's proxy nodes. Frames whose segmentation
         item is missing get an empty copy of the current segments first, so nothing leaks between frames.
-        ``undoLastFrames()`` restores every item as it was before the run (the editor's undo only covers the
-        frame on screen). Cancelling keeps the frames already written.
+        Undo: ``undoLastFrames()`` restores every item as it was before the run. The editor's undo cannot: Slicer
+        clears the editor's undo history whenever the shown frame changes (each frame has its own segmentation
+        object, and ``vtkSegmentationHistory::SetSegmentation`` drops its states), so no undo state is saved.
+        Cancelling keeps the frames already written.
         """
-        start = time.perf_counter()
+        options = SegmentationOptions.of(options, **changes)
         self._checkSegment(segmentationNode, segmentId)
         if browserNode is None:
-            raise SegmentationError("no sequence browser: load the clip as a sequence (e.g. a 4D or cine volume)")
+            raise SegmentationError(_("no sequence browser: load the clip as a sequence (e.g. a 4D or cine volume)"))
         volumeSequence = browserNode.GetSequenceNode(sourceVolumeNode) if sourceVolumeNode is not None else None
         if volumeSequence is None:
-            raise SegmentationError(
-                f"'{sourceVolumeNode.GetName() if sourceVolumeNode else 'the source volume'}' is not a frame of the "
-                f"sequence browser '{browserNode.GetName()}'; choose the browser's volume as source volume"
-            )
+            raise SegmentationError(_(
+                "'{volume}' is not a frame of the sequence browser '{browser}'; choose the browser's volume as "
+                "source volume").format(volume=sourceVolumeNode.GetName() if sourceVolumeNode else _("the source volume"),
+                                        browser=browserNode.GetName()))
         segmentationSequence = browserNode.GetSequenceNode(segmentationNode)
         if segmentationSequence is None:
-            raise SegmentationError(
-                f"'{segmentationNode.GetName()}' is not synchronised with the sequence browser '{browserNode.GetName()}'; "
-                "add it in the Sequences module (Synchronized nodes) so that each frame has its own segmentation"
-            )
-        self.predictor  # load the model (asking to install or download) before anything in the scene changes
+            raise SegmentationError(_(
+                "'{segmentation}' is not synchronised with the sequence browser '{browser}'; add it in the Sequences "
+                "module (Synchronized nodes) so that each frame has its own segmentation").format(
+                    segmentation=segmentationNode.GetName(), browser=browserNode.GetName()))
+        self._checkedVoxels(sourceVolumeNode)
+        if sliceNode is None:
+            raise SegmentationError(_("no slice view selected; choose the view whose slice to segment"))
+        predictor = self.predictorProvider()  # load the model (asking to install or download) before the scene changes
         primary = browserNode.GetMasterSequenceNode()
         indexValues = [primary.GetNthIndexValue(i) for i in range(primary.GetNumberOfDataNodes())]
-        self.framesSnapshot = FramesSnapshot(browserNode, segmentationSequence, segmentationNode, indexValues)
-        _fillMissingItems(segmentationSequence, segmentationNode, indexValues)
+        self._framesSnapshot = FramesSnapshot(browserNode, segmentationSequence, segmentationNode, indexValues)
+        fillMissingItems(segmentationSequence, segmentationNode, indexValues)
         saveChanges = browserNode.GetSaveChanges(segmentationSequence)
         browserNode.SetSaveChanges(segmentationSequence, True)  # the proxy's edits are stored in the frame's item
         startItem = browserNode.GetSelectedItemNumber()
-        writer = writer or self._defaultWriter(sourceVolumeNode, segmentationNode, segmentId)
 
         def viewAt(item):
             browserNode.SetSelectedItemNumber(item)
-            return self.viewImage(sourceVolumeNode, sliceNode)
+            return self.sliceView(sourceVolumeNode, sliceNode)
 
+        result = None
         try:
-            written, done, cancelled = self._segmentInBatches(
-                len(indexValues), viewAt, browserNode.SetSelectedItemNumber, writer,
-                self._worldToSegmentation(segmentationNode), modality,
-                threshold=threshold, replace=replace, postProcessing=postProcessing, progress=progress)
+            job = _Job(len(indexValues), viewAt, browserNode.SetSelectedItemNumber, undoable=False)
+            result = self._run(job, sourceVolumeNode, segmentationNode, segmentId, options, writer, progress, predictor)
         finally:
-            browserNode.SetSelectedItemNumber(startItem)
-            browserNode.SetSaveChanges(segmentationSequence, saveChanges)
-        return SliceResult(written, done, time.perf_counter() - start, f"{done} of {len(indexValues)} frames", cancelled)
+            if result is None or not result.sceneClosed:
+                browserNode.SetSelectedItemNumber(startItem)
+                browserNode.SetSaveChanges(segmentationSequence, saveChanges)
+        result.description = _("{done} of {total} frames").format(done=result.sliceCount, total=len(indexValues))
+        return result
 
-    def _segmentInBatches(self, count, viewAt, beforeWrite, writer, worldToSegmentation, modality, *,
-                          threshold, replace, postProcessing, progress) -> tuple[int, int, bool]:
-        """The loop the batch runs share: views ``viewAt(i)`` (image, plane) ``batchSize`` at a time, predicted
-        together, each written (after ``beforeWrite(i)``), progress reported per batch.
-        Returns (voxels written, items done, cancelled)."""
-        predictor = self.predictor
-        written = done = 0
-        try:
-            for first in range(0, count, self.batchSize):
-                items = range(first, min(first + self.batchSize, count))
-                views = [viewAt(item) for item in items]
-                results = predictor.predict_batch([image for image, _ in views], modality, threshold=threshold)
-                for item, (_, plane), result in zip(items, views, results):
-                    if beforeWrite is not None:
-                        beforeWrite(item)
-                    mask = postProcessing(result.mask) if postProcessing else result.mask
-                    labelmaps = sliceLabelmaps(mask, plane, worldToSegmentation)
-                    writer.apply(labelmaps, replace)
-                    written += labelmaps.voxelCount
-                done += len(items)
-                if progress is not None:
-                    progress(done, count)
-        except SegmentationCancelled:
-            return written, done, True
-        return written, done, False
+    @property
+    def framesSnapshot(self) -> Optional[FramesSnapshot]:
+        """The frames as they were before the last ``segmentAllFrames``; None once used, or once its scene closed."""
+        if self._framesSnapshot is not None and not self._framesSnapshot.inScene():
+            self._framesSnapshot = None
+        return self._framesSnapshot
+
+    def clearFramesSnapshot(self) -> None:
+        """Forget the snapshot (the effect calls this when the scene closes, to free its copies at once)."""
+        self._framesSnapshot = None
 
     def undoLastFrames(self) -> bool:
         """Put every frame's segmentation back as it was before the last ``segmentAllFrames``; False if none."""
-        snapshot, self.framesSnapshot = self.framesSnapshot, None
+        snapshot, self._framesSnapshot = self.framesSnapshot, None
         if snapshot is None:
             return False
         snapshot.restore()
         return True
 
+    # ------------------------------------------------------------------ the loop
+    def _run(self, job: _Job, sourceVolumeNode, segmentationNode, segmentId: str, options: SegmentationOptions,
+             writer: Optional[LabelmapWriter], progress: Optional[ProgressCallback] = None,
+             predictor=None) -> SliceResult:
+        """View, predict and write ``job``'s items ``batchSize`` at a time; report progress per batch; stop
+        cleanly when ``progress`` cancels or the scene is closed (nothing in it is touched after that)."""
+        start = time.perf_counter()
+        predictor = predictor or self.predictorProvider()  # loads the model before anything in the scene changes
+        writer = writer or self._defaultWriter(sourceVolumeNode, segmentationNode, segmentId)
+        if job.undoable:
+            writer = _UndoStateBeforeFirstChange(writer)
+        added = removed = done = covered = 0
+        cancelled = False
+        with _SceneCloseObservation(segmentationNode.GetScene()) as scene:
+            try:
+                for first in range(0, job.count, self.batchSize):
+                    items = list(range(first, min(first + self.batchSize, job.count)))
+                    views = [job.viewAt(item) for item in items]
+                    masks = self._predictMasks(predictor, views, options)
+                    batch = list(zip(items, views, masks))
+                    groups = [batch] if job.selectForWriting is None else [[entry] for entry in batch]
+                    for group in groups:
+                        if job.selectForWriting is not None:
+                            job.selectForWriting(group[0][0])
+                        change = self._write(group, segmentationNode, segmentId, options, writer)
+                        if change is not None:
+                            added, removed, covered = added + change[0], removed + change[1], covered + len(group)
+                    done += len(items)
+                    if progress is not None:
+                        progress(done, job.count)
+                    if scene.closed:
+                        break
+            except SegmentationCancelled:
+                cancelled = True
+        if done and not covered and not scene.closed:
+            raise SegmentationError(_(
+                "the slice covers no voxel of '{segmentation}' (it lies outside the segmentation's geometry, or "
+                "between its voxels where they are coarser than the volume's); give the segmentation the geometry of "
+                "'{volume}' (Segment Editor: Specify geometry) and apply again").format(
+                    segmentation=segmentationNode.GetName(), volume=sourceVolumeNode.GetName()))
+        return SliceResult(added, removed, done, time.perf_counter() - start, "", cancelled or scene.closed, scene.closed)
+
+    @staticmethod
+    def _predictMasks(predictor, views: Sequence[SliceView], options: SegmentationOptions) -> list[np.ndarray]:
+        """(rows, cols) bool masks of ``views``: the raw view and its display window go to the predictor, which
+        converts them to 8 bits (one pixel pipeline, the library's). One view: ``set_image`` then ``predict``, so the
+        image stays cached in the predictor; several: ``predict_batch``, per display window."""
+        if len(views) == 1:
+            predictor.set_image(views[0].image, views[0].window)
+            return [predictor.predict(options.modality, threshold=options.threshold).mask]
+        masks: list = [None] * len(views)
+        byWindow: dict = {}
+        for index, view in enumerate(views):
+            byWindow.setdefault(tuple(float(value) for value in view.window), []).append(index)
+        for window, indices in byWindow.items():
+            results = predictor.predict_batch([views[i].image for i in indices], options.modality,
+                                              threshold=options.threshold, window=window)
+            for index, result in zip(indices, results):
+                masks[index] = result.mask
+        return masks
+
+    def _write(self, group, segmentationNode, segmentId: str, options: SegmentationOptions,
+               writer: LabelmapWriter) -> Optional[tuple[int, int]]:
+        """Write the masks of ``group`` (item, view, mask) as one labelmap in the modifier geometry (a Remove of the
+        covered voxels first, with ``replace``); returns the segment's voxels (added, removed), read back, or None
+        when the slices lie outside the modifier geometry."""
+        geometry = writer.modifierGeometry()
+        batch = BatchLabelmap(geometry)
+        worldToSegmentation = np.linalg.inv(worldFromNode(segmentationNode))
+        for _item, view, mask in group:
+            ijk, values = sliceVoxels(options.cleanUp(np.asarray(mask, bool)), view.plane)
+            batch.add(ijk, values, worldToSegmentation @ view.plane.ijkToWorld)
+        if batch.empty:
+            return None
+        extent, mask, covered = batch.arrays()
+        before = segmentVoxels(segmentationNode, segmentId, geometry, extent)
+        if options.replace and (covered > mask).any():
+            writer.remove(geometry.image(covered & (1 - mask), extent))
+        if mask.any():
+            writer.add(geometry.image(mask, extent))
+        after = segmentVoxels(segmentationNode, segmentId, geometry, extent)
+        return int((after > before).sum()), int((after < before).sum())
+
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _checkedVoxels(volumeNode) -> np.ndarray:
         if volumeNode is None:
-            raise SegmentationError("no source volume selected; choose the volume to segment in the Segment Editor")
+            raise SegmentationError(_("no source volume selected; choose the volume to segment in the Segment Editor"))
         if not volumeNode.IsA("vtkMRMLScalarVolumeNode") and not volumeNode.IsA("vtkMRMLVectorVolumeNode"):
-            raise SegmentationError(f"'{volumeNode.GetName()}' is not a scalar or RGB volume")
+            raise SegmentationError(_("'{volume}' is not a scalar or RGB volume").format(volume=volumeNode.GetName()))
         voxels = voxelArray(volumeNode)
         components = voxels.shape[3] if voxels.ndim == 4 else 1
         if components not in (1, 3, 4):
-            raise SegmentationError(
-                f"'{volumeNode.GetName()}' has {components} values per voxel (a 4D or multi-channel volume); "
-                "load it as a sequence and segment one frame, or extract one channel first"
-            )
+            raise SegmentationError(_(
+                "'{volume}' has {components} values per voxel (a 4D or multi-channel volume); load it as a sequence "
+                "and segment one frame, or extract one channel first").format(
+                    volume=volumeNode.GetName(), components=components))
         return voxels
 
     @staticmethod
     def _checkSegment(segmentationNode, segmentId: str) -> None:
         if segmentationNode is None:
-            raise SegmentationError("no segmentation selected; create or choose one in the Segment Editor")
+            raise SegmentationError(_("no segmentation selected; create or choose one in the Segment Editor"))
         if not segmentId or segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
-            raise SegmentationError(f"segment '{segmentId}' is not in '{segmentationNode.GetName()}'; select a segment")
-
-    @staticmethod
-    def _worldToSegmentation(segmentationNode) -> np.ndarray:
-        return np.linalg.inv(_worldFromNode(segmentationNode))
+            raise SegmentationError(_("segment '{segment}' is not in '{segmentation}'; select a segment").format(
+                segment=segmentId, segmentation=segmentationNode.GetName()))
 
     def _defaultWriter(self, sourceVolumeNode, segmentationNode, segmentId: str) -> EditorLogicWriter:
         """A writer on this logic's own segment editor logic (scripts and tests; the effect passes its own).
 
-        One editor logic per scene, kept, so that ``editorLogic.Undo()`` undoes the last run.
+        One editor logic per scene, kept, so that ``editorLogic.Undo()`` undoes the last run. Slicer 5.8 has no
+        ``vtkSlicerSegmentEditorLogic``: there, only the effect (Segment Editor) can write.
         """
         scene = segmentationNode.GetScene()
         if scene is None:
-            raise SegmentationError(f"'{segmentationNode.GetName()}' is not in a scene")
+            raise SegmentationError(_("'{segmentation}' is not in a scene").format(segmentation=segmentationNode.GetName()))
+        editorLogicClass = getattr(slicer, "vtkSlicerSegmentEditorLogic", None)
+        if editorLogicClass is None:
+            raise SegmentationError(_(
+                "writing a segment outside the Segment Editor needs Slicer 5.10 or later (vtkSlicerSegmentEditorLogic); "
+                "in this Slicer use the De-LightSAM effect in the Segment Editor"))
         if self.editorLogic is None or self.editorLogic.GetMRMLScene() is not scene:
             if not scene.IsNodeClassRegistered("vtkMRMLSegmentEditorNode"):
                 scene.RegisterNodeClass(slicer.vtkMRMLSegmentEditorNode())
             editorNode = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "DeLightSAMEditor")
             editorNode.SetHideFromEditors(True)
-            self.editorLogic = slicer.vtkSlicerSegmentEditorLogic()
+            self.editorLogic = editorLogicClass()
             self.editorLogic.SetMRMLScene(scene)
             self.editorLogic.SetSegmentEditorNode(editorNode)
         self.editorLogic.SetSegmentationNode(segmentationNode)
         self.editorLogic.SetSourceVolumeNode(sourceVolumeNode)
         self.editorLogic.GetSegmentEditorNode().SetSelectedSegmentID(segmentId)
         return EditorLogicWriter(self.editorLogic, segmentationNode, segmentId)
-# ---------------------------------------------------------------------------------------------- sequences
-class FramesSnapshot:
-    """Copies of every frame's segmentation before an all-frames run, to undo the whole run at once.
-
-    Restoring goes through the proxy node, as the user's own edits do, so that the browser's proxies and
-    items never share a half-restored state; frames that had no item get an empty one.
-    """
-
-    def __init__(self, browserNode, sequenceNode, segmentationNode, indexValues: list) -> None:
-        self.browserNode = browserNode
-        self.sequenceNode = sequenceNode
-        self.segmentationNode = segmentationNode
-        self.empty = _emptyCopy(segmentationNode)
-        self.items = []
-        for value in indexValues:
-            node = sequenceNode.GetDataNodeAtValue(value, True)
-            self.items.append(_copyNode(node) if node is not None else None)
-
-    def restore(self) -> None:
-        browser, sequence = self.browserNode, self.sequenceNode
-        current, saveChanges = browser.GetSelectedItemNumber(), browser.GetSaveChanges(sequence)
-        browser.SetSaveChanges(sequence, True)
-        try:
-            for item, saved in enumerate(self.items):
-                browser.SetSelectedItemNumber(item)
-                self.segmentationNode.GetSegmentation().DeepCopy((saved or self.empty).GetSegmentation())
-        finally:
-            browser.SetSelectedItemNumber(current)
-            browser.SetSaveChanges(sequence, saveChanges)
 
 
-def _copyNode(node):
-    copy = node.CreateNodeInstance()
-    copy.Copy(node)
-    if node.IsA("vtkMRMLSegmentationNode"):
-        segmentation = slicer.vtkSegmentation()
-        segmentation.DeepCopy(node.GetSegmentation())
-        copy.SetAndObserveSegmentation(segmentation)
-    return copy
+class _UndoStateBeforeFirstChange:
+    """A writer that saves the editor's undo state once, just before its first change: a run that writes nothing
+    leaves no undo step behind."""
+
+    def __init__(self, writer: LabelmapWriter) -> None:
+        self.writer = writer
+        self.saved = False
+
+    def modifierGeometry(self) -> ModifierGeometry:
+        return self.writer.modifierGeometry()
+
+    def add(self, labelmap) -> None:
+        self._saveOnce()
+        self.writer.add(labelmap)
+
+    def remove(self, labelmap) -> None:
+        self._saveOnce()
+        self.writer.remove(labelmap)
+
+    def _saveOnce(self) -> None:
+        if not self.saved:
+            self.writer.saveStateForUndo()
+            self.saved = True
 
 
-def _fillMissingItems(sequenceNode, segmentationNode, indexValues: list) -> None:
-    """Give every frame without a segmentation item an empty copy of ``segmentationNode``'s segments."""
-    for value in indexValues:
-        if sequenceNode.GetDataNodeAtValue(value, True) is None:
-            sequenceNode.SetDataNodeAtValue(_emptyCopy(segmentationNode), value)
+class _SceneCloseObservation:
+    """Watches a scene's StartCloseEvent during a run: ``closed`` says whether it came. Only for the length of a
+    run: an observer left on a scene would call into Python while the scene is destroyed."""
 
+    def __init__(self, scene) -> None:
+        self.scene = scene
+        self.closed = False
+        self._tag = None
 
-def _emptyCopy(segmentationNode):
-    """The same segments (names, colours, IDs) with no voxels."""
-    empty = _copyNode(segmentationNode)
-    for segmentId in list(empty.GetSegmentation().GetSegmentIDs()):
-        empty.GetSegmentation().ClearSegment(segmentId)
-    return empty
+    def start(self) -> "_SceneCloseObservation":
+        if self.scene is not None and self._tag is None:
+            self._tag = self.scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._closing)
+        return self
 
+    def stop(self) -> None:
+        if self._tag is not None:
+            self.scene.RemoveObserver(self._tag)
+            self._tag = None
 
-# ---------------------------------------------------------------------------------------------- clean-up
-def keepLargestComponent(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected foreground region of a 2D mask (empty stays empty)."""
-    labels, sizes = _components(mask)
-    return labels == 1 if sizes else mask.astype(bool)  # labels are size ranks: 1 is the largest
+    def _closing(self, caller, event) -> None:
+        self.closed = True
 
+    def __enter__(self) -> "_SceneCloseObservation":
+        return self.start()
 
-def fillHoles(mask: np.ndarray) -> np.ndarray:
-    """Fill background regions of a 2D mask that do not touch the image border."""
-    background, _ = _components(~mask.astype(bool))
-    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
-    holes = (background > 0) & ~np.isin(background, border[border > 0])
-    return mask.astype(bool) | holes
-
-
-def _components(mask: np.ndarray) -> tuple[np.ndarray, list]:
-    """4-connected labels (0 = background) and region sizes, via VTK's connectivity filter."""
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    image = vtk.vtkImageData()
-    image.SetDimensions(mask.shape[1], mask.shape[0], 1)
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(mask.ravel(), deep=True))
-    connectivity = vtk.vtkImageConnectivityFilter()
-    connectivity.SetInputData(image)
-    connectivity.SetScalarRange(1, 1)
-    connectivity.SetExtractionModeToAllRegions()
-    connectivity.SetLabelModeToSizeRank()
-    connectivity.Update()
-    labels = numpy_support.vtk_to_numpy(connectivity.GetOutput().GetPointData().GetScalars()).reshape(mask.shape)
-    sizes = [connectivity.GetExtractedRegionSizes().GetValue(i) for i in range(connectivity.GetNumberOfExtractedRegions())]
-    return labels.astype(np.int64), sizes
+    def __exit__(self, *exc) -> None:
+        self.stop()

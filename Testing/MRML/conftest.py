@@ -124,14 +124,17 @@ def mrml():
 class QuadrantPredictor:
     """A stand-in model whose answer depends on position, not content: the top-left quadrant of the image.
 
-    It records every image it was given, so tests can check what the view showed.
+    It records every image it was given as the network would see it (through the library's window/level to
+    8 bits), so tests can check what the view showed.
     """
 
     def __init__(self) -> None:
         self.images = []
 
-    def set_image(self, image):
-        self.images.append(np.array(image))
+    def set_image(self, image, window=None):
+        from DeLightSAMLib.intensity import to_rgb8
+
+        self.images.append(to_rgb8(image, window))
         self.shape = image.shape[:2]
 
     @staticmethod
@@ -144,9 +147,9 @@ class QuadrantPredictor:
 
         return Prediction(mask=self._mask(self.shape), modality=0, self_prompt=np.zeros((32, 32), bool))
 
-    def predict_batch(self, images, modality, threshold=0.5, batch_size=8, **kwargs):
+    def predict_batch(self, images, modality, threshold=0.5, batch_size=8, window=None, **kwargs):
         results = []
         for image in images:
-            self.set_image(image)
+            self.set_image(image, window)
             results.append(self.predict(modality))
         return results

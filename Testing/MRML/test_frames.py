@@ -7,8 +7,8 @@ import pytest
 
 from conftest import QuadrantPredictor, slicer, vtk
 
-from DeLightSAMGeometry import SegmentationError
-from DeLightSAMMRMLLogic import DeLightSAMMRMLLogic, SegmentationCancelled
+from DeLightSAMSlicerLib.Geometry import SegmentationError
+from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationCancelled
 
 FRAME_SHAPE = (1, 6, 8)  # a 2D cine frame: [k, j, i]
 IJK_TO_RAS = np.diag([-0.5, -0.5, 1.0, 1.0])
@@ -120,3 +120,41 @@ def test_segmentation_must_be_synchronised(mrml, clip):
     with pytest.raises(SegmentationError, match="no sequence browser"):
         DeLightSAMMRMLLogic(QuadrantPredictor()).segmentAllFrames(
             None, clip["proxy"], clip["sliceNode"], loose, ids[0], "ultrasound")
+
+
+def test_all_frames_is_undone_by_undo_all_frames_and_not_by_the_editor_undo(mrml, clip):
+    """What the effect's help says: Slicer clears the editor's undo history when the shown frame changes, so Ctrl+Z
+    cannot take an all-frames run back (nor put an older state into the frame on screen); 'Undo all frames' does."""
+    logic = DeLightSAMMRMLLogic(QuadrantPredictor())
+    logic.segmentAllFrames(clip["browser"], clip["proxy"], clip["sliceNode"], clip["segmentation"], clip["ids"][0],
+                           "ultrasound")
+    assert not logic.editorLogic.CanUndo()
+    logic.editorLogic.Undo()
+    masks = _frame_masks(mrml, clip)
+    np.testing.assert_array_equal(masks[0], _quadrant() | clip["drawn"])
+    np.testing.assert_array_equal(masks[1], _quadrant())
+    assert logic.undoLastFrames()
+    masks = _frame_masks(mrml, clip)
+    np.testing.assert_array_equal(masks[0], clip["drawn"])
+    assert masks[1].sum() == masks[2].sum() == 0
+
+
+@pytest.mark.parametrize("whenClosed", ["during the run", "after the run"])
+def test_closing_the_scene_stops_the_run_and_drops_the_frames_snapshot(mrml, clip, whenClosed):
+    logic = DeLightSAMMRMLLogic(QuadrantPredictor())
+    logic.batchSize = 2
+    calls = []
+
+    def closeScene(done, total):
+        calls.append(done)
+        if whenClosed == "during the run":
+            mrml.scene.Clear(0)  # as if the user closed the scene while the progress dialog processed events
+
+    result = logic.segmentAllFrames(clip["browser"], clip["proxy"], clip["sliceNode"], clip["segmentation"],
+                                    clip["ids"][0], "ultrasound", progress=closeScene)
+    if whenClosed == "during the run":
+        assert calls == [2] and result.sceneClosed and result.cancelled and result.sliceCount == 2
+    else:
+        assert calls == [2, 3] and not result.sceneClosed and logic.framesSnapshot is not None
+        mrml.scene.Clear(0)
+    assert logic.framesSnapshot is None and not logic.undoLastFrames()

@@ -8,8 +8,9 @@ import pytest
 from conftest import QuadrantPredictor, matrix, slicer, toArray, vtk
 from vtk.util import numpy_support
 
-from DeLightSAMGeometry import SegmentationError, slicePlane, viewImage, voxelArray
-from DeLightSAMMRMLLogic import DeLightSAMMRMLLogic, PostProcessing, SegmentationCancelled, fillHoles, keepLargestComponent
+from DeLightSAMSlicerLib.Geometry import SegmentationError, slicePlane, viewImage, voxelArray
+from DeLightSAMSlicerLib.CleanUp import fillHoles, keepLargestComponent
+from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationCancelled, SegmentationOptions
 
 SHAPE = (6, 9, 11)  # [k, j, i]
 
@@ -340,7 +341,7 @@ def test_post_processing_keeps_the_largest_region_and_fills_holes():
     assert keepLargestComponent(mask).sum() == 24 and not keepLargestComponent(mask)[8, 8]
     filled = fillHoles(mask)
     assert filled[3, 3] and filled.sum() == mask.sum() + 1
-    both = PostProcessing(keepLargestComponent=True, fillHoles=True)(mask)
+    both = SegmentationOptions(keepLargestComponent=True, fillHoles=True).cleanUp(mask)
     assert both.sum() == 25
     assert not keepLargestComponent(np.zeros((3, 3), bool)).any()
 
@@ -358,6 +359,8 @@ def test_volume_under_a_linear_transform(mrml, segmentationTransformed):
     volume.SetAndObserveTransformNodeID(transform.GetID())
     if segmentationTransformed:
         segmentation.SetAndObserveTransformNodeID(transform.GetID())
+    else:  # the segmentation's geometry follows the transformed volume, as when the editor first sets it
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     sliceNode = mrml.sliceNode("Red", "Axial")
     worldIJKToRAS = rotation @ GEOMETRIES["flipped-anisotropic"]
     _center_on_voxel(sliceNode, worldIJKToRAS, (4, 4, 3))
