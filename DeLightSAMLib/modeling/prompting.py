@@ -1,4 +1,8 @@
-"""The self-patch prompt generator and SAM's prompt encoder (of which only the positional encoding acts)."""
+"""The self-patch prompt generator and SAM's prompt encoder.
+
+De-LightSAM uses only the encoder's dense positional encoding; LiteMedSAM also embeds a box (two corners) and,
+having no mask prompt, adds the learned ``no_mask_embed`` everywhere.
+"""
 
 from __future__ import annotations
 
@@ -42,18 +46,26 @@ class PositionEmbeddingRandom(nn.Module):
         super().__init__()
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_pos_feats))
 
+    def encode(self, coords: torch.Tensor) -> torch.Tensor:
+        """(..., 2) positions (x, y) normalised to [0, 1] -> (..., C) features, C = 2 * num_pos_feats, sin first."""
+        coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix * (2 * math.pi)
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+
     def forward(self, height: int, width: int) -> torch.Tensor:
-        """(C, height, width) encoding of cell centres, C = 2 * num_pos_feats, sin features first."""
+        """(C, height, width) encoding of cell centres."""
         matrix = self.positional_encoding_gaussian_matrix
         ys = (torch.arange(height, device=matrix.device, dtype=matrix.dtype) + 0.5) / height
         xs = (torch.arange(width, device=matrix.device, dtype=matrix.dtype) + 0.5) / width
         coords = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2) as (x, y)
-        coords = (2 * coords - 1) @ matrix * (2 * math.pi)
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).permute(2, 0, 1)
+        return self.encode(coords).permute(2, 0, 1)
 
 
 class PromptEncoder(nn.Module):
-    """SAM's prompt encoder, kept whole so checkpoints load strictly; De-LightSAM uses only ``dense_pe``."""
+    """SAM's prompt encoder, kept whole so checkpoints load strictly.
+
+    De-LightSAM uses only ``dense_pe``; LiteMedSAM also ``embed_boxes`` and ``no_mask_embedding``. Point
+    prompts and mask prompts are not used by either model (their weights load but do not act).
+    """
 
     def __init__(self, *, embed_dim: int = 256, mask_in_chans: int = 16) -> None:
         super().__init__()
@@ -74,6 +86,21 @@ class PromptEncoder(nn.Module):
     def dense_pe(self, height: int, width: int) -> torch.Tensor:
         """(1, embed_dim, height, width) positional encoding of the image-embedding grid."""
         return self.pe_layer(height, width).unsqueeze(0)
+
+    def embed_boxes(self, boxes: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        """(N, 4) boxes (x0, y0, x1, y1) in the network input's pixels -> (N, 2, embed_dim) corner embeddings.
+
+        Coordinates are pixel indices: +0.5 moves them to the pixel centre before normalising by the input size
+        (height, width). The two corners get the learned ``point_embeddings.2`` and ``.3``.
+        """
+        corners = (boxes.reshape(-1, 2, 2) + 0.5) / boxes.new_tensor([input_size[1], input_size[0]])
+        embedding = self.pe_layer.encode(corners)
+        corner_types = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])  # (2, C)
+        return embedding + corner_types
+
+    def no_mask_embedding(self, batch: int, height: int, width: int) -> torch.Tensor:
+        """(batch, embed_dim, height, width) dense prompt when no mask is given: ``no_mask_embed`` everywhere."""
+        return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, height, width)
 
 
 def upsample_prompt(prompt: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

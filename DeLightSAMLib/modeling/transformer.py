@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -34,7 +36,7 @@ class Attention(nn.Module):
         if self.fused:
             out = F.scaled_dot_product_attention(q, k, v)
         else:
-            attn = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+            attn = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
             out = attn.softmax(dim=-1) @ v
         batch, _, tokens, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, -1))
