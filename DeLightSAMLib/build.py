@@ -28,25 +28,12 @@ def build_model(config: AnyConfig = DEFAULT_CONFIG, device: torch.device | str =
         return build_litemedsam(config, device)
     with torch.device(device):
         model = DeLightSAM(
-            image_encoder=ImageEncoder(
-                embed_dims=config.embed_dims,
-                depths=config.depths,
-                num_heads=config.num_heads,
-                window_sizes=config.window_sizes,
-                mlp_ratio=config.mlp_ratio,
-                downsample_strides=config.downsample_strides,
-                out_chans=config.prompt_embed_dim,
-            ),
+            image_encoder=_image_encoder(config),
             prompt_encoder=PromptEncoder(embed_dim=config.prompt_embed_dim),
             mask_decoder=ModalityMaskDecoder(
                 transformer_dim=config.prompt_embed_dim,
                 num_modalities=config.num_modalities,
-                transformer=TwoWayTransformer(
-                    depth=config.decoder_depth,
-                    embedding_dim=config.prompt_embed_dim,
-                    num_heads=config.decoder_heads,
-                    mlp_dim=config.decoder_mlp_dim,
-                ),
+                transformer=_two_way_transformer(config),
             ),
             patch_decoder=patch_decoder(config.prompt_embed_dim, config.patch_hidden_dim),
             dense_prompter=dense_prompter(config.prompt_embed_dim),
@@ -61,15 +48,9 @@ def build_litemedsam(config: LiteMedSAMConfig, device: torch.device | str = "cpu
     """A freshly initialised LiteMedSAM for ``config`` on ``device``."""
     with torch.device(device):
         model = LiteMedSAM(
-            image_encoder=ImageEncoder(
-                embed_dims=config.embed_dims,
-                depths=config.depths,
-                num_heads=config.num_heads,
-                window_sizes=config.window_sizes,
-                mlp_ratio=config.mlp_ratio,
+            image_encoder=_image_encoder(
+                config,
                 mbconv_expand_ratio=config.mbconv_expand_ratio,
-                downsample_strides=config.downsample_strides,
-                out_chans=config.prompt_embed_dim,
                 modality_adapters=False,
                 patch_kernel_size=config.patch_kernel_size,
                 patch_stride=config.patch_stride,
@@ -78,12 +59,7 @@ def build_litemedsam(config: LiteMedSAMConfig, device: torch.device | str = "cpu
             prompt_encoder=PromptEncoder(embed_dim=config.prompt_embed_dim, mask_in_chans=config.mask_in_chans),
             mask_decoder=PromptMaskDecoder(
                 transformer_dim=config.prompt_embed_dim,
-                transformer=TwoWayTransformer(
-                    depth=config.decoder_depth,
-                    embedding_dim=config.prompt_embed_dim,
-                    num_heads=config.decoder_heads,
-                    mlp_dim=config.decoder_mlp_dim,
-                ),
+                transformer=_two_way_transformer(config),
                 num_multimask_outputs=config.num_multimask_outputs,
                 iou_head_depth=config.iou_head_depth,
                 iou_head_hidden_dim=config.iou_head_hidden_dim,
@@ -92,6 +68,29 @@ def build_litemedsam(config: LiteMedSAMConfig, device: torch.device | str = "cpu
         )
     model.config = config
     return model.eval()
+
+
+def _image_encoder(config: AnyConfig, **variant) -> ImageEncoder:
+    """The TinyViT encoder of ``config``; ``variant`` holds what only one of the two networks sets."""
+    return ImageEncoder(
+        embed_dims=config.embed_dims,
+        depths=config.depths,
+        num_heads=config.num_heads,
+        window_sizes=config.window_sizes,
+        mlp_ratio=config.mlp_ratio,
+        downsample_strides=config.downsample_strides,
+        out_chans=config.prompt_embed_dim,
+        **variant,
+    )
+
+
+def _two_way_transformer(config: AnyConfig) -> TwoWayTransformer:
+    return TwoWayTransformer(
+        depth=config.decoder_depth,
+        embedding_dim=config.prompt_embed_dim,
+        num_heads=config.decoder_heads,
+        mlp_dim=config.decoder_mlp_dim,
+    )
 
 
 def expected_shapes(config: AnyConfig = DEFAULT_CONFIG) -> dict[str, tuple[int, ...]]:
