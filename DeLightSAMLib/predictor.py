@@ -115,6 +115,9 @@ class Predictor:
     ) -> "Predictor":
         """Load a registry checkpoint (default: the official one) or a .pth path."""
         model, entry = load_model(checkpoint, config)
+        if not isinstance(model, DeLightSAM):  # LiteMedSAM: see load_predictor
+            raise DeLightSAMError(f"checkpoint '{checkpoint}' is LiteMedSAM, a box-prompted model: use "
+                                  "box_predictor.BoxPredictor (or predictor.load_predictor) with boxes")
         return cls(model, device=device, dtype=dtype, modality_map=entry.modality_map if entry else None,
                    engine=engine)
 

@@ -242,3 +242,10 @@ def test_tiny_model_decodes_boxes_in_batches():
     for index in range(3):
         np.testing.assert_allclose(together.logits[index], alone[index], atol=1e-5)
     assert not np.allclose(alone[0], alone[1])  # the box matters
+
+
+def test_modality_predictor_refuses_litemedsam_clearly(litemedsam_weights_path):
+    from DeLightSAMLib.errors import DeLightSAMError
+
+    with pytest.raises(DeLightSAMError, match="is LiteMedSAM, a box-prompted model"):
+        Predictor.from_checkpoint(str(litemedsam_weights_path), device="cpu")
