@@ -7,6 +7,8 @@ ScriptedLoadableModule, so it runs inside Slicer and, for the tests, under the P
 Frames used here:
 - voxel arrays are [k, j, i] (``arrayFromVolume``), with a trailing component axis for vector volumes;
 - the *view image* is what the slice view shows, rows top to bottom (the view's -Y), columns left to right (+X);
+  a *view pixel position* (x, y) is continuous: pixel (row, col) covers x in [col, col + 1), y in [row, row + 1)
+  (the library's box coordinates: the image spans 0..cols and 0..rows);
 - RAS is world space; a volume's IJK-to-RAS includes any linear parent transform.
 """
 
@@ -265,17 +267,27 @@ def _viewToIndex(position: np.ndarray, sign: int, size: int) -> np.ndarray:
     return position if sign > 0 else size - 1 - position
 
 
+def _digitalPlane(plane: SlicePlane) -> tuple[np.ndarray, int, int, int, np.ndarray, float]:
+    """The oblique plane as a digital plane of the volume: one voxel per column along ``w``, the IJK axis closest to
+    the plane's normal, at w = rint(-(n_u u + n_v v + offset) / n_w). Returns (ijkToPixel, u, v, w, n, offset)."""
+    ijkToPixel = np.linalg.inv(plane.pixelToIJK)
+    normal = ijkToPixel[2, :3]  # pixel z as a function of ijk: z = normal . ijk + offset
+    w = int(np.argmax(np.abs(normal)))
+    u, v = [ax for ax in range(3) if ax != w]
+    return ijkToPixel, u, v, w, normal, float(ijkToPixel[2, 3])
+
+
+def _digitalPlaneW(gu: np.ndarray, gv: np.ndarray, normal: np.ndarray, offset: float, u: int, v: int, w: int) -> np.ndarray:
+    return np.rint(-(normal[u] * gu + normal[v] * gv + offset) / normal[w]).astype(np.int64)
+
+
 def _obliqueVoxels(mask: np.ndarray, plane: SlicePlane) -> tuple[np.ndarray, np.ndarray]:
     """One voxel per column along the IJK axis closest to the plane normal (a gap-free digital plane),
     restricted to the resampled view; returns (N, 3) voxel (i, j, k) and their (N,) mask values."""
-    ijkToPixel = np.linalg.inv(plane.pixelToIJK)
-    normal = ijkToPixel[2, :3]  # pixel z as a function of ijk: z = normal . ijk + offset
-    offset = ijkToPixel[2, 3]
-    w = int(np.argmax(np.abs(normal)))
-    u, v = [ax for ax in range(3) if ax != w]
+    ijkToPixel, u, v, w, normal, offset = _digitalPlane(plane)
     dims = plane.volumeDimensions
     gu, gv = np.meshgrid(np.arange(dims[u]), np.arange(dims[v]), indexing="ij")
-    gw = np.rint(-(normal[u] * gu + normal[v] * gv + offset) / normal[w]).astype(np.int64)
+    gw = _digitalPlaneW(gu, gv, normal, offset, u, v, w)
     ijk = np.zeros((gu.size, 3), np.int64)
     ijk[:, u], ijk[:, v], ijk[:, w] = gu.ravel(), gv.ravel(), gw.ravel()
     ijk = ijk[(ijk[:, w] >= 0) & (ijk[:, w] < dims[w])]
@@ -283,3 +295,67 @@ def _obliqueVoxels(mask: np.ndarray, plane: SlicePlane) -> tuple[np.ndarray, np.
     col, row = np.floor(pixels[0]).astype(np.int64), np.floor(pixels[1]).astype(np.int64)
     inView = (col >= 0) & (col < plane.shape[1]) & (row >= 0) & (row < plane.shape[0])
     return ijk[inView], mask[row[inView], col[inView]].astype(np.uint8)
+
+
+def pixelVoxels(plane: SlicePlane) -> tuple[np.ndarray, np.ndarray]:
+    """The source voxel each view pixel stands for: (rows, cols, 3) voxel (i, j, k), and (rows, cols) bool, False
+    where the pixel lies outside the volume. Aligned views: the voxel the pixel shows. Oblique views: the voxel of the
+    digital plane (where masks are written, ``sliceVoxels``) in the column holding the pixel's centre."""
+    rows, cols = np.mgrid[0 : plane.shape[0], 0 : plane.shape[1]]
+    ijk = np.empty(plane.shape + (3,), np.int64)
+    if plane.aligned:
+        ijk[..., plane.axis] = plane.index
+        ijk[..., plane.rowAxis] = _viewToIndex(rows, plane.rowSign, plane.shape[0])
+        ijk[..., plane.colAxis] = _viewToIndex(cols, plane.colSign, plane.shape[1])
+        return ijk, np.ones(plane.shape, bool)
+    _ijkToPixel, u, v, w, normal, offset = _digitalPlane(plane)
+    centres = np.stack([cols + 0.5, rows + 0.5, np.zeros(rows.shape), np.ones(rows.shape)], axis=-1)
+    continuous = centres @ plane.pixelToIJK[:3].T
+    ijk[..., u], ijk[..., v] = np.rint(continuous[..., u]), np.rint(continuous[..., v])
+    ijk[..., w] = _digitalPlaneW(ijk[..., u], ijk[..., v], normal, offset, u, v, w)
+    inside = np.all((ijk >= 0) & (ijk < np.array(plane.volumeDimensions)), axis=-1)
+    return ijk, inside
+
+
+# ---------------------------------------------------------------------------------------------- boxes
+def viewPosition(plane: SlicePlane, ras) -> np.ndarray:
+    """The view pixel position (x, y) of the world RAS point ``ras`` projected onto ``plane`` (x along columns, y
+    along rows; pixel (row, col) covers [col, col + 1) x [row, row + 1))."""
+    ijk = np.linalg.solve(plane.ijkToWorld, np.array([*np.asarray(ras, float)[:3], 1.0]))
+    if not plane.aligned:
+        return (np.linalg.inv(plane.pixelToIJK) @ ijk)[:2]
+    return np.array([_indexToView(ijk[plane.colAxis], plane.colSign, plane.shape[1]),
+                     _indexToView(ijk[plane.rowAxis], plane.rowSign, plane.shape[0])])
+
+
+def _indexToView(index: float, sign: int, size: int) -> float:
+    """View position along a row or column of the continuous voxel index ``index`` (voxel centres at integers)."""
+    return index + 0.5 if sign > 0 else size - 0.5 - index
+
+
+def viewBox(plane: SlicePlane, corners, viewName: str = "", volumeName: str = "") -> np.ndarray:
+    """The box (x0, y0, x1, y1) in view pixel positions spanned by two opposite corners in world RAS (a rectangle drawn
+    on the view: its sides run along the view's rows and columns), clipped to the view image.
+
+    Raises SegmentationError when the corners span no area, or the box misses the image after clipping.
+    """
+    first, second = (viewPosition(plane, corner) for corner in corners)
+    low, high = np.minimum(first, second), np.maximum(first, second)
+    if not np.all(high - low > 1e-6):
+        raise SegmentationError(_("the box is empty: drag from one corner of the structure to the opposite corner"))
+    rows, cols = plane.shape
+    clippedLow, clippedHigh = np.maximum(low, 0.0), np.minimum(high, [cols, rows])
+    if not np.all(clippedHigh > clippedLow):
+        raise SegmentationError(_(
+            "the box drawn on the {view} view lies outside '{volume}' on this slice; draw it over the image").format(
+                view=viewName or _("slice"), volume=volumeName))
+    return np.array([clippedLow[0], clippedLow[1], clippedHigh[0], clippedHigh[1]])
+
+
+def maskBox(mask: np.ndarray) -> Optional[np.ndarray]:
+    """The box (x0, y0, x1, y1) of view pixel positions that just holds every pixel of a (rows, cols) mask; None when
+    the mask is empty."""
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return None
+    return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=np.float64)

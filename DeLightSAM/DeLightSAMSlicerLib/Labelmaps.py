@@ -20,7 +20,7 @@ import vtk
 from vtk.util import numpy_support
 
 import slicer
-from DeLightSAMSlicerLib.Geometry import arrayToMatrix, matrixToArray
+from DeLightSAMSlicerLib.Geometry import SlicePlane, arrayToMatrix, matrixToArray, pixelVoxels, worldFromNode
 
 Extent = tuple  # (i0, i1, j0, j1, k0, k1), inclusive
 
@@ -119,6 +119,19 @@ class BatchLabelmap:
         return extent, mask, covered
 
 
+def _segmentLabelmap(segmentationNode, segmentId: str):
+    """(labelmap, label value) of the segment as stored (its layer may hold other segments), or None if it has no
+    voxels."""
+    label = segmentationNode.GetSegmentation().GetSegment(segmentId).GetLabelValue()
+    labelmap = slicer.vtkOrientedImageData()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if not logic.GetSegmentBinaryLabelmapRepresentation(segmentationNode, segmentId, labelmap, False):
+        return None
+    if 0 in labelmap.GetDimensions() or labelmap.GetPointData().GetScalars() is None:
+        return None
+    return labelmap, label
+
+
 def segmentVoxels(segmentationNode, segmentId: str, geometry: ModifierGeometry, extent: Extent) -> np.ndarray:
     """The segment's voxels ([k, j, i] uint8, 0 or 1) in ``geometry``'s lattice over ``extent``.
 
@@ -126,16 +139,64 @@ def segmentVoxels(segmentationNode, segmentId: str, geometry: ModifierGeometry, 
     segment's own label counts.
     """
     shape = tuple(np.array(extent[1::2]) - extent[0::2] + 1)[::-1]
-    label = segmentationNode.GetSegmentation().GetSegment(segmentId).GetLabelValue()
-    labelmap = slicer.vtkOrientedImageData()
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    if not logic.GetSegmentBinaryLabelmapRepresentation(segmentationNode, segmentId, labelmap, False):
+    stored = _segmentLabelmap(segmentationNode, segmentId)
+    if stored is None:
         return np.zeros(shape, np.uint8)
-    dims = labelmap.GetDimensions()
-    if 0 in dims or labelmap.GetPointData().GetScalars() is None:
-        return np.zeros(shape, np.uint8)
+    labelmap, label = stored
     resampled = slicer.vtkOrientedImageData()
     reference = geometry.image(np.zeros(shape, np.uint8), extent)
     slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, reference, resampled)
     values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(shape)
     return (values == label).astype(np.uint8)
+
+
+def segmentInSourceVoxels(segmentationNode, segmentId: str, sourceToSegmentation: np.ndarray, extent: Extent) -> np.ndarray:
+    """[k, j, i] uint8 over ``extent`` of the source volume's voxels: 1 where a source voxel holds part of the segment.
+
+    A source voxel holds part of it when the segment holds the voxel's centre (Slicer's nearest-neighbour resampling:
+    segmentations as coarse as the volume or coarser) or when the centre of a segment voxel lies in it (the write
+    rule read backwards: finer, oversampled segmentations). ``sourceToSegmentation`` maps source IJK to the
+    segmentation node's coordinates.
+    """
+    inside = segmentVoxels(segmentationNode, segmentId, ModifierGeometry(sourceToSegmentation, extent), extent)
+    stored = _segmentLabelmap(segmentationNode, segmentId)
+    if stored is None:
+        return inside
+    labelmap, label = stored
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(matrix)
+    segmentToSource = np.linalg.inv(sourceToSegmentation) @ matrixToArray(matrix)
+    # The segment voxels whose centres may lie in the extent: the extent's corners in the segment's lattice.
+    first, last = np.array(extent[0::2]), np.array(extent[1::2])
+    corners = np.array([[a, b, c, 1.0] for a in (first[0] - 0.5, last[0] + 0.5) for b in (first[1] - 0.5, last[1] + 0.5)
+                        for c in (first[2] - 0.5, last[2] + 0.5)])
+    cornersInSegment = (np.linalg.inv(segmentToSource) @ corners.T)[:3]
+    storedExtent = np.array(labelmap.GetExtent())
+    low = np.maximum(np.floor(cornersInSegment.min(axis=1)).astype(np.int64), storedExtent[0::2])
+    high = np.minimum(np.ceil(cornersInSegment.max(axis=1)).astype(np.int64), storedExtent[1::2])
+    if np.any(high < low):
+        return inside
+    values = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(
+        tuple(storedExtent[1::2] - storedExtent[0::2] + 1)[::-1])
+    start, stop = low - storedExtent[0::2], high - storedExtent[0::2] + 1
+    k, j, i = np.nonzero(values[start[2] : stop[2], start[1] : stop[1], start[0] : stop[0]] == label)
+    centres = np.stack([i + low[0], j + low[1], k + low[2], np.ones(len(i))])
+    owners = np.floor((segmentToSource @ centres)[:3] + 0.5).astype(np.int64)
+    owners = owners[:, np.all((owners >= first[:, None]) & (owners <= last[:, None]), axis=0)] - first[:, None]
+    inside[owners[2], owners[1], owners[0]] = 1
+    return inside
+
+
+def segmentViewMask(plane: SlicePlane, segmentationNode, segmentId: str) -> np.ndarray:
+    """(rows, cols) bool: the view pixels whose source voxel (``Geometry.pixelVoxels``) holds part of the segment."""
+    voxels, inside = pixelVoxels(plane)
+    mask = np.zeros(plane.shape, bool)
+    if not inside.any():
+        return mask
+    low, high = voxels[inside].min(axis=0), voxels[inside].max(axis=0)
+    extent = tuple(int(value) for pair in zip(low, high) for value in pair)
+    sourceToSegmentation = np.linalg.inv(worldFromNode(segmentationNode)) @ plane.ijkToWorld
+    inSegment = segmentInSourceVoxels(segmentationNode, segmentId, sourceToSegmentation, extent)
+    local = voxels[inside] - low
+    mask[inside] = inSegment[local[:, 2], local[:, 1], local[:, 0]] > 0
+    return mask

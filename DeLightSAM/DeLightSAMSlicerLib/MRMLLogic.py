@@ -1,10 +1,11 @@
-"""MRML logic of the De-LightSAM extension: segment the slice a view shows, every slice, or every frame.
+"""MRML logic of the De-LightSAM extension: segment the slice a view shows, every slice, or every frame, with
+De-LightSAM; or what lies inside a box drawn on a view, with LiteMedSAM.
 
 Imports only Slicer's MRML classes, vtk, numpy and DeLightSAMLib (no Qt), so the same code runs inside Slicer and
-under the PyPI ``slicer-core`` package in CI. The three runs share one options object and one loop: view images
-(raw voxels and the display window) go to the predictor, masks come back, and each batch is resampled into the
-editor's modifier geometry (``Labelmaps``) and written through a *writer* — the Segment Editor effect inside
-Slicer, or :class:`EditorLogicWriter` around Slicer's ``vtkSlicerSegmentEditorLogic`` anywhere else — so the
+under the PyPI ``slicer-core`` package in CI. All runs share one options object and one loop: view images (raw
+voxels and the display window) go to the predictor (De-LightSAM's, or LiteMedSAM's with the box in the view image's
+pixels), masks come back, and each batch is resampled into the editor's modifier geometry (``Labelmaps``) and
+written through a *writer* — the Segment Editor effect inside Slicer, or :class:`EditorLogicWriter` around Slicer's ``vtkSlicerSegmentEditorLogic`` anywhere else — so the
 editor's undo, editable area, intensity range and overwrite settings hold. This module never touches segment
 voxels itself; it reads them back to report what changed.
 """
@@ -28,19 +29,24 @@ from DeLightSAMSlicerLib.Geometry import (
     SegmentationError,
     SlicePlane,
     displayWindow,
+    maskBox,
     slicePlane,
     sliceVoxels,
+    viewBox,
     viewImage,
     voxelArray,
     worldFromNode,
 )
 from DeLightSAMSlicerLib.i18n import tr as _
-from DeLightSAMSlicerLib.Labelmaps import BatchLabelmap, ModifierGeometry, segmentVoxels
+from DeLightSAMSlicerLib.Labelmaps import BatchLabelmap, ModifierGeometry, segmentViewMask, segmentVoxels
+from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]  # (done, total); raise SegmentationCancelled from it to stop
-PredictorProvider = Callable[[], object]  # returns the predictor, loading it (and asking the user) on first use
+# provider(model) returns the predictor of a model (Models.AUTOMATIC or BOX), loading it (and asking the user) on
+# first use
+PredictorProvider = Callable[[str], object]
 
 
 class SegmentationCancelled(Exception):
@@ -51,8 +57,10 @@ class SegmentationCancelled(Exception):
 class SegmentationOptions:
     """How to segment and write, shared by one slice, all slices and all frames.
 
-    A prompt (a box drawn on the view, for the box model) will be one more field here: the loop hands the options to
-    ``_predictMasks``, the only step that depends on how a mask is predicted; writing is the same for every mask.
+    ``box`` chooses the model: None, De-LightSAM segments the whole view for ``modality``; a box (x0, y0, x1, y1) in
+    view pixel positions (``Geometry``: x along columns, the image spans 0..cols and 0..rows), LiteMedSAM segments
+    what lies inside it. The loop hands the options to ``_predictMasks``, the only step that depends on how a mask
+    is predicted; writing is the same for every mask.
     """
 
     modality: Union[str, int] = MODALITIES[0]
@@ -60,9 +68,10 @@ class SegmentationOptions:
     replace: bool = False  # the covered voxels become exactly the prediction (an empty one clears them)
     keepLargestComponent: bool = False
     fillHoles: bool = False
+    box: Optional[tuple] = None  # drawn for one run, never stored
 
     # The Segment Editor effect keeps the options in its parameter node under these names (field -> parameter),
-    # declared here once; parameter values are strings, booleans "0"/"1".
+    # declared here once; parameter values are strings, booleans "0"/"1". Every field but the box is a parameter.
     PARAMETER_NAMES = {"modality": "Modality", "threshold": "Threshold", "replace": "Replace",
                        "keepLargestComponent": "KeepLargest", "fillHoles": "FillHoles"}
 
@@ -74,18 +83,24 @@ class SegmentationOptions:
     def fromParameters(cls, parameters: Mapping[str, str]) -> "SegmentationOptions":
         """Options from parameter values (missing or empty ones keep their defaults)."""
         values = {}
-        for field in dataclasses.fields(cls):
-            text = parameters.get(cls.PARAMETER_NAMES[field.name], "")
+        defaults = {field.name: field.default for field in dataclasses.fields(cls)}
+        for field, name in cls.PARAMETER_NAMES.items():
+            text = parameters.get(name, "")
             if text in ("", None):
                 continue
-            default = field.default
+            default = defaults[field]
             if isinstance(default, bool):
-                values[field.name] = str(text).strip().lower() not in ("0", "false", "")
+                values[field] = str(text).strip().lower() not in ("0", "false", "")
             elif isinstance(default, float):
-                values[field.name] = float(text)
+                values[field] = float(text)
             else:
-                values[field.name] = str(text)
+                values[field] = str(text)
         return cls(**values)
+
+    @property
+    def model(self) -> str:
+        """The model these options run: Models.BOX with a box, else Models.AUTOMATIC."""
+        return AUTOMATIC if self.box is None else BOX
 
     @classmethod
     def of(cls, options: Union["SegmentationOptions", str, int], **changes) -> "SegmentationOptions":
@@ -194,16 +209,17 @@ class _Job:
 
 
 class DeLightSAMMRMLLogic:
-    """Segment what Slicer's views show with a De-LightSAM predictor.
+    """Segment what Slicer's views show with De-LightSAM (by modality) or LiteMedSAM (by box).
 
-    ``predictorProvider`` is called at the start of every run and returns the predictor; the owner of the predictor
-    (the session) loads it on first use, asking to install or download. A predictor object may be passed instead.
+    ``predictorProvider(model)`` is called at the start of every run and returns that model's predictor; the owner of
+    the predictors (the session) loads each on first use, asking to install or download. A predictor object may be
+    passed instead: it serves every run.
     """
 
     def __init__(self, predictorProvider: Union[PredictorProvider, object]) -> None:
         if hasattr(predictorProvider, "set_image"):
             predictor = predictorProvider
-            predictorProvider = lambda: predictor  # noqa: E731
+            predictorProvider = lambda model=AUTOMATIC: predictor  # noqa: E731
         self.predictorProvider = predictorProvider
         self.batchSize = 4  # slices or frames per network call and per progress report (and chance to cancel)
         self.editorLogic = None  # created on first write without an explicit writer
@@ -232,8 +248,47 @@ class DeLightSAMMRMLLogic:
         options = SegmentationOptions.of(options, **changes)
         self._checkSegment(segmentationNode, segmentId)
         view = self.sliceView(sourceVolumeNode, sliceNode)
+        return self._segmentView(view, sourceVolumeNode, segmentationNode, segmentId, options, writer)
+
+    def segmentBox(self, sourceVolumeNode, sliceNode, segmentationNode, segmentId: str, options, corners,
+                   writer: Optional[LabelmapWriter] = None, **changes) -> SliceResult:
+        """LiteMedSAM's mask of what lies inside a box drawn on the view ``sliceNode``: ``corners`` are two opposite
+        corners in world RAS (where the drag started and ended). The box is mapped to the pixels of the image the
+        model sees through the same geometry as the mask, and clipped to it; written as ``segmentSlice`` writes
+        (one undo step, the editor's masking and overwrite settings, ``replace``)."""
+        options = SegmentationOptions.of(options, **changes)
+        self._checkSegment(segmentationNode, segmentId)
+        view = self.sliceView(sourceVolumeNode, sliceNode)
+        box = viewBox(view.plane, corners, sliceNode.GetName(), sourceVolumeNode.GetName())
+        return self._segmentView(view, sourceVolumeNode, segmentationNode, segmentId,
+                                 SegmentationOptions.of(options, box=tuple(float(value) for value in box)), writer)
+
+    def segmentBoxFromSegment(self, sourceVolumeNode, sliceNode, segmentationNode, segmentId: str, options,
+                              writer: Optional[LabelmapWriter] = None, **changes) -> SliceResult:
+        """Refine the segment on the slice ``sliceNode`` shows: LiteMedSAM segments the box that just holds the
+        segment's pixels on that view, and the segment's part of the slice becomes that mask (``replace``)."""
+        options = SegmentationOptions.of(options, **changes)
+        self._checkSegment(segmentationNode, segmentId)
+        view = self.sliceView(sourceVolumeNode, sliceNode)
+        box = maskBox(segmentViewMask(view.plane, segmentationNode, segmentId))
+        if box is None:
+            raise SegmentationError(_(
+                "'{segment}' has nothing on this slice of the {view} view ({plane}) to draw a box around; segment it "
+                "first (Apply, or paint), or draw a box").format(
+                    segment=segmentationNode.GetSegmentation().GetSegment(segmentId).GetName(),
+                    view=sliceNode.GetName(), plane=view.plane.description))
+        options = SegmentationOptions.of(options, box=tuple(float(value) for value in box), replace=True)
+        return self._segmentView(view, sourceVolumeNode, segmentationNode, segmentId, options, writer)
+
+    def _segmentView(self, view: SliceView, sourceVolumeNode, segmentationNode, segmentId: str,
+                     options: SegmentationOptions, writer: Optional[LabelmapWriter]) -> SliceResult:
+        """Predict and write one view (one undo step)."""
         result = self._run(_Job(1, lambda _item: view), sourceVolumeNode, segmentationNode, segmentId, options, writer)
         result.description = view.plane.description
+        if options.box is not None:
+            result.description = _("box of {width} x {height} px on {plane}").format(
+                width=f"{options.box[2] - options.box[0]:.0f}", height=f"{options.box[3] - options.box[1]:.0f}",
+                plane=view.plane.description)
         return result
 
     def segmentAllSlices(self, sourceVolumeNode, sliceNode, segmentationNode, segmentId: str, options,
@@ -245,7 +300,7 @@ class DeLightSAMMRMLLogic:
         value (the predictor reuses the result). Cancelling (``SegmentationCancelled`` from ``progress``) keeps the
         slices already written.
         """
-        options = SegmentationOptions.of(options, **changes)
+        options = self._withoutBox(SegmentationOptions.of(options, **changes))
         self._checkSegment(segmentationNode, segmentId)
         voxels = self._checkedVoxels(sourceVolumeNode)
         if sliceNode is None:
@@ -276,7 +331,7 @@ class DeLightSAMMRMLLogic:
         object, and ``vtkSegmentationHistory::SetSegmentation`` drops its states), so no undo state is saved.
         Cancelling keeps the frames already written.
         """
-        options = SegmentationOptions.of(options, **changes)
+        options = self._withoutBox(SegmentationOptions.of(options, **changes))
         self._checkSegment(segmentationNode, segmentId)
         if browserNode is None:
             raise SegmentationError(_("no sequence browser: load the clip as a sequence (e.g. a 4D or cine volume)"))
@@ -295,7 +350,7 @@ class DeLightSAMMRMLLogic:
         self._checkedVoxels(sourceVolumeNode)
         if sliceNode is None:
             raise SegmentationError(_("no slice view selected; choose the view whose slice to segment"))
-        predictor = self.predictorProvider()  # load the model (asking to install or download) before the scene changes
+        predictor = self.predictorProvider(options.model)  # load the model (asking to install, download) first
         primary = browserNode.GetMasterSequenceNode()
         indexValues = [primary.GetNthIndexValue(i) for i in range(primary.GetNumberOfDataNodes())]
         self._framesSnapshot = FramesSnapshot(browserNode, segmentationSequence, segmentationNode, indexValues)
@@ -345,7 +400,7 @@ class DeLightSAMMRMLLogic:
         """View, predict and write ``job``'s items ``batchSize`` at a time; report progress per batch; stop
         cleanly when ``progress`` cancels or the scene is closed (nothing in it is touched after that)."""
         start = time.perf_counter()
-        predictor = predictor or self.predictorProvider()  # loads the model before anything in the scene changes
+        predictor = predictor or self.predictorProvider(options.model)  # before anything in the scene changes
         writer = writer or self._defaultWriter(sourceVolumeNode, segmentationNode, segmentId)
         if job.undoable:
             writer = _UndoStateBeforeFirstChange(writer)
@@ -384,7 +439,14 @@ class DeLightSAMMRMLLogic:
     def _predictMasks(predictor, views: Sequence[SliceView], options: SegmentationOptions) -> list[np.ndarray]:
         """(rows, cols) bool masks of ``views``: the raw view and its display window go to the predictor, which
         converts them to 8 bits (one pixel pipeline, the library's). One view: ``set_image`` then ``predict``, so the
-        image stays cached in the predictor; several: ``predict_batch``, per display window."""
+        image stays cached in the predictor; several: ``predict_batch``, per display window. With a box: LiteMedSAM's
+        mask of the box (its predictor keeps the encoding of an unchanged image, ``Models.ReusedEncoding``)."""
+        if options.box is not None:
+            masks = []
+            for view in views:
+                predictor.set_image(view.image, view.window)
+                masks.append(predictor.predict(np.asarray(options.box, np.float64), threshold=options.threshold).mask)
+            return masks
         if len(views) == 1:
             predictor.set_image(views[0].image, views[0].window)
             return [predictor.predict(options.modality, threshold=options.threshold).mask]
@@ -422,6 +484,12 @@ class DeLightSAMMRMLLogic:
         return int((after > before).sum()), int((after < before).sum())
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _withoutBox(options: SegmentationOptions) -> SegmentationOptions:
+        if options.box is not None:
+            raise ValueError("a box is drawn on one slice: use segmentBox or segmentSlice, not a batch run")
+        return options
+
     @staticmethod
     def _checkedVoxels(volumeNode) -> np.ndarray:
         if volumeNode is None:

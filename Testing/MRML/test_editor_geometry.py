@@ -126,15 +126,22 @@ def _editor(logic, volume, segmentation, target):
     return logic.editorLogic.GetSegmentEditorNode()
 
 
-@pytest.mark.parametrize("factor", [1, 2])
-def test_editable_area_inside_another_segment(mrml, factor):
+def _areaInAnotherSegment(mrml, factor, rows):
+    """The source volume and a segmentation (oversampled ``factor`` times) whose second segment covers ``rows`` (a
+    slice of j) of the shown slice k = 2: (volume, segmentation, target, other, area [k, j, i])."""
     volume = _source(mrml)
     segmentation, (target, other) = mrml.segmentation(volume)
     area = np.zeros(SHAPE, np.uint8)
-    area[2, 1:4, :] = 1  # rows j = 1..3 of the shown slice
+    area[2, rows, :] = 1
     mrml.setSegment(segmentation, other, area, volume)
     if factor != 1:
         _oversample(segmentation, volume, factor)
+    return volume, segmentation, target, other, area
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_editable_area_inside_another_segment(mrml, factor):
+    volume, segmentation, target, other, area = _areaInAnotherSegment(mrml, factor, slice(1, 4))  # rows j = 1..3
     sliceNode = _view(mrml, "Axial")
     logic = DeLightSAMMRMLLogic(QuadrantPredictor())
     editor = _editor(logic, volume, segmentation, target)

@@ -73,7 +73,7 @@ def test_all_slices_give_raw_views_and_one_window_to_predict_batch(scene):
 def test_the_logic_keeps_no_predictor(scene):
     """Each run asks the provider, so a predictor the session replaced (other weights, other device) is used next."""
     current = {"predictor": QuadrantPredictor()}
-    logic = DeLightSAMMRMLLogic(lambda: current["predictor"])
+    logic = DeLightSAMMRMLLogic(lambda model: current["predictor"])
     logic.segmentSlice(scene["volume"], scene["sliceNode"], scene["segmentation"], scene["target"], "xray")
     first = current["predictor"]
     current["predictor"] = QuadrantPredictor()
