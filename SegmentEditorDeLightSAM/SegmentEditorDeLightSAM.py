@@ -33,9 +33,10 @@ class SegmentEditorDeLightSAM(ScriptedLoadableModule):
 
 
 class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
-    """The effect end to end in Slicer on generated data, with a stand-in model whose answer depends only on position
-    (the top-left quadrant of the view), so the test needs no weights or network: the shown slice is written, in a
-    segmentation oversampled x2 too (the editor's modifier geometry), and Ctrl+Z takes it back."""
+    """The effect end to end in Slicer on generated data, with stand-in models whose answers depend only on position
+    (the top-left quadrant of the view; the box itself), so the test needs no weights or network: the shown slice is
+    written, in a segmentation oversampled x2 too (the editor's modifier geometry); a box dragged on the Red view
+    (through the effect's interaction handler) and "Box from segment" write their boxes; Ctrl+Z takes each back."""
 
     IJK_TO_RAS = ((-0.8, 0, 0, 0), (0, -0.6, 0, 0), (0, 0, 2.0, 0), (0, 0, 0, 1))
 
@@ -47,11 +48,15 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
         self.test_effect_writes_the_shown_slice_and_undoes(oversampling=1)
         self.setUp()
         self.test_effect_writes_the_shown_slice_and_undoes(oversampling=2)
+        self.setUp()
+        self.test_box_dragged_on_the_view_is_segmented_and_undone()
+        self.setUp()
+        self.test_box_from_segment_refines_the_slice()
 
-    def test_effect_writes_the_shown_slice_and_undoes(self, oversampling=1):
+    def _scene(self, oversampling=1):
+        """A 12 x 10 x 4 volume on the Red view (axial: i runs rightwards, j downwards), slice k = 2 shown; a
+        segmentation (oversampled if asked) with one segment; an editor widget on them."""
         import numpy as np
-
-        from DeLightSAMSlicerLib.Session import DeLightSAMSession
 
         voxels = (np.arange(4 * 10 * 12) % 255).reshape(4, 10, 12).astype(np.int16)
         ijkToRAS = np.array(self.IJK_TO_RAS)
@@ -79,11 +84,23 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
         editorWidget.setSegmentationNode(segmentation)
         editorWidget.setSourceVolumeNode(volume)
         editorWidget.setCurrentSegmentID(segmentId)
+        return volume, segmentation, segmentId, sliceNode, editorWidget
+
+    def _effect(self, editorWidget):
+        editorWidget.setActiveEffectByName("De-LightSAM")
+        effect = editorWidget.activeEffect()
+        self.assertIsNotNone(effect, "the De-LightSAM effect is not registered")
+        effect.setParameter("SliceView", "Red")
+        return effect
+
+    def test_effect_writes_the_shown_slice_and_undoes(self, oversampling=1):
+        import numpy as np
+
+        from DeLightSAMSlicerLib.Session import DeLightSAMSession
+
+        volume, segmentation, segmentId, sliceNode, editorWidget = self._scene(oversampling)
         with DeLightSAMSession.shared().temporaryPredictor(QuadrantPredictor()):  # restored also if a check fails
-            editorWidget.setActiveEffectByName("De-LightSAM")
-            effect = editorWidget.activeEffect()
-            self.assertIsNotNone(effect, "the De-LightSAM effect is not registered")
-            effect.setParameter("SliceView", "Red")
+            effect = self._effect(editorWidget)
             effect.setParameter("Modality", "xray")
             effect.self().onApply()
 
@@ -97,6 +114,74 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
             editorWidget.undo()
             self.assertEqual(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume).sum(), 0)
         self.delayDisplay("De-LightSAM effect test passed")
+
+    def test_box_dragged_on_the_view_is_segmented_and_undone(self):
+        """Press, move and release on the Red view through the effect's interaction handler: the rubber band shows,
+        and the release segments the box (run right after the event) with the box model."""
+        import numpy as np
+        import vtk
+
+        from DeLightSAMSlicerLib.Models import BOX
+        from DeLightSAMSlicerLib.Session import DeLightSAMSession
+
+        volume, segmentation, segmentId, sliceNode, editorWidget = self._scene()
+        sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
+        interactor = sliceWidget.interactorStyle().GetInteractor()
+        xyToRAS = slicer.util.arrayFromVTKMatrix(sliceNode.GetXYToRAS())
+        ijkToRAS = np.array(self.IJK_TO_RAS)
+        # the screen positions of two points of slice k = 2, between voxel centres
+        first, last = (np.rint((np.linalg.inv(xyToRAS) @ ijkToRAS @ [i, j, 2, 1])[:2]).astype(int)
+                       for i, j in ((2.4, 1.3), (7.6, 6.7)))
+        boxModel = BoxAsMask()
+        with DeLightSAMSession.shared().temporaryPredictor(boxModel, BOX):
+            effect = self._effect(editorWidget)
+            effect.setParameter("BoxMode", "1")
+            for eventId, xy in ((vtk.vtkCommand.LeftButtonPressEvent, first), (vtk.vtkCommand.MouseMoveEvent, (first + last) // 2),
+                                (vtk.vtkCommand.MouseMoveEvent, last), (vtk.vtkCommand.LeftButtonReleaseEvent, last)):
+                interactor.SetEventPosition(int(xy[0]), int(xy[1]))
+                self.assertTrue(effect.self().processInteractionEvents(interactor, eventId, sliceWidget))
+                if eventId == vtk.vtkCommand.MouseMoveEvent:
+                    self.assertTrue(effect.self().rubberBands[sliceWidget].actor.GetVisibility())
+            self.assertFalse(effect.self().rubberBands[sliceWidget].actor.GetVisibility())
+            for _attempt in range(20):  # the release runs the box once the event is handled
+                slicer.app.processEvents()
+                if boxModel.boxes:
+                    break
+            self.assertEqual(len(boxModel.boxes), 1, "the release did not segment the box")
+
+            corners = [np.linalg.inv(ijkToRAS) @ xyToRAS @ [x, y, 0, 1] for x, y in (first, last)]
+            low, high = np.minimum(*corners)[:3], np.maximum(*corners)[:3]
+            expected = np.zeros((4, 10, 12), np.uint8)
+            j, i = np.mgrid[0:10, 0:12]
+            expected[2] = (i >= low[0]) & (i <= high[0]) & (j >= low[1]) & (j <= high[1])
+            written = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+            np.testing.assert_array_equal(written, expected)
+            editorWidget.undo()
+            self.assertEqual(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume).sum(), 0)
+        self.delayDisplay("De-LightSAM box mode test passed")
+
+    def test_box_from_segment_refines_the_slice(self):
+        import numpy as np
+
+        from DeLightSAMSlicerLib.Models import BOX
+        from DeLightSAMSlicerLib.Session import DeLightSAMSession
+
+        volume, segmentation, segmentId, sliceNode, editorWidget = self._scene()
+        blob = np.zeros((4, 10, 12), np.uint8)
+        blob[2, 3, 4] = blob[2, 4, 4:7] = blob[2, 6, 5] = 1  # an irregular shape spanning rows 3..6, columns 4..6
+        blob[0, 1, 1] = 1  # another slice
+        slicer.util.updateSegmentBinaryLabelmapFromArray(blob, segmentation, segmentId, volume)
+        boxModel = BoxAsMask()
+        with DeLightSAMSession.shared().temporaryPredictor(boxModel, BOX):
+            effect = self._effect(editorWidget)
+            effect.self().onBoxFromSegment()
+            self.assertEqual(boxModel.boxes, [(4.0, 3.0, 7.0, 7.0)])
+            expected = blob.copy()
+            expected[2, 3:7, 4:7] = 1  # the slice became the box's mask
+            np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume), expected)
+            editorWidget.undo()
+            np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume), blob)
+        self.delayDisplay("De-LightSAM box from segment test passed")
 
 
 class QuadrantPredictor:
@@ -114,3 +199,25 @@ class QuadrantPredictor:
 
         rows, cols = np.mgrid[0 : self.shape[0], 0 : self.shape[1]]
         return types.SimpleNamespace(mask=(rows < self.shape[0] / 2) & (cols < self.shape[1] / 2))
+
+
+class BoxAsMask:
+    """Stand-in box model: the pixels whose centre lies in the box; it records the boxes it is given."""
+
+    description = "box test stand-in"
+
+    def __init__(self):
+        self.boxes = []
+
+    def set_image(self, image, window=None):
+        self.shape = image.shape[:2]
+
+    def predict(self, boxes, threshold=0.5, **kwargs):
+        import types
+
+        import numpy as np
+
+        x0, y0, x1, y1 = (float(value) for value in np.asarray(boxes, float).reshape(4))
+        self.boxes.append((x0, y0, x1, y1))
+        rows, cols = np.mgrid[0 : self.shape[0], 0 : self.shape[1]] + 0.5
+        return types.SimpleNamespace(mask=(cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1))

@@ -1,25 +1,33 @@
-"""The De-LightSAM Segment Editor effect: the mask of the slice or frame a view shows, with no prompts.
+"""The De-LightSAM Segment Editor effect: the mask of the slice or frame a view shows, with no prompts (De-LightSAM),
+or of what lies inside a box dragged on a slice view (LiteMedSAM, box mode).
 
-UI and parameters only. The session (DeLightSAMSlicerLib.Session) owns the predictor and asks, through this file's
-dialogs, to install or download; the MRML logic (DeLightSAMSlicerLib.MRMLLogic) segments and writes through this
-effect's modifySelectedSegmentByLabelmap in the editor's modifier geometry, so the editor's undo, editable area,
-intensity range and overwrite settings hold. Both are Qt-free and tested under slicer-core.
+UI, parameters and the box's rubber band only. The session (DeLightSAMSlicerLib.Session) owns the predictors and
+asks, through this file's dialogs, to install or download; the MRML logic (DeLightSAMSlicerLib.MRMLLogic) maps the
+box into the image the model sees, segments and writes through this effect's modifySelectedSegmentByLabelmap in the
+editor's modifier geometry, so the editor's undo, editable area, intensity range and overwrite settings hold. Both
+are Qt-free and tested under slicer-core.
 """
 
 import os
 
 import qt
+import vtk
+
 import slicer
 from slicer.i18n import tr as _
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from DeLightSAMSlicerLib.Geometry import SegmentationError
 from DeLightSAMSlicerLib.Labelmaps import ModifierGeometry
+from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationCancelled, SegmentationOptions
 from DeLightSAMSlicerLib.Session import DeLightSAMSession
 
-VIEW_PARAMETER = "SliceView"  # the slice view whose slice is segmented (the other parameters: SegmentationOptions)
+# The effect's own parameters (the others: SegmentationOptions.PARAMETER_NAMES).
+VIEW_PARAMETER = "SliceView"  # the slice view whose slice Apply, All slices/frames and Box from segment use
+BOX_MODE_PARAMETER = "BoxMode"  # "1": a left-button drag on any slice view draws a box, segmented on release
 DEFAULT_VIEW = "Red"
+MINIMUM_DRAG = 3  # screen pixels: a shorter drag is a click, not a box
 
 
 def modalityLabels():
@@ -46,6 +54,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.session = DeLightSAMSession.shared()
         self.logic = DeLightSAMMRMLLogic(self._predictor)
         self.sceneCloseObserver = None
+        self.rubberBands = {}  # slice widget -> its RubberBand
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -66,7 +75,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "<b>All slices</b> runs every slice along the view's direction. Ctrl+Z undoes Apply and All slices.<p>"
             "<b>All frames</b> runs the shown slice in every frame of a sequence; <b>Undo all frames</b> puts every "
             "frame back. Ctrl+Z cannot undo All frames: Slicer clears the editor's undo history whenever the shown "
-            "frame changes.") + "</html>"
+            "frame changes.<p>"
+            "<b>Box mode</b>: drag a rectangle around one structure on any slice view; on release <b>LiteMedSAM</b> "
+            "segments what lies inside it on that slice (Esc while dragging cancels; switch box mode off to adjust "
+            "window/level with the mouse). <b>Box from segment</b> refines the selected segment on the chosen view's "
+            "slice: LiteMedSAM segments the box around it, and the segment's part of that slice becomes its mask. "
+            "Both are written as Apply writes, and Ctrl+Z undoes them.") + "</html>"
 
     def setupOptionsFrame(self):
         self.modalitySelector = qt.QComboBox()
@@ -112,6 +126,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.undoFramesButton.enabled = False
         self.scriptedEffect.addOptionsWidget(self.undoFramesButton)
 
+        self.boxModeCheckBox = qt.QCheckBox(_("Box mode"))
+        self.boxModeCheckBox.toolTip = _("Drag a rectangle around a structure on any slice view: on release LiteMedSAM "
+                                         "segments what lies inside it on that slice")
+        self.boxFromSegmentButton = qt.QPushButton(_("Box from segment"))
+        self.boxFromSegmentButton.toolTip = _("Refine the selected segment on the chosen view's slice: LiteMedSAM "
+                                              "segments the box around it, and the slice becomes that mask")
+        boxes = qt.QHBoxLayout()
+        boxes.addWidget(self.boxModeCheckBox)
+        boxes.addWidget(self.boxFromSegmentButton)
+        self.scriptedEffect.addLabeledOptionsWidget(_("Boxes:"), boxes)
+
         self.statusLabel = qt.QLabel()
         self.statusLabel.wordWrap = True
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
@@ -125,6 +150,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.thresholdSlider.connect("valueChanged(double)", self.updateMRMLFromGUI)
         for checkBox in (self.replaceCheckBox, self.largestCheckBox, self.fillHolesCheckBox):
             checkBox.connect("toggled(bool)", self.updateMRMLFromGUI)
+        self.boxModeCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
+        self.boxFromSegmentButton.connect("clicked()", self.onBoxFromSegment)
         self.applyButton.connect("clicked()", self.onApply)
         self.allSlicesButton.connect("clicked()", self.onApplyAllSlices)
         self.allFramesButton.connect("clicked()", self.onApplyAllFrames)
@@ -138,6 +165,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self.sceneCloseObserver is not None:
             slicer.mrmlScene.RemoveObserver(self.sceneCloseObserver)
             self.sceneCloseObserver = None
+        for viewWidget, rubberBand in self.rubberBands.items():
+            self.scriptedEffect.removeActor2D(viewWidget, rubberBand.actor)
+        self.rubberBands = {}
 
     def onSceneStartClose(self, caller, event):
         self.logic.clearFramesSnapshot()  # its frames are going; a run in progress stops by itself
@@ -152,10 +182,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for name, value in SegmentationOptions(modality=self.session.modality).toParameters().items():
             self.scriptedEffect.setParameterDefault(name, value)
         self.scriptedEffect.setParameterDefault(VIEW_PARAMETER, DEFAULT_VIEW)
+        self.scriptedEffect.setParameterDefault(BOX_MODE_PARAMETER, "1")
 
     def updateGUIFromMRML(self):
         options = self._options()
-        widgets = (*self.optionWidgets.values(), self.viewSelector)
+        widgets = (*self.optionWidgets.values(), self.viewSelector, self.boxModeCheckBox)
         blocked = [widget.blockSignals(True) for widget in widgets]
         for field, widget in self.optionWidgets.items():
             value = getattr(options, field)
@@ -169,6 +200,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for viewName in slicer.app.layoutManager().sliceViewNames():
             self.viewSelector.addItem(viewName)
         self.viewSelector.currentText = self.scriptedEffect.parameter(VIEW_PARAMETER)
+        self.boxModeCheckBox.checked = self._boxMode()
         for widget, wasBlocked in zip(widgets, blocked):
             widget.blockSignals(wasBlocked)
         self._updateButtons(running=self.session.busy)
@@ -188,6 +220,54 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.session.setModality(options.modality)
         if self.viewSelector.currentText:
             self.scriptedEffect.setParameter(VIEW_PARAMETER, self.viewSelector.currentText)
+        self.scriptedEffect.setParameter(BOX_MODE_PARAMETER, "1" if self.boxModeCheckBox.checked else "0")
+
+    # ------------------------------------------------------------------ box mode: the drag
+    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        """Box mode: a left-button drag on a slice view shows a rectangle; the release segments it (``onBoxDrawn``,
+        after the event has been handled, so that dialogs may open). Returns True for the events it uses, so the view
+        does not also act on them (window/level, panning)."""
+        if viewWidget.className() != "qMRMLSliceWidget" or not self._boxMode():
+            return False
+        rubberBand = self._rubberBand(viewWidget)
+        xy = callerInteractor.GetEventPosition()
+        if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+            if callerInteractor.GetShiftKey() or callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
+                return False
+            if self.session.busy:
+                return True
+            confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
+            if confirmed in (self.scriptedEffect.NotConfirmed, self.scriptedEffect.ConfirmedWithDialog):
+                return True  # as Slicer's Draw effect: a dialog took the button release, so no drag starts
+            rubberBand.start(xy)
+            return True
+        if not rubberBand.dragging:
+            return False
+        if eventId == vtk.vtkCommand.MouseMoveEvent:
+            rubberBand.moveTo(xy)
+            return True
+        if eventId == vtk.vtkCommand.KeyPressEvent and callerInteractor.GetKeySym() == "Escape":
+            rubberBand.finish()
+            return True
+        if eventId == vtk.vtkCommand.LeftButtonReleaseEvent:
+            first, last = rubberBand.finish()
+            if max(abs(last[0] - first[0]), abs(last[1] - first[1])) < MINIMUM_DRAG:
+                self.statusLabel.text = _("Box mode: drag from one corner of the structure to the opposite corner.")
+                return True
+            corners = [self.xyToRas(point, viewWidget) for point in (first, last)]
+            sliceNode = viewWidget.mrmlSliceNode()
+            qt.QTimer.singleShot(0, lambda: self.onBoxDrawn(sliceNode, corners))
+            return True
+        return False
+
+    def _rubberBand(self, viewWidget):
+        if viewWidget not in self.rubberBands:
+            self.rubberBands[viewWidget] = RubberBand(viewWidget)
+            self.scriptedEffect.addActor2D(viewWidget, self.rubberBands[viewWidget].actor)
+        return self.rubberBands[viewWidget]
+
+    def _boxMode(self):
+        return self.scriptedEffect.parameter(BOX_MODE_PARAMETER) == "1"
 
     # ------------------------------------------------------------------ actions
     def onApply(self):
@@ -202,6 +282,19 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._run(_("frames"), lambda options, writer, progress: self.logic.segmentAllFrames(
             browser, *self._targets(), options, writer, progress=progress))
 
+    def onBoxDrawn(self, sliceNode, corners):
+        """Segment the box drawn on ``sliceNode``'s view, ``corners`` two opposite corners in RAS: what the release of
+        a drag calls (and the self-test)."""
+        def segmentBox(options, writer, progress):
+            source, _chosenView, segmentation, segmentId = self._targets()
+            return self.logic.segmentBox(source, sliceNode, segmentation, segmentId, options, corners, writer)
+
+        self._run(None, segmentBox, model=BOX)
+
+    def onBoxFromSegment(self):
+        self._run(None, lambda options, writer, progress: self.logic.segmentBoxFromSegment(
+            *self._targets(), options, writer), model=BOX)
+
     def onUndoAllFrames(self):
         from DeLightSAM import userErrorDisplay
 
@@ -209,8 +302,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.statusLabel.text = _("All-frames run undone.") if self.logic.undoLastFrames() else ""
         self._updateButtons(running=False)
 
-    def _run(self, what, action):
-        """Load the model (asking to install or download), then run ``action(options, writer, progress)`` with the
+    def _run(self, what, action, model=AUTOMATIC):
+        """Load ``model`` (asking to install or download), then run ``action(options, writer, progress)`` with the
         buttons disabled; the progress dialog (batch runs) closes also when the run fails."""
         from DeLightSAM import DownloadProgressDialog, ProgressDialog, confirmDialog, userErrorDisplay
 
@@ -218,7 +311,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self._updateButtons(running=True)
             try:
                 with DownloadProgressDialog() as download:
-                    predictor = self.session.predictor(confirmDialog, download.report)
+                    predictor = self.session.predictor(confirmDialog, download.report, model)
                 with ProgressDialog(SegmentationCancelled, _("Stop (keep what is done)")) as progress, \
                         slicer.util.WaitCursor():
                     def report(done, total):
@@ -226,30 +319,30 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                             done=done, total=total, what=what))
 
                     result = action(self._options(), EffectWriter(self.scriptedEffect), report if what else None)
-                self.statusLabel.text = self._statusText(result, predictor)
+                self.statusLabel.text = self._statusText(result, predictor, model)
             finally:
                 self._updateButtons(running=False)
 
-    def _statusText(self, result, predictor):
+    def _statusText(self, result, predictor, model):
         if result.sceneClosed:
             return _("Stopped: the scene was closed.")
         text = _("{state} {description}: {added} voxels added, {removed} removed, {seconds} s ({device}; {checkpoint})").format(
             state=_("Cancelled after") if result.cancelled else _("Done:"), description=result.description,
             added=result.voxelsAdded, removed=result.voxelsRemoved, seconds=f"{result.seconds:.1f}",
-            device=getattr(predictor, "description", ""), checkpoint=self.session.checkpointReference())
+            device=getattr(predictor, "description", ""), checkpoint=self.session.checkpointReference(model))
         return text
 
     def _updateButtons(self, running):
-        self.applyButton.enabled = self.allSlicesButton.enabled = not running
+        self.applyButton.enabled = self.allSlicesButton.enabled = self.boxFromSegmentButton.enabled = not running
         self.allFramesButton.enabled = not running and self._sequenceBrowser() is not None
         self.undoFramesButton.enabled = not running and self.logic.framesSnapshot is not None
 
-    def _predictor(self):
-        """The predictor provider of the MRML logic: the session's predictor (loaded by ``_run`` beforehand)."""
+    def _predictor(self, model=AUTOMATIC):
+        """The predictor provider of the MRML logic: the session's predictor of ``model`` (loaded by ``_run``)."""
         from DeLightSAM import DownloadProgressDialog, confirmDialog
 
         with DownloadProgressDialog() as download:
-            return self.session.predictor(confirmDialog, download.report)
+            return self.session.predictor(confirmDialog, download.report, model)
 
     def _options(self):
         return SegmentationOptions.fromParameters({name: self.scriptedEffect.parameter(name)
@@ -273,6 +366,56 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if volume is None or not hasattr(slicer.modules, "sequences"):
             return None
         return slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(volume)
+
+
+class RubberBand:
+    """The rectangle a slice view shows while a box is dragged: a 2D actor in the view's XY pixels (as Slicer's Draw
+    effect shows its outline), hidden when the drag ends."""
+
+    def __init__(self, viewWidget):
+        self.viewWidget = viewWidget
+        self.first = self.last = None
+        self.points = vtk.vtkPoints()
+        self.points.SetNumberOfPoints(4)
+        outline = vtk.vtkCellArray()
+        outline.InsertNextCell(5)
+        for corner in (0, 1, 2, 3, 0):
+            outline.InsertCellPoint(corner)
+        polyData = vtk.vtkPolyData()
+        polyData.SetPoints(self.points)
+        polyData.SetLines(outline)
+        mapper = vtk.vtkPolyDataMapper2D()
+        mapper.SetInputData(polyData)
+        self.actor = vtk.vtkActor2D()
+        self.actor.SetMapper(mapper)
+        self.actor.GetProperty().SetColor(1, 1, 0)
+        self.actor.GetProperty().SetLineWidth(1)
+        self.actor.VisibilityOff()
+
+    @property
+    def dragging(self):
+        return self.first is not None
+
+    def start(self, xy):
+        self.first = tuple(xy)
+        self.actor.VisibilityOn()
+        self.moveTo(xy)
+
+    def moveTo(self, xy):
+        self.last = tuple(xy)
+        (x0, y0), (x1, y1) = self.first, self.last
+        for index, (x, y) in enumerate(((x0, y0), (x1, y0), (x1, y1), (x0, y1))):
+            self.points.SetPoint(index, x, y, 0)
+        self.points.Modified()
+        self.viewWidget.sliceView().scheduleRender()
+
+    def finish(self):
+        """Hide the rectangle; returns its (first, last) corners in XY."""
+        corners = (self.first, self.last)
+        self.first = self.last = None
+        self.actor.VisibilityOff()
+        self.viewWidget.sliceView().scheduleRender()
+        return corners
 
 
 class EffectWriter:
