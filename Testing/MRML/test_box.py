@@ -403,3 +403,26 @@ def test_box_from_segment_in_a_coarser_segmentation_covers_the_voxels_it_holds(m
     predictor = BoxAsMask()
     DeLightSAMMRMLLogic(predictor).segmentBoxFromSegment(volume, sliceNode, segmentation, target, "xray")
     assert predictor.boxes == [(4.0, 2.0, 6.0, 4.0)]
+
+
+def test_real_litemedsam_through_box_mode_matches_the_library_and_upstream(mrml, litemedsam_predictor, litemedsam_reference):
+    """The released weights on the real chest radiograph of the reference, loaded as Slicer loads a PNG (a one-slice
+    RGB volume, i to the left, j to posterior): the box dragged around the right lung on the axial view writes the
+    mask upstream LiteMedSAM computes for that image and box (so the model saw both the right way round), exactly
+    the library's mask."""
+    image, box = litemedsam_reference["image_1"], litemedsam_reference["box_1"]
+    lpsToRAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+    volume = mrml.volume(image[None], lpsToRAS, name="radiograph")
+    segmentation, (target, _) = mrml.segmentation(volume)
+    sliceNode = mrml.sliceNode("Red", "Axial")
+    sliceNode.JumpSliceByCentering(*(lpsToRAS @ np.array([460, 489, 0, 1.0]))[:3])
+    corners = [(lpsToRAS @ np.array([x - 0.5, y - 0.5, 0, 1.0]))[:3] for x, y in (box[:2], box[2:])]  # pixel edges
+    predictor = ReusedEncoding(litemedsam_predictor)
+    result = DeLightSAMMRMLLogic(predictor).segmentBox(volume, sliceNode, segmentation, target, SegmentationOptions(),
+                                                       corners)
+    written = mrml.segmentArray(segmentation, target, volume)[0].astype(bool)
+    assert (written == litemedsam_reference["mask_1"]).mean() > 0.999  # the model saw the image and box as upstream
+    assert litemedsam_predictor.original_size == image.shape[:2]
+    expected = litemedsam_predictor.predict(box).masks[0]  # the library's mask for the image the view showed
+    np.testing.assert_array_equal(written, expected)
+    assert result.voxelsAdded == expected.sum() > 50_000
