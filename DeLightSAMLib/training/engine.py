@@ -259,7 +259,7 @@ def train(model: DeLightSAM, train_set, valid_set, settings: TrainSettings, devi
             with tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=rank != 0, leave=True) as bar:
                 for batch in bar:
                     losses.append(_step(wrapped, batch, cache, optimizer, scheduler, settings, device, autocast))
-                    bar.set_postfix(loss=f"{np.mean(losses):.4f}")  # the epoch's running mean
+                    bar.set_postfix(loss=f"{np.mean(losses):.4f}", refresh=False)  # the epoch's running mean
             entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else math.nan}
             if rank != 0:
                 continue
@@ -445,7 +445,7 @@ def distill(model: DeLightSAM, teacher: torch.nn.Module, train_set, settings: Tr
                     optimizer.step()
                     scheduler.step()
                     losses.append(loss.item())
-                    bar.set_postfix(mse=f"{np.mean(losses):.3g}")
+                    bar.set_postfix(mse=f"{np.mean(losses):.3g}", refresh=False)
             entry = {"epoch": epoch + 1, "mse": float(np.mean(losses)), "seconds": round(time.perf_counter() - started, 1)}
             history.append(entry)
             if rank == 0:
@@ -485,8 +485,8 @@ def evaluate(model_or_predictor, dataset, modality: int, device: torch.device, o
                 run_log.info("%s %s", name, json.dumps(asdict(rows[-1])))
             if overlays and out_dir is not None:
                 write_overlay(image, mask, reference, Path(out_dir) / "overlays" / f"{Path(name).stem}.png")
+            bar.set_postfix(dice=f"{np.mean([row.dice for row in rows]):.4f}", refresh=False)  # shown by update
             bar.update()
-            bar.set_postfix(dice=f"{np.mean([row.dice for row in rows]):.4f}")
     summary = summarize(rows)
     summary["images_per_second"] = len(rows) / sum(seconds) if seconds else math.nan
     if out_dir is not None:
