@@ -24,7 +24,8 @@ from DeLightSAMLib.training import engine
 from DeLightSAMLib.training.data import DataError, check_not_all_empty, open_dataset
 from DeLightSAMLib.training.embedding_cache import EmbeddingCache
 from DeLightSAMLib.training.metrics import hausdorff95, score, summarize
-from DeLightSAMLib.training.overlays import outline_width, reference_outline, write_overlay
+from DeLightSAMLib.overlay import line_thickness, outline
+from DeLightSAMLib.training.overlays import write_overlay
 from DeLightSAMLib.training.teachers import Teacher, ViTImageEncoder, load_teacher
 
 CPU = torch.device("cpu")
@@ -235,7 +236,7 @@ for name, groups in (("ddp", ["adapters", "queries", "prompt", "decoder"]), ("dd
     model = build_model(TINY_CONFIG)
     settings = engine.TrainSettings(modality=1, epochs=2, batch_size=2, trainable=groups, out_dir={str(tmp_path)!r} + "/" + name)
     result = engine.train(model, open_dataset({str(disks)!r}, "train", "xray"), None, settings, torch.device("cpu"))
-    print("RANK_DONE", name, len(result["history"]))
+    print(f"RANK_DONE {{name}} {{len(result['history'])}}", flush=True)  # one write: the ranks share the pipe
 """)
     completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
                                capture_output=True, text=True, timeout=300)
@@ -439,14 +440,14 @@ def test_training_help_shows_the_defaults(capsys):
 def test_overlay_outlines_the_reference_on_all_four_sides_with_a_visible_width(tmp_path):
     reference = np.zeros((1024, 1024), bool)
     reference[200:800, 300:700] = True  # rows 200-799, columns 300-699
-    width = outline_width(reference.shape)
-    assert width >= 2 and outline_width((64, 64)) == 2
-    outline = reference_outline(reference, width)
+    width = line_thickness(reference.shape)
+    assert width == 3 and line_thickness((2048, 512)) == 5  # 1/400 of the longer side
+    band = outline(reference, width)
     for row, col in ((500, 300), (500, 300 + width - 1), (500, 699), (500, 699 - width + 1),  # left, right
                      (200, 500), (200 + width - 1, 500), (799, 500), (799 - width + 1, 500)):  # top, bottom
-        assert outline[row, col], (row, col)
-    assert not outline[500, 300 + width] and not outline[500, 299] and not outline[500, 500]
-    assert outline.sum() == reference.sum() - (600 - 2 * width) * (400 - 2 * width)  # closed: every edge pixel
+        assert band[row, col], (row, col)
+    assert not band[500, 300 + width] and not band[500, 299] and not band[500, 500]
+    assert band.sum() == reference.sum() - (600 - 2 * width) * (400 - 2 * width)  # closed: every edge pixel
 
     image = np.full((1024, 1024, 3), 100, np.uint8)
     prediction = np.zeros_like(reference)
