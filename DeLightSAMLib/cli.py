@@ -1,4 +1,5 @@
-"""The ``delightsam`` command: predict, download, info. Thin over the predictor and the checkpoint module.
+"""The ``delightsam`` command: predict, download, info (and train, distill, evaluate: ``training/cli.py``).
+Thin over the predictor and the checkpoint module.
 
 User mistakes end in one line on stderr (``delightsam: error: ...``) and exit status 2; no output file is written.
 """
@@ -17,6 +18,7 @@ from . import __version__
 from .errors import DeLightSAMError
 from .config import ENGINES
 from .registry import BOX_CHECKPOINT, CHECKPOINTS, MODALITIES, OFFICIAL_CHECKPOINT, resolve_modality
+from .training.cli import add_commands as add_training_commands
 
 EXIT_USER_ERROR = 2
 
@@ -68,35 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="show checkpoints, cache folder, device and modality map")
     info.set_defaults(handler=run_info)
 
-    for name, help_text in (("train", "fine-tune on your own data"), ("distill", "distil a teacher encoder into the adapters"),
-                            ("evaluate", "Dice, IoU, HD95, precision, recall on a dataset split")):
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--data", required=True, help="dataset folder: image_1024/ + mask_1024/, or images/ + labels/")
-        sub.add_argument("--split-file", default=None, help="JSON with train/valid/test lists")
-        sub.add_argument("--checkpoint", "-c", default=None, help="starting weights (registry name or .pth)")
-        sub.add_argument("--out", default=f"runs/{name}", help="output folder (checkpoints, log, metrics)")
-        sub.add_argument("--device", default="auto")
-        sub.add_argument("--axis", type=int, default=2, choices=[0, 1, 2], help="slicing axis for volume datasets")
-        sub.add_argument("--label", type=int, default=None, help="label value for volume datasets (default: any)")
-        if name != "distill":
-            sub.add_argument("--modality", "-m", required=True, help=f"one of {', '.join(MODALITIES)}, or an index")
-        if name == "evaluate":
-            sub.add_argument("--split", default="test")
-            sub.add_argument("--threshold", type=float, default=0.5)
-            sub.add_argument("--overlays", action="store_true", help="write overlay PNGs")
-        else:
-            sub.add_argument("--epochs", type=int, default=20)
-            sub.add_argument("--batch-size", type=int, default=4)
-            sub.add_argument("--lr", type=float, default=1e-4)
-            sub.add_argument("--workers", type=int, default=2)
-        if name == "train":
-            sub.add_argument("--trainable", default="adapters,queries,prompt,decoder",
-                             help="comma-separated: adapters, queries, prompt, decoder, encoder")
-            sub.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
-        if name == "distill":
-            sub.add_argument("--teacher", required=True, help="mobilesam, sam_vit_b, sam_vit_l or sam_vit_h")
-            sub.add_argument("--teacher-checkpoint", required=True, help="the teacher's published checkpoint")
-        sub.set_defaults(handler=run_training)
+    add_training_commands(commands)  # train, distill, evaluate
     return parser
 
 
@@ -330,44 +304,6 @@ def run_download(args: argparse.Namespace) -> int:
         path = download_checkpoint(args.checkpoint, args.to, progress=progress,
                                    urls=[args.source] if args.source else None)
     print(path)
-    return 0
-
-
-def run_training(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .predictor import select_device
-    from .registry import modality_name
-    from .training import engine
-    from .training.data import open_dataset
-
-    device = select_device(args.device)
-    modality = resolve_modality(args.modality) if args.command != "distill" else 0
-    name = modality_name(modality)
-    logging.getLogger().setLevel(logging.INFO)
-    if args.command == "evaluate":
-        dataset = open_dataset(args.data, args.split, name, args.split_file, args.axis, args.label)
-        model, _ = load_model(args.checkpoint)
-        result = engine.evaluate(model, dataset, modality, device, Path(args.out), args.overlays, args.threshold)
-        summary = result["summary"]
-        print(f"{summary['images']} images: Dice {summary['dice']['mean']:.4f}, IoU {summary['iou']['mean']:.4f}, "
-              f"HD95 {summary['hd95']['mean']:.2f} px, {summary['images_per_second']:.2f} images/s -> {args.out}")
-        return 0
-    train_set = open_dataset(args.data, "train", name, args.split_file, args.axis, args.label)
-    settings = engine.TrainSettings(modality=modality, epochs=args.epochs, batch_size=args.batch_size,
-                                    learning_rate=args.lr, num_workers=args.workers, out_dir=args.out)
-    model, _ = load_model(args.checkpoint)
-    if args.command == "distill":
-        from .training.teachers import load_teacher
-
-        result = engine.distill(model, load_teacher(args.teacher, args.teacher_checkpoint), train_set, settings, device)
-        print(f"distilled weights: {result['checkpoint']}")
-        return 0
-    settings.trainable = [group.strip() for group in args.trainable.split(",") if group.strip()]
-    settings.resume = args.resume
-    valid_set = open_dataset(args.data, "valid", name, args.split_file, args.axis, args.label, optional=True) \
-        if args.split_file or (Path(args.data) / "image_1024").is_dir() else None
-    result = engine.train(model, train_set, valid_set, settings, device)
-    print(f"best checkpoint: {result['best_checkpoint']} (validation Dice {result['best_valid_dice']:.4f})")
     return 0
 
 

@@ -23,13 +23,13 @@ def render_overlay(rgb: np.ndarray, labels: np.ndarray, boxes: Optional[Sequence
     if labels.dtype == np.bool_:
         labels = labels.astype(np.uint8)
     height, width = labels.shape
-    thickness = max(1, round(max(height, width) / 400))
+    thickness = line_thickness(labels.shape)
     picture = rgb.astype(np.float32)
     for label in np.unique(labels[labels > 0]):
         colour = np.array(PALETTE[(int(label) - 1) % len(PALETTE)], np.float32)
         region = labels == label
         picture[region] = (1 - FILL_OPACITY) * picture[region] + FILL_OPACITY * colour
-        picture[region & ~_eroded(region, thickness)] = colour
+        picture[outline(region, thickness)] = colour
     for x0, y0, x1, y1 in boxes if boxes is not None else ():
         left, right = _pixel(x0, width), _pixel(x1, width)
         top, bottom = _pixel(y0, height), _pixel(y1, height)
@@ -38,6 +38,16 @@ def render_overlay(rgb: np.ndarray, labels: np.ndarray, boxes: Optional[Sequence
         picture[top : min(top + thickness, bottom + 1), left : right + 1] = BOX_COLOUR
         picture[max(bottom + 1 - thickness, top) : bottom + 1, left : right + 1] = BOX_COLOUR
     return np.clip(np.rint(picture), 0, 255).astype(np.uint8)
+
+
+def line_thickness(shape: Sequence[int]) -> int:
+    """Pixels of a drawn line for an image of ``shape``: about 1/400 of the longer side, at least one."""
+    return max(1, round(max(shape[:2]) / 400))
+
+
+def outline(region: np.ndarray, thickness: int) -> np.ndarray:
+    """The pixels of ``region`` within ``thickness`` 4-neighbour steps of its outside: closed on every side."""
+    return region & ~_eroded(region, thickness)
 
 
 def _pixel(coordinate: float, size: int) -> int:

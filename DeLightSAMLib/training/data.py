@@ -50,6 +50,8 @@ class FolderDataset(torch.utils.data.Dataset):
     """The paper's layout: ``root/image_1024/NAME.png``, ``root/mask_1024/NAME.png`` and a split JSON
     (``{"train": [...], "valid": [...], "test": [...]}``, names with or without their extension)."""
 
+    augments = False  # the same image every epoch: a frozen encoder's embeddings may be cached (engine.train)
+
     def __init__(self, root: str | Path, split: str, modality: str, split_file: Optional[str | Path] = None) -> None:
         self.root, self.modality = Path(root), modality
         images, masks = self.root / "image_1024", self.root / "mask_1024"
@@ -110,6 +112,8 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
     background slices as there are foreground ones, evenly spread. ``label`` picks one label value (default:
     any non-zero label is foreground). Intensities go through each volume's robust window.
     """
+
+    augments = False  # see FolderDataset.augments
 
     def __init__(self, root: str | Path, modality: str, axis: int = 2, label: Optional[int] = None,
                  names: Optional[Sequence[str]] = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -21,7 +22,10 @@ from DeLightSAMLib.errors import CheckpointError
 from DeLightSAMLib.modeling import ImageEncoder
 from DeLightSAMLib.training import engine
 from DeLightSAMLib.training.data import DataError, check_not_all_empty, open_dataset
+from DeLightSAMLib.training.embedding_cache import EmbeddingCache
 from DeLightSAMLib.training.metrics import hausdorff95, score, summarize
+from DeLightSAMLib.overlay import line_thickness, outline
+from DeLightSAMLib.training.overlays import write_overlay
 from DeLightSAMLib.training.teachers import Teacher, ViTImageEncoder, load_teacher
 
 CPU = torch.device("cpu")
@@ -218,7 +222,8 @@ def test_mobilesam_teacher_loads_its_published_keys_and_refuses_others(tmp_path)
 
 
 def test_two_processes_with_torchrun(disks, tmp_path):
-    """DistributedDataParallel through PyTorch's launcher (gloo on the CPU): both ranks train, rank 0 saves."""
+    """DistributedDataParallel through PyTorch's launcher (gloo on the CPU): both ranks train, rank 0 saves; with the
+    whole network, and with the decoder side on cached embeddings."""
     script = tmp_path / "ddp.py"
     script.write_text(f"""
 import torch
@@ -226,14 +231,230 @@ from DeLightSAMLib.build import build_model
 from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.training import engine
 from DeLightSAMLib.training.data import open_dataset
-torch.manual_seed(0)
-model = build_model(TINY_CONFIG)
-settings = engine.TrainSettings(modality=1, epochs=2, batch_size=2, out_dir={str(tmp_path / 'ddp')!r})
-result = engine.train(model, open_dataset({str(disks)!r}, "train", "xray"), None, settings, torch.device("cpu"))
-print("RANK_DONE", len(result["history"]))
+for name, groups in (("ddp", ["adapters", "queries", "prompt", "decoder"]), ("ddp-cached", ["queries", "prompt", "decoder"])):
+    torch.manual_seed(0)
+    model = build_model(TINY_CONFIG)
+    settings = engine.TrainSettings(modality=1, epochs=2, batch_size=2, trainable=groups, out_dir={str(tmp_path)!r} + "/" + name)
+    result = engine.train(model, open_dataset({str(disks)!r}, "train", "xray"), None, settings, torch.device("cpu"))
+    print(f"RANK_DONE {{name}} {{len(result['history'])}}", flush=True)  # one write: the ranks share the pipe
 """)
     completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert completed.stdout.count("RANK_DONE") == 2
+    for name in ("ddp", "ddp-cached"):  # both ranks finish; rank 0 keeps the history
+        assert completed.stdout.count(f"RANK_DONE {name} ") == 2 and f"RANK_DONE {name} 2\n" in completed.stdout
     load_model(tmp_path / "ddp" / "best.pth", TINY_CONFIG)
+    assert "encoder frozen" in (tmp_path / "ddp-cached" / "train.log").read_text()  # the decoder side alone in DDP
+    load_model(tmp_path / "ddp-cached" / "best.pth", TINY_CONFIG)
+
+
+# ---------------------------------------------------------------------------------------------- issue 14
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """4 training, 1 validation and 1 test image."""
+    return make_folder_dataset(tmp_path_factory.mktemp("small"), count=6, seed=7)
+
+
+def _count_encoded_images(model) -> list:
+    counter = [0]
+    model.SemiTViT.register_forward_hook(lambda module, inputs, output: counter.__setitem__(0, counter[0] + len(inputs[0])))
+    return counter
+
+
+def test_a_frozen_encoder_encodes_each_image_once_and_the_losses_do_not_change(small, tmp_path):
+    train_set, valid_set = open_dataset(small, "train", "xray"), open_dataset(small, "valid", "xray")
+    runs = {}
+    for cached in (True, False):
+        torch.manual_seed(5)
+        model = build_model(TINY_CONFIG)
+        encoded = _count_encoded_images(model)
+        settings = engine.TrainSettings(modality=1, epochs=3, batch_size=2, learning_rate=1e-3, embedding_cache=cached,
+                                        trainable=["decoder", "queries", "prompt"], out_dir=str(tmp_path / f"cached-{cached}"))
+        runs[cached] = engine.train(model, train_set, valid_set, settings, CPU), encoded[0]
+    (with_cache, encoded_with), (without, encoded_without) = runs[True], runs[False]
+    assert encoded_with == len(train_set) + len(valid_set)  # once each, in the first epoch
+    assert encoded_without == 3 * (len(train_set) + len(valid_set))
+    for a, b in zip(with_cache["history"], without["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["valid_dice"] == pytest.approx(b["valid_dice"], abs=1e-6)
+    assert [entry["loss"] for entry in with_cache["history"]] != [with_cache["history"][0]["loss"]] * 3  # it trained
+    assert "encoder frozen: each image is encoded once" in (tmp_path / "cached-True" / "train.log").read_text()
+    assert "embedding cache off: turned off" in (tmp_path / "cached-False" / "train.log").read_text()
+    assert not (tmp_path / "cached-True" / "embedding_cache").exists()  # in memory; nothing left on disk
+
+
+def test_cached_embeddings_are_keyed_by_the_image_and_the_encoder_weights(tmp_path):
+    torch.manual_seed(0)
+    encoder = build_model(TINY_CONFIG).SemiTViT
+    calls = []
+    encoder.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    images = torch.randn(3, 3, 256, 256)
+    cache = EmbeddingCache(encoder, CPU, tmp_path / "cache", memory_bytes=0)  # everything goes to disk
+    with torch.no_grad():
+        expected = encoder(images)
+    calls.clear()
+    assert torch.equal(cache(images), expected) and calls == [3]
+    assert torch.equal(cache(images), expected) and calls == [3]  # all found: the encoder did not run
+    changed = images.clone()
+    changed[1, 0, 0, 0] += 1e-3
+    cache(changed)
+    assert calls == [3, 1]  # only the changed image
+    reopened = EmbeddingCache(encoder, CPU, tmp_path / "cache", memory_bytes=0)  # e.g. after --resume
+    assert torch.equal(reopened(images), expected) and calls == [3, 1]
+    with torch.no_grad():
+        encoder.neck[0].weight.mul_(2)
+        expected = encoder(images)
+    calls.clear()
+    reopened.refresh()
+    assert torch.equal(reopened(images), expected) and calls == [3]  # new weights: every image again
+    assert "3 images encoded, 3 embeddings reused" in reopened.describe()
+
+
+def test_the_cache_is_used_only_with_a_frozen_encoder_and_a_dataset_without_augmentation(small):
+    model, dataset = build_model(TINY_CONFIG), open_dataset(small, "train", "xray")
+    settings = engine.TrainSettings(modality=1, trainable=["decoder", "queries", "prompt"])
+    engine.select_trainable(model, settings.trainable)
+    assert engine._cache_plan(model, dataset, settings) is None
+
+    class Augmented(torch.utils.data.Dataset):  # a dataset that does not declare augments = False
+        def __len__(self):
+            return len(dataset)
+
+        def __getitem__(self, index):
+            return dataset[index]
+
+    assert "may change its images" in engine._cache_plan(model, Augmented(), settings)
+    settings.trainable = ["adapters", "decoder"]
+    engine.select_trainable(model, settings.trainable)
+    assert engine._cache_plan(model, dataset, settings) == "the encoder trains (group adapters)"
+
+
+def test_a_run_that_learns_nothing_ends_with_a_clear_warning(small, tmp_path):
+    torch.manual_seed(2)
+    model = build_model(TINY_CONFIG)
+    model.mask_decoder.register_forward_hook(lambda module, inputs, output: output - 100)  # background everywhere
+    lines = []
+    settings = engine.TrainSettings(modality=1, epochs=2, batch_size=2, trainable=["queries"], out_dir=str(tmp_path / "run"))
+    result = engine.train(model, open_dataset(small, "train", "xray"), open_dataset(small, "valid", "xray"), settings, CPU,
+                          report=lambda message, level: lines.append((level, message)))
+    assert [entry["valid_dice"] for entry in result["history"]] == [0.0, 0.0]
+    warnings = [message for level, message in lines if level == logging.WARNING]
+    assert len(warnings) == 1 and result["warnings"] == warnings
+    assert "the model predicts background everywhere" in warnings[0]
+    assert all(word in warnings[0] for word in ("--lr", "--trainable", "--checkpoint"))
+    assert warnings[0] in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.fixture
+def tiny_checkpoints(monkeypatch):
+    """The CLI builds the tiny network (default-initialised) instead of loading a released checkpoint."""
+    def load_tiny(checkpoint=None, config=None):
+        torch.manual_seed(4)
+        return build_model(TINY_CONFIG), None
+
+    monkeypatch.setattr("DeLightSAMLib.checkpoint.load_model", load_tiny)
+
+
+def _train_command(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--modality", "xray", "--epochs", "2", "--batch-size", "2", "--workers", "0",
+            "--lr", "1e-3", "--trainable", "decoder,queries,prompt", "--out", str(out), *extra]
+
+
+def test_train_prints_one_bar_and_one_summary_per_epoch_and_logs_per_image_details(small, tmp_path, capsys, tiny_checkpoints):
+    assert main(_train_command(small, tmp_path / "run")) == 0
+    out, err = capsys.readouterr()
+    summaries = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in summaries] == ["1/2", "2/2"]
+    assert all("train loss" in line and "valid Dice" in line and line.endswith(" s") for line in summaries)
+    assert "(best)" in summaries[0] and out.splitlines()[-1].startswith("best checkpoint: ")
+    assert "encoder frozen" in out
+    kept_bars = [line.rsplit("\r", 1)[-1] for line in err.split("\n") if "|" in line.rsplit("\r", 1)[-1]]
+    assert [bar.split(":")[0] for bar in kept_bars] == ["epoch 1/2", "epoch 2/2"]
+    assert all("100%" in bar and "loss=" in bar for bar in kept_bars)
+    valid_names = json.loads((small / "split.json").read_text())["valid"]
+    log = (tmp_path / "run" / "train.log").read_text()
+    for name in valid_names:
+        assert Path(name).stem not in out + err
+        assert log.count(f"valid {Path(name).stem} ") == 2
+    assert log.count('"epoch"') == 2 and all(line in log for line in summaries)
+
+
+def test_evaluate_keeps_its_bar_and_writes_per_image_lines_only_to_its_log(small, tmp_path, capsys, tiny_checkpoints):
+    assert main(["evaluate", "--data", str(small), "--modality", "xray", "--split", "train", "--out", str(tmp_path / "eval")]) == 0
+    out, err = capsys.readouterr()
+    last_bar = err.rstrip("\n").rsplit("\n", 1)[-1].rsplit("\r", 1)[-1]
+    assert last_bar.startswith("evaluate: 100%") and "dice=" in last_bar
+    log = (tmp_path / "eval" / "evaluate.log").read_text()
+    for name in json.loads((small / "split.json").read_text())["train"]:
+        assert Path(name).stem not in out + err and f"{Path(name).stem} " in log
+    assert out.startswith("4 images: Dice ")
+
+
+def test_ctrl_c_says_what_was_kept_and_resume_continues_with_one_based_epochs(small, tmp_path, capsys, tiny_checkpoints,
+                                                                              monkeypatch):
+    steps = []
+    real_loss = engine.mask_loss
+
+    def interrupt_in_the_second_epoch(logits, masks):
+        steps.append(1)
+        if len(steps) == 3:  # 2 steps an epoch
+            raise KeyboardInterrupt
+        return real_loss(logits, masks)
+
+    monkeypatch.setattr(engine, "mask_loss", interrupt_in_the_second_epoch)
+    run = tmp_path / "run"
+    assert main(_train_command(small, run)) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("delightsam: interrupted in epoch 2/2; kept ")
+    assert f"{run / 'last.pth'} (after epoch 1:" in err and f"{run / 'best.pth'} (epoch 1, validation Dice" in err
+    assert err.endswith("to continue, rerun the same command with --resume")
+    monkeypatch.setattr(engine, "mask_loss", real_loss)
+
+    assert main(_train_command(small, run, "--trainable", "decoder", "--resume")) == 2  # other groups: refused
+    assert "was trained with trainable ['decoder', 'queries', 'prompt']" in capsys.readouterr().err
+    assert main(_train_command(small, run, "--resume")) == 0
+    out, err = capsys.readouterr()
+    assert f"resuming from {run / 'last.pth'}: epochs 1-1 of 2 are done; continuing with epoch 2" in out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch ")] == ["2/2"]
+    assert "epoch 1/2" not in err and "epoch 2/2: 100%" in err
+    history = json.loads(torch.load(run / "last.pth", weights_only=True)["history"])
+    assert [entry["epoch"] for entry in history] == [1, 2]
+
+
+def test_resume_without_last_checkpoint_is_refused_before_writing_anything(small, tmp_path, capsys, tiny_checkpoints):
+    assert main(_train_command(small, tmp_path / "typo", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot resume:" in err and str(tmp_path / "typo" / "last.pth") in err
+    assert not (tmp_path / "typo").exists()
+
+
+def test_training_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for default in ("(default: 20)", "(default: 4)", "(default: 0.0001)", "(default: 2)",
+                    "(default: adapters,queries,prompt,decoder)", "(default: runs/train)"):
+        assert default in text, default
+
+
+def test_overlay_outlines_the_reference_on_all_four_sides_with_a_visible_width(tmp_path):
+    reference = np.zeros((1024, 1024), bool)
+    reference[200:800, 300:700] = True  # rows 200-799, columns 300-699
+    width = line_thickness(reference.shape)
+    assert width == 3 and line_thickness((2048, 512)) == 5  # 1/400 of the longer side
+    band = outline(reference, width)
+    for row, col in ((500, 300), (500, 300 + width - 1), (500, 699), (500, 699 - width + 1),  # left, right
+                     (200, 500), (200 + width - 1, 500), (799, 500), (799 - width + 1, 500)):  # top, bottom
+        assert band[row, col], (row, col)
+    assert not band[500, 300 + width] and not band[500, 299] and not band[500, 500]
+    assert band.sum() == reference.sum() - (600 - 2 * width) * (400 - 2 * width)  # closed: every edge pixel
+
+    image = np.full((1024, 1024, 3), 100, np.uint8)
+    prediction = np.zeros_like(reference)
+    prediction[400:600, 400:600] = True
+    write_overlay(image, prediction, reference, tmp_path / "overlay.png")
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "overlay.png")))
+    for row, col in ((500, 300), (500, 699), (200, 500), (799, 500)):
+        assert tuple(written[row, col]) == (0, 255, 0)
+    assert tuple(written[500, 500]) == (178, 160, 50)  # half image, half yellow
+    assert tuple(written[100, 100]) == (100, 100, 100)
