@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from DeLightSAMLib.checkpoint import load_model  # noqa: E402
-from DeLightSAMLib.optimize import prepare  # noqa: E402
+from DeLightSAMLib.engines import build_runner  # noqa: E402
 from DeLightSAMLib.predictor import Predictor  # noqa: E402
 from DeLightSAMLib.transforms import ImageTransform  # noqa: E402
 
@@ -163,19 +163,19 @@ def main() -> int:
     inputs = {name: transform.prepare(image, device=device) for name, image in images.items()}
     reference_input = inputs["reference 1024x1024 RGB"]
 
-    paths = [("eager", "float32", lambda m: m), ("fused", "float32", lambda m: prepare(m, "fused"))]
+    paths = [("eager", "float32", lambda m: m), ("fused", "float32", lambda m: build_runner(m, "fused"))]
     if device.type == "cpu":
-        paths.append(("fast", "float32", lambda m: prepare(m, "fast")))
+        paths.append(("fast", "float32", lambda m: build_runner(m, "fast")))
     else:
-        paths += [("fused", "bfloat16", lambda m: prepare(m, "fused")), ("fused", "float16", lambda m: prepare(m, "fused"))]
+        paths += [("fused", "bfloat16", lambda m: build_runner(m, "fused")), ("fused", "float16", lambda m: build_runner(m, "fused"))]
     if args.compile:
-        paths.append(("compiled", "bfloat16" if device.type == "cuda" else "float32", lambda m: prepare(m, "compiled")))
+        paths.append(("compiled", "bfloat16" if device.type == "cuda" else "float32", lambda m: build_runner(m, "compiled")))
     if args.int8 and device.type == "cpu":
         from torch.ao.quantization import quantize_dynamic
 
-        paths.append(("int8-dynamic", "int8", lambda m: quantize_dynamic(prepare(m, "fused"), {torch.nn.Linear}, dtype=torch.qint8)))
+        paths.append(("int8-dynamic", "int8", lambda m: quantize_dynamic(build_runner(m, "fused"), {torch.nn.Linear}, dtype=torch.qint8)))
     if args.onnx and device.type == "cpu":
-        paths.append(("onnx", "float32", lambda m: prepare(m, "onnx")))
+        paths.append(("onnx", "float32", lambda m: build_runner(m, "onnx")))
 
     def logits_of(runner, net_input, dtype):
         with torch.inference_mode(), torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype in ("bfloat16", "float16")):
@@ -280,7 +280,7 @@ def interaction_timings(model, device, image, args) -> dict:
     one_by_one = time.perf_counter() - start
     return {"modality_switch_ms": 1000 * statistics.median(switch), "threshold_change_ms": 1000 * statistics.median(threshold),
             "volume_slices": len(slices), "volume_default_slices_per_s": len(slices) / batched,
-            "volume_eager_slices_per_s": len(slices) / one_by_one, "default_engine": predictor.engine}
+            "volume_eager_slices_per_s": len(slices) / one_by_one, "default_engine": predictor.engine.name}
 
 
 def render(rows, extra, machine_text, args) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 
 import slicer
 from DeLightSAMLib.intensity import Window, to_rgb8
+from DeLightSAMLib.progress import ProgressCallback  # progress(done, total); raise SegmentationCancelled to stop
 from DeLightSAMLib.registry import MODALITIES
 from DeLightSAMSlicerLib.CleanUp import fillHoles, keepLargestComponent
 from DeLightSAMSlicerLib.Frames import FramesSnapshot, fillMissingItems
@@ -39,7 +40,6 @@ from DeLightSAMSlicerLib.Labelmaps import BatchLabelmap, ModifierGeometry, segme
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]  # (done, total); raise SegmentationCancelled from it to stop
 PredictorProvider = Callable[[], object]  # returns the predictor, loading it (and asking the user) on first use
 
 

@@ -168,7 +168,7 @@ class DeLightSAMSession:
 
     def _deviceStatus(self) -> list[str]:
         try:
-            from DeLightSAMLib.predictor import select_device
+            from DeLightSAMLib.device import select_device
 
             device = self._predictor.device if self._predictor is not None else select_device(self.device)
         except DeLightSAMError as error:

@@ -56,7 +56,7 @@ def disks(tmp_path_factory):
 def test_fine_tuning_learns_and_saves_a_strictly_loadable_checkpoint(disks, tmp_path):
     torch.manual_seed(0)
     model = build_model(TINY_CONFIG)
-    train_set, valid_set, test_set = (open_dataset(disks, split, "xray") for split in ("train", "valid", "test"))
+    train_set, valid_set, test_set = (open_dataset(disks, split) for split in ("train", "valid", "test"))
     before = engine.evaluate(model, test_set, 1, CPU)["summary"]["dice"]["mean"]
     settings = engine.TrainSettings(modality=1, epochs=40, batch_size=4, learning_rate=1e-3, out_dir=str(tmp_path / "run"))
     result = engine.train(model, train_set, valid_set, settings, CPU)
@@ -72,7 +72,7 @@ def test_only_the_chosen_groups_train_and_resume_continues(disks, tmp_path):
     torch.manual_seed(1)
     model = build_model(TINY_CONFIG)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    train_set = open_dataset(disks, "train", "xray")
+    train_set = open_dataset(disks, "train")
     settings = engine.TrainSettings(modality=1, epochs=1, batch_size=8, learning_rate=1e-3, trainable=["queries"],
                                     out_dir=str(tmp_path / "run"))
     engine.train(model, train_set, None, settings, CPU)
@@ -110,7 +110,7 @@ def test_empty_mask_conventions():
 
 
 def test_evaluate_writes_per_image_csv_summary_and_overlays(disks, tmp_path):
-    result = engine.evaluate(build_model(TINY_CONFIG), open_dataset(disks, "test", "xray"), 1, CPU, tmp_path, overlays=True)
+    result = engine.evaluate(build_model(TINY_CONFIG), open_dataset(disks, "test"), 1, CPU, tmp_path, overlays=True)
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0] == "image,dice,iou,hd95,precision,recall,seconds" and len(lines) == 1 + len(result["rows"])
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -135,7 +135,7 @@ def test_bad_data_is_refused_naming_the_file(tmp_path, problem, message):
     elif problem == "no-split":
         (root / "split.json").write_text(json.dumps({"test": ["case0.png"]}))
     with pytest.raises(DataError, match=message):
-        dataset = open_dataset(root, "train", "xray")
+        dataset = open_dataset(root, "train")
         [dataset[i] for i in range(len(dataset))]
 
 
@@ -144,7 +144,7 @@ def test_all_empty_masks_and_cli_errors_are_one_line(tmp_path, capsys):
     for path in (root / "mask_1024").iterdir():
         sitk.WriteImage(sitk.GetImageFromArray(np.zeros(sitk.ReadImage(str(path)).GetSize()[::-1], np.uint8)), str(path))
     with pytest.raises(DataError, match="every mask .* is empty"):
-        check_not_all_empty(open_dataset(root, "train", "xray"))
+        check_not_all_empty(open_dataset(root, "train"))
     (root / "mask_1024" / "case1.png").unlink()
     code = main(["evaluate", "--data", str(root), "--modality", "xray", "--split", "train", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
@@ -165,18 +165,18 @@ def test_volume_datasets_give_foreground_and_as_many_background_slices(tmp_path)
     labels[3:6, 10:20, 10:20] = 2  # three slices with foreground along k
     _write_volume(tmp_path / "images" / "ct1.nii.gz", volume)
     _write_volume(tmp_path / "labels" / "ct1.nii.gz", labels)
-    dataset = open_dataset(tmp_path, "train", "xray")
+    dataset = open_dataset(tmp_path, "train")
     assert len(dataset) == 6
     foreground = [dataset[i][1].any() for i in range(len(dataset))]
     assert sum(foreground) == 3 and dataset[0][0].shape == (32, 40, 3) and dataset[0][0].dtype == np.uint8
-    assert len(open_dataset(tmp_path, "train", "xray", label=2)) == 6
-    assert len(open_dataset(tmp_path, "train", "xray", label=1)) == 0  # no voxel has label 1
+    assert len(open_dataset(tmp_path, "train", label=2)) == 6
+    assert len(open_dataset(tmp_path, "train", label=1)) == 0  # no voxel has label 1
     _write_volume(tmp_path / "labels" / "ct1.nii.gz", labels[:, :16])
     with pytest.raises(DataError, match="has size"):
-        open_dataset(tmp_path, "train", "xray")
+        open_dataset(tmp_path, "train")
     (tmp_path / "labels" / "ct1.nii.gz").unlink()
     with pytest.raises(DataError, match="label map for .*ct1.nii.gz is missing"):
-        open_dataset(tmp_path, "train", "xray")
+        open_dataset(tmp_path, "train")
 
 
 def _tiny_vit_teacher() -> Teacher:
@@ -194,7 +194,7 @@ def test_distillation_lowers_the_embedding_error_training_only_the_adapters(disk
     model = build_model(TINY_CONFIG)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     settings = engine.TrainSettings(modality=0, epochs=6, batch_size=4, learning_rate=3e-3, out_dir=str(tmp_path / "distill"))
-    result = engine.distill(model, teacher, open_dataset(disks, "train", "xray"), settings, CPU)
+    result = engine.distill(model, teacher, open_dataset(disks, "train"), settings, CPU)
     mse = [entry["mse"] for entry in result["history"]]
     assert mse[-1] < mse[0]
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
