@@ -15,7 +15,7 @@ from .checkpoint import load_model
 from .config import DEFAULT_CONFIG, ModelConfig
 from .device import select_device, select_dtype
 from .engines import AUTO, get_engine
-from .errors import ArgumentError
+from .errors import ArgumentError, DeLightSAMError
 from .intensity import check_window
 from .modeling import DeLightSAM, binarize_patch_logits
 from .progress import ProgressCallback
