@@ -229,7 +229,7 @@ from DeLightSAMLib.training.data import open_dataset
 torch.manual_seed(0)
 model = build_model(TINY_CONFIG)
 settings = engine.TrainSettings(modality=1, epochs=2, batch_size=2, out_dir={str(tmp_path / 'ddp')!r})
-result = engine.train(model, open_dataset({str(disks)!r}, "train", "xray"), None, settings, torch.device("cpu"))
+result = engine.train(model, open_dataset({str(disks)!r}, "train"), None, settings, torch.device("cpu"))
 print("RANK_DONE", len(result["history"]))
 """)
     completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
