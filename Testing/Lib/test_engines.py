@@ -233,24 +233,25 @@ def test_window_partition_round_trip_and_in_place_forms(size, window):
     torch.testing.assert_close(window_unpartition(windows, size, residual=residual), residual + tokens, atol=0, rtol=0)
 
 
-def test_fast_encoder_runs_adapter_free_tinyvit_with_a_pointwise_patch_embedding():
-    """LiteMedSAM's encoder: no modality adapters, 1x1 stride-1 patch embedding convolutions; sizes from modules."""
-    from DeLightSAMLib.engines.fast_encoder import FastImageEncoder
-    from DeLightSAMLib.modeling.common import Conv2dBN
-    from DeLightSAMLib.modeling.image_encoder import ImageEncoder
+@pytest.mark.parametrize("engine", ["fused", "fast"])
+def test_engines_run_litemedsam_with_the_same_result(engine):
+    """LiteMedSAM's encoder (no modality adapters, 1x1 stride-1 patch embedding, 256² input at full size) runs on
+    the same engines: the fast encoder reads every size from the modules."""
+    from DeLightSAMLib.config import TINY_LITEMEDSAM_CONFIG
 
     torch.manual_seed(7)
-    encoder = ImageEncoder(embed_dims=(8, 16, 16, 24), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 2),
-                           window_sizes=(7, 7, 7, 7), out_chans=32, modality_adapters=False)
-    encoder.patch_embed.seq[0] = Conv2dBN(3, 4, 1, 1, 0)
-    encoder.patch_embed.seq[2] = Conv2dBN(4, 8, 1, 1, 0)
-    _randomize_norms(encoder.eval())
-    images = torch.randn(1, 3, 64, 48)
+    model = build_model(TINY_LITEMEDSAM_CONFIG)
+    _randomize_norms(model)
+    images = torch.randn(2, 3, TINY_LITEMEDSAM_CONFIG.image_size, TINY_LITEMEDSAM_CONFIG.image_size)
+    boxes = torch.tensor([[3.0, 5.0, 40.0, 50.0], [10.0, 2.0, 60.0, 33.0]])
+    runner = build_runner(model, engine)
     with torch.inference_mode():
-        expected = encoder(images)
-        fast = FastImageEncoder(encoder)(images)  # BatchNorm folded by the fast modules themselves
-    assert fast.shape == expected.shape == (1, 32, 16, 12)
-    torch.testing.assert_close(fast, expected, atol=1e-4, rtol=1e-4)
+        expected = model(images, boxes)
+        result = runner(images, boxes)
+    if engine == "fast":
+        assert type(runner.model.image_encoder).__name__ == "FastImageEncoder"
+    torch.testing.assert_close(result.low_res_logits, expected.low_res_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(result.iou, expected.iou, atol=1e-4, rtol=1e-4)
 
 
 def test_fast_engine_refuses_what_it_cannot_run():
