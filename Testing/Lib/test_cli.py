@@ -299,33 +299,9 @@ def test_gray_and_alpha_png_is_segmented_as_gray(capsys, tmp_path, reference_ima
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ga_mask.png"))).shape == gray.shape
 
 
-@pytest.fixture()
-def dropping_server():
-    """An HTTP server on 127.0.0.1 that announces 1 MB, sends part of it in a chunked reply, then hangs up."""
-    import http.server
-    import threading
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            self.wfile.write(b"100000\r\n" + b"x" * 4000)
-            self.wfile.flush()
-            self.close_connection = True
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def test_download_broken_off_mid_transfer_is_one_line(capsys, tmp_path, dropping_server):
-    code, _, err = run(capsys, "download", "--checkpoint", f"{dropping_server}/w.pth", "--to", tmp_path / "d")
+def test_download_broken_off_mid_transfer_is_one_line(capsys, tmp_path, server):
+    url, _ = server
+    code, _, err = run(capsys, "download", "--checkpoint", f"{url}/chunked-drop.pth", "--to", tmp_path / "d")
     _one_line_error(code, err, "the connection closed after")
     assert list((tmp_path / "d").iterdir()) == []
 
