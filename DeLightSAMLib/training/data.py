@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import DeLightSAMError
+from ..filecheck import check_complete
 from ..intensity import robust_window, to_rgb8
 from ..transforms import ImageTransform
 
@@ -28,6 +29,7 @@ class DataError(DeLightSAMError):
 
 
 def _read(path: Path) -> np.ndarray:
+    check_complete(path)  # a cut-off NIfTI would otherwise train on zeros
     try:
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except RuntimeError as error:

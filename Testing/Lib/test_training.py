@@ -17,7 +17,7 @@ from DeLightSAMLib.build import build_model
 from DeLightSAMLib.checkpoint import load_model
 from DeLightSAMLib.cli import main
 from DeLightSAMLib.config import TINY_CONFIG
-from DeLightSAMLib.errors import CheckpointError
+from DeLightSAMLib.errors import CheckpointError, DeLightSAMError
 from DeLightSAMLib.modeling import ImageEncoder
 from DeLightSAMLib.training import engine
 from DeLightSAMLib.training.data import DataError, check_not_all_empty, open_dataset
@@ -176,6 +176,11 @@ def test_volume_datasets_give_foreground_and_as_many_background_slices(tmp_path)
         open_dataset(tmp_path, "train")
     (tmp_path / "labels" / "ct1.nii.gz").unlink()
     with pytest.raises(DataError, match="label map for .*ct1.nii.gz is missing"):
+        open_dataset(tmp_path, "train")
+    _write_volume(tmp_path / "labels" / "ct1.nii.gz", labels)
+    data = (tmp_path / "images" / "ct1.nii.gz").read_bytes()
+    (tmp_path / "images" / "ct1.nii.gz").write_bytes(data[: len(data) // 2])  # cut off: not trained on as zeros
+    with pytest.raises(DeLightSAMError, match="ct1.nii.gz.*get the file again"):
         open_dataset(tmp_path, "train")
 
 
