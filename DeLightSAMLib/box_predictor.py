@@ -16,9 +16,9 @@ import torch
 
 from .checkpoint import load_model
 from .config import LiteMedSAMConfig
+from .device import select_device, select_dtype
 from .errors import CheckpointError
 from .modeling import LiteMedSAM
-from .predictor import select_device, select_dtype
 from .registry import BOX_CHECKPOINT
 from .transforms import LongestSideTransform, Window, clip_boxes
 

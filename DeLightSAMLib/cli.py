@@ -15,16 +15,23 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import __version__
+from .engines import AUTO, ENGINES
 from .errors import DeLightSAMError
-from .config import ENGINES
 from .registry import BOX_CHECKPOINT, CHECKPOINTS, MODALITIES, OFFICIAL_CHECKPOINT, resolve_modality
 from .training.cli import add_commands as add_training_commands
 
 EXIT_USER_ERROR = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other mistake: ``delightsam: error: ...``, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"delightsam: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="delightsam", description="De-LightSAM medical image segmentation.")
+    parser = _Parser(prog="delightsam", description="De-LightSAM medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -55,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), default=None,
                          help="intensity window for non-8-bit data (default: 0.5-99.5 percentile range)")
     predict.add_argument("--batch-size", type=int, default=None, help="slices per network pass for volumes (default: 1 on CPU, 8 on GPU)")
-    predict.add_argument("--engine", default="auto", choices=["auto", *ENGINES],
-                         help="De-LightSAM inference path (default auto: 'fast' on CPU, 'fused' on GPU)")
+    predict.add_argument("--engine", default=AUTO, choices=[AUTO, *ENGINES],
+                         help="De-LightSAM inference path (default auto: the fastest measured for the device): "
+                              + "; ".join(f"{engine.name}: {engine.summary}" for engine in ENGINES.values()))
     predict.set_defaults(handler=run_predict)
 
     download = commands.add_parser("download", help="download a checkpoint into the cache (or --to DIR)")
@@ -76,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="delightsam: %(message)s")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error already printed on one line
+        return done.code if isinstance(done.code, int) else EXIT_USER_ERROR
     try:
         return args.handler(args) or 0
     except DeLightSAMError as error:
@@ -88,7 +99,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def default_output(loaded) -> Path:
-    from .imageio import full_suffix
+    """INPUT_mask.png for 2D input; for a volume the input's format when a mask can be written in it (a single
+    file), else NRRD (DICOM, detached headers, Analyze)."""
+    from .imageio import VOLUME_MASK_SUFFIXES, full_suffix
 
     source = loaded.source
     if loaded.is_2d:
@@ -97,14 +110,15 @@ def default_output(loaded) -> Path:
     if loaded.is_dicom:
         return source.parent / f"{source.name if source.is_dir() else source.stem}_mask.nrrd"
     suffix = full_suffix(source)
-    return source.parent / f"{source.name[: len(source.name) - len(suffix)]}_mask{suffix}"
+    stem = source.name[: len(source.name) - len(suffix)]
+    return source.parent / f"{stem}_mask{suffix if suffix in VOLUME_MASK_SUFFIXES else '.nrrd'}"
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Check every argument and output path, then load the model, segment, and write all outputs at once."""
     from .box_predictor import BoxPredictor
     from .imageio import read_image
-    from .intensity import robust_window
+    from .intensity import check_window, robust_window
     from .predictor import load_predictor
 
     boxes = np.asarray(args.box, dtype=np.float64) if args.box else None
@@ -123,9 +137,9 @@ def run_predict(args: argparse.Namespace) -> int:
             raise DeLightSAMError("--slices goes with --box; with --modality every slice of a volume is segmented")
     elif len(boxes) > 255:
         raise DeLightSAMError(f"at most 255 boxes at once (labels are 8-bit), got {len(boxes)}")
+    window = check_window(args.window) if args.window else None
     loaded = read_image(args.input)
     outputs = _check_outputs(args, loaded)
-    window = tuple(args.window) if args.window else None
     if not loaded.is_2d and window is None and loaded.array.dtype != np.uint8:
         window = robust_window(loaded.array)  # one window for the whole volume, not one per slice
     if boxes is not None:
@@ -170,10 +184,10 @@ class _Segmentation:
 
 def _check_outputs(args, loaded) -> dict:
     """Every output path checked before any work: {"output": Path, "logits": Path|None, "overlay": Path|None}."""
-    from .imageio import PLAIN_IMAGE_SUFFIXES, VOLUME_SUFFIXES, check_output_path
+    from .imageio import MASK_SUFFIXES, VOLUME_MASK_SUFFIXES, check_output_path
 
     taken = [loaded.source]
-    mask_suffixes = (*PLAIN_IMAGE_SUFFIXES, *VOLUME_SUFFIXES) if loaded.is_2d else VOLUME_SUFFIXES
+    mask_suffixes = (*MASK_SUFFIXES, *VOLUME_MASK_SUFFIXES) if loaded.is_2d else VOLUME_MASK_SUFFIXES
     output = check_output_path(args.output or default_output(loaded), mask_suffixes, "--output", taken)
     taken.append(output)
     logits = check_output_path(args.logits, (".npy",), "--logits", taken) if args.logits else None
@@ -310,8 +324,8 @@ def run_download(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import checkpoint_origin, cache_dir
-    from .predictor import select_device
+    from .checkpoint import cache_dir, checkpoint_origin
+    from .device import select_device
     from .registry import modality_name
 
     print(f"DeLightSAMLib {__version__}, torch {torch.__version__}")

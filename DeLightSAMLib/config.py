@@ -72,6 +72,3 @@ class LiteMedSAMConfig(SAMConfig):
 
 LITEMEDSAM_CONFIG = LiteMedSAMConfig()
 TINY_LITEMEDSAM_CONFIG = LiteMedSAMConfig(image_size=64, iou_head_hidden_dim=32, **_TINY_SIZES)
-
-# Inference paths over the same network (see optimize.py); "auto" picks per device.
-ENGINES = ("eager", "fused", "fast", "onnx", "compiled")

@@ -23,3 +23,11 @@ class ImageError(DeLightSAMError, ValueError):
 
 class BoxError(DeLightSAMError, ValueError):
     """A box prompt that is empty, inverted, not finite or outside the image."""
+
+
+class EngineError(DeLightSAMError, ValueError):
+    """An inference engine that cannot run the given network, or is missing a package it needs."""
+
+
+class ArgumentError(DeLightSAMError, ValueError):
+    """A value given to the library that is of the wrong type or out of range (a threshold, a batch size)."""

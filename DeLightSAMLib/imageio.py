@@ -19,9 +19,14 @@ import SimpleITK as sitk
 
 from .atomic import atomic_file
 from .errors import ImageError
+from .filecheck import check_complete
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+# What a mask is written as: lossless 2D images (0/255; JPEG's compression would blur the edges into other values)
+# and single-file volumes (a detached header written under a temporary name would name a temporary data file).
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+VOLUME_MASK_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
 
 
 @dataclass
@@ -51,6 +56,8 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     path = Path(path).expanduser()
     if not path.exists():
         raise ImageError(f"input not found: {path}")
+    if path.is_file():
+        check_complete(path)  # SimpleITK reads some cut-off files as if the missing voxels were zeros
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
@@ -62,9 +69,18 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:
+        if full_suffix(path) == ".png" and "PixelType" in str(error):  # gray + alpha, which SimpleITK cannot take
+            from .png import read_png
+
+            pixels = read_png(path)
+            return _loaded(pixels, sitk.GetImageFromArray(pixels, isVector=True), path)
         first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
         raise ImageError(f"cannot read {path} as an image ({first[:160]}); use PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA or DICOM") from error
-    array = sitk.GetArrayFromImage(image)
+    return _loaded(sitk.GetArrayFromImage(image), image, path)
+
+
+def _loaded(array: np.ndarray, image: sitk.Image, path: Path) -> LoadedImage:
+    """Check what was read: 2D or 3D, gray (+ alpha), RGB or RGBA, some finite values."""
     components = image.GetNumberOfComponentsPerPixel()
     spatial = array.ndim - (1 if components > 1 else 0)
     if spatial == 3 and array.shape[0] == 1:  # a single-slice volume, e.g. one DICOM file
@@ -72,6 +88,8 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         spatial = 2
     if spatial not in (2, 3):
         raise ImageError(f"{path} has {image.GetDimension()} dimensions; only 2D images and 3D volumes are supported")
+    if components == 2 and spatial == 2:  # gray + alpha (a PNG saved with transparency): the gray channel
+        array, components = array[..., 0], 1
     if components not in (1, 3, 4):
         raise ImageError(
             f"{path} has {components} values per pixel (a multi-channel or 4D image); expected gray, RGB or RGBA: "
@@ -142,7 +160,7 @@ def write_files(outputs: Sequence[tuple[str | os.PathLike, Writer]]) -> list[Pat
     except RuntimeError as error:
         raise ImageError(f"cannot write {target} ({str(error).strip().splitlines()[-1][:160]})") from error
     except OSError as error:
-        raise ImageError(f"cannot write {target} ({error.strerror})") from error
+        raise ImageError(f"cannot write {target} ({error.strerror or error}); nothing was written") from error
     return targets
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence
 
 import numpy as np
@@ -26,6 +27,21 @@ def robust_window(values: np.ndarray, percentiles: Sequence[float] = DEFAULT_PER
     return (low + high) / 2.0, float(high - low)
 
 
+def check_window(window: object) -> Window:
+    """``window`` as a (center, width) pair of finite numbers with width >= 0 (0: a threshold at the center), or
+    ImageError saying what is wrong."""
+    pair = tuple(window) if isinstance(window, (tuple, list, np.ndarray)) else None
+    if pair is None or len(pair) != 2 or not all(
+            isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) for value in pair):
+        raise ImageError(f"a window is a pair (center, width) of numbers, as in Slicer's window/level; got {window!r}")
+    center, width = float(pair[0]), float(pair[1])
+    if not (np.isfinite(center) and np.isfinite(width)):
+        raise ImageError(f"window center and width must be finite numbers; got ({pair[0]}, {pair[1]})")
+    if width < 0:
+        raise ImageError(f"window width must not be negative; got {pair[1]} (center {pair[0]})")
+    return center, width
+
+
 def apply_window(image: np.ndarray, window: Window) -> np.ndarray:
     """Map ``center - width/2 .. center + width/2`` linearly to 0..255, clip and round to uint8."""
     center, width = window
@@ -41,17 +57,19 @@ def to_rgb8(image: np.ndarray, window: Optional[Window] = None) -> np.ndarray:
     """Any supported 2D image -> (H, W, 3) uint8 RGB.
 
     uint8 data is taken as it is (8-bit display values) unless ``window`` is given; any other type goes through
-    ``window`` or, by default, the robust percentile window of the image. Alpha is dropped; gray is copied to
-    three channels.
+    ``window`` or, by default, the robust percentile window of the image. Alpha is dropped (gray + alpha gives
+    gray); gray is copied to three channels.
     """
+    if window is not None:
+        window = check_window(window)
     image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
+    if image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4):
         channels = image.shape[-1]
     elif image.ndim == 2:
         channels = 0
     else:
         raise ImageError(
-            f"expected a 2D image (H, W) or (H, W, 1|3|4), found an array of shape {image.shape}; "
+            f"expected a 2D image (H, W) or (H, W, 1|2|3|4), found an array of shape {image.shape}; "
             "pass one slice or frame at a time"
         )
     if image.shape[0] < 1 or image.shape[1] < 1:
@@ -64,7 +82,7 @@ def to_rgb8(image: np.ndarray, window: Optional[Window] = None) -> np.ndarray:
         raise ImageError("complex-valued images are not supported; pass the magnitude")
     if channels == 4:
         image = image[..., :3]
-    elif channels == 1:
+    elif channels in (1, 2):  # gray, or gray + alpha
         image = image[..., 0]
     if image.dtype != np.uint8 or window is not None:
         image = apply_window(image, window if window is not None else robust_window(image))

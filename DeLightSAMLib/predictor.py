@@ -3,58 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import logging
+import numbers
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .checkpoint import load_model
-from .config import DEFAULT_CONFIG, ENGINES, ModelConfig
-from .errors import DeLightSAMError
+from .config import DEFAULT_CONFIG, ModelConfig
+from .device import select_device, select_dtype
+from .engines import AUTO, get_engine
+from .errors import ArgumentError, DeLightSAMError
+from .intensity import check_window
 from .modeling import DeLightSAM, binarize_patch_logits
-from .optimize import default_engine, prepare
+from .progress import ProgressCallback
 from .registry import OFFICIAL_MODALITY_MAP, resolve_modality
 from .transforms import ImageTransform, Window, threshold_logits
-
-logger = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def select_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; a named device that is not there is an error."""
-    name = str(device).lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeLightSAMError(
-            "device 'cuda' was requested but this PyTorch sees no CUDA GPU (a CPU-only build, or no driver); "
-            "use --device cpu or auto, or install a CUDA build of PyTorch"
-        )
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DeLightSAMError("device 'mps' was requested but Apple MPS is not available here; use cpu or auto")
-    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise DeLightSAMError(f"unknown device '{device}'; use auto, cuda, mps or cpu")
-    return torch.device(name)
-
-
-def select_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    elif str(dtype) in DTYPES:
-        resolved = DTYPES[str(dtype)]
-    else:
-        raise DeLightSAMError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
-    if resolved != torch.float32 and device.type == "cpu":
-        raise DeLightSAMError(f"{resolved} inference needs a GPU; on the CPU use float32")
-    return resolved
 
 
 @dataclass
@@ -90,15 +56,13 @@ class Predictor:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
         modality_map: Optional[dict[str, int]] = None,
-        engine: str = "auto",
+        engine: str = AUTO,
     ) -> None:
         self.device = select_device(device)
         self.dtype = select_dtype(dtype, self.device)
+        self.engine = get_engine(engine, self.device.type)  # checked before the model is moved or rebuilt
         self.model = model.to(self.device).eval()
-        self.engine = default_engine(self.device) if engine == "auto" else engine
-        if self.engine not in ENGINES:
-            raise DeLightSAMError(f"unknown engine '{engine}'; use auto or one of {', '.join(ENGINES)}")
-        self.runner = prepare(self.model, self.engine)  # what _run calls; the model itself stays as loaded
+        self.runner = self.engine.build(self.model)  # what _run calls; the model itself stays as loaded
         self.modality_map = dict(modality_map or OFFICIAL_MODALITY_MAP)
         self.transform = ImageTransform(getattr(model, "config", DEFAULT_CONFIG).image_size)
         self.reset_image()
@@ -111,7 +75,7 @@ class Predictor:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
         config: Optional[ModelConfig] = None,
-        engine: str = "auto",
+        engine: str = AUTO,
     ) -> "Predictor":
         """Load a registry checkpoint (default: the official one) or a .pth path."""
         model, entry = load_model(checkpoint, config)
@@ -124,7 +88,7 @@ class Predictor:
     @property
     def description(self) -> str:
         """Device, precision and engine, for status lines."""
-        return f"{self.device.type} {str(self.dtype).replace('torch.', '')} {self.engine}"
+        return f"{self.device.type} {str(self.dtype).replace('torch.', '')} {self.engine.name}"
 
     # ------------------------------------------------------------------ single image
     def reset_image(self) -> None:
@@ -172,12 +136,6 @@ class Predictor:
             result.probability = torch.sigmoid(logits).numpy()
         return result
 
-    def modality_logits(self) -> torch.Tensor:
-        """(M, h, w) low-resolution logits of every modality for the current image (CPU, float32)."""
-        if not self.is_image_set:
-            raise RuntimeError("call set_image(image) before modality_logits()")
-        return self._modality_logits
-
     # ------------------------------------------------------------------ many images
     def predict_batch(
         self,
@@ -188,7 +146,7 @@ class Predictor:
         batch_size: Optional[int] = None,
         window: Optional[Window] = None,
         return_logits: bool = False,
-        progress: Optional[Callable[[int, int | None], None]] = None,
+        progress: Optional[ProgressCallback] = None,
     ) -> list[Prediction]:
         """Masks for many 2D images (any sizes), ``batch_size`` images per network pass (default: 8 on a GPU,
         1 on a CPU, where larger batches only spill the cache-blocked encoder out of cache).
@@ -199,7 +157,13 @@ class Predictor:
         from it stops the run.
         """
         index = resolve_modality(modality, self.modality_map)
-        batch_size = batch_size or (1 if self.device.type == "cpu" else 8)
+        threshold_logits(np.zeros(0, np.float32), threshold)  # a bad threshold fails before any work
+        if batch_size is None:
+            batch_size = 1 if self.device.type == "cpu" else 8
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ArgumentError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+        if window is not None:
+            window = check_window(window)
         images = [np.asarray(image) for image in images]
         representative: dict[int, int] = {}  # image index -> index of the identical blank image that runs
         seen_blank: dict[tuple, int] = {}
@@ -211,19 +175,19 @@ class Predictor:
         chunks = [to_run[start : start + batch_size] for start in range(0, len(to_run), batch_size)]
         results: dict[int, Prediction] = {}
 
-        def prepare(chunk: list[int]) -> torch.Tensor:
+        def network_input(chunk: list[int]) -> torch.Tensor:
             batch = torch.cat([self.transform.prepare(images[i], window, device=self.device) for i in chunk])
-            if self.engine == "compiled" and len(chunk) < batch_size:
-                # a compiled graph is built per input shape: fill the last batch rather than compile again
+            if self.engine.fixed_batch and len(chunk) < batch_size:
+                # the runner is built for one batch shape: fill the last batch rather than build another
                 batch = torch.cat([batch, batch[-1:].expand(batch_size - len(chunk), -1, -1, -1)])
             return batch
 
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(prepare, chunks[0]) if chunks else None
+            pending = pool.submit(network_input, chunks[0]) if chunks else None
             for number, chunk in enumerate(chunks):
                 net_input = pending.result()
                 if number + 1 < len(chunks):
-                    pending = pool.submit(prepare, chunks[number + 1])
+                    pending = pool.submit(network_input, chunks[number + 1])
                 modality_logits, patch_logits = self._run(net_input)
                 for item, i in enumerate(chunk):
                     logits = self.transform.logits_to_image(

@@ -7,6 +7,7 @@ entry, so a checkpoint trained with another order can say so.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -89,11 +90,6 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {
 }
 
 
-def register_checkpoint(entry: CheckpointEntry) -> None:
-    """Add or replace a registry entry (for site-specific or fine-tuned checkpoints)."""
-    CHECKPOINTS[entry.name] = entry
-
-
 def get_checkpoint_entry(name: str) -> CheckpointEntry:
     try:
         return CHECKPOINTS[name]
@@ -110,7 +106,8 @@ def resolve_modality(modality: str | int, modality_map: dict[str, int] | None = 
     count = len(modality_map)
     if isinstance(modality, bool):  # bool is an int; never a modality
         raise UnknownNameError(f"modality must be a name or an index, not {modality!r}")
-    if isinstance(modality, int) or (isinstance(modality, str) and modality.strip().isdigit()):
+    text = modality.strip() if isinstance(modality, str) else None
+    if isinstance(modality, numbers.Integral) or (text and text.isascii() and text.isdigit()):  # "3", not "³" or "٣"
         index = int(modality)
         if 0 <= index < count:
             return index

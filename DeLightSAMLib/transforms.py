@@ -8,6 +8,7 @@ image with its longest side resized to 256 and padded (``LongestSideTransform``)
 from __future__ import annotations
 
 import math
+import numbers
 from functools import lru_cache
 from typing import Optional
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .errors import BoxError
+from .errors import ArgumentError, BoxError
 from .intensity import Window, to_rgb8
 
 # The released data loader's normalisation: x = (rgb - m) / m per channel. A quirk; kept exactly (MODEL.md §1).
@@ -68,8 +69,8 @@ class ImageTransform:
 
 def threshold_logits(logits: torch.Tensor | np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Boolean mask ``sigmoid(logits) >= threshold`` computed in float32, as the released evaluation does."""
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 < threshold < 1.0:
+        raise ArgumentError(f"threshold must be a number between 0 and 1 (exclusive), got {threshold!r}")
     logits = torch.as_tensor(logits).float()
     return (torch.sigmoid(logits) >= threshold).cpu().numpy()
 

@@ -3,7 +3,14 @@ test session."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import os
+import shutil
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +109,59 @@ def litemedsam_predictor(litemedsam_model):
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets an empty checkpoint cache: nothing a user has downloaded is touched or relied on."""
     monkeypatch.setenv("DELIGHTSAM_CACHE_DIR", str(tmp_path / "cache"))
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        if self.path == "/short.pth":  # announces more bytes than it sends, then closes
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if self.path == "/chunked-drop.pth":  # chunked transfer cut off in the middle of a chunk
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"1000\r\n" + b"x" * 2000)
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if self.path == "/reset.pth":  # the connection is reset (RST) after some bytes
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"x" * 5000)
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, reference_weights_path):
+    """An HTTP server on 127.0.0.1 serving checkpoints, broken ones and broken transfers: (base URL, SHA-256 of
+    weights.pth)."""
+    import torch
+
+    from DeLightSAMLib.build import build_model
+    from DeLightSAMLib.config import TINY_CONFIG
+
+    root = tmp_path_factory.mktemp("www")
+    shutil.copy(reference_weights_path, root / "weights.pth")
+    data = reference_weights_path.read_bytes()
+    (root / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (root / "quota.pth").write_text("<!DOCTYPE html><html><body>Google Drive - quota exceeded</body></html>")
+    torch.save(build_model(TINY_CONFIG).state_dict(), root / "tiny.pth")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", hashlib.sha256(data).hexdigest()
+    httpd.shutdown()
+    httpd.server_close()

@@ -139,6 +139,27 @@ def test_all_python_compiles_and_passes_pyflakes():
         compile(Path(path).read_text(), path, "exec")
 
 
+# Files in `ruff format` style (pyproject.toml [tool.ruff]); a file joins when it is written or next reworked.
+FORMATTED = [
+    "DeLightSAMLib/engines",
+    "DeLightSAMLib/device.py",
+    "DeLightSAMLib/filecheck.py",
+    "DeLightSAMLib/png.py",
+    "DeLightSAMLib/progress.py",
+    "Testing/Lib/test_imageio.py",
+    "Testing/Lib/test_threads.py",
+]
+
+
+def test_ruff_lint_and_format_pass():
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=REPO, capture_output=True,
+                          text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    formatting = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", *FORMATTED], cwd=REPO,
+                                capture_output=True, text=True)
+    assert formatting.returncode == 0, formatting.stdout + formatting.stderr
+
+
 def _imports(path: Path, full: bool = False) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):

@@ -1,11 +1,15 @@
 """Time every inference path on the same inputs in one process and compare it with the plain eager path.
 
-    python benchmarks/benchmark.py [--checkpoint PATH] [--repeats 5] [--onnx] [--int8] [--compile]
+    python benchmarks/benchmark.py [--checkpoint PATH] [--repeats 5] [--onnx] [--int8] [--compile] [--load 0,1,2]
 
 Prints a table (median, min, max seconds; ratio to eager; largest logit difference; mask agreement; peak
 memory) and writes it to benchmarks/results/latest.md and .json. Timings are medians of wall-clock seconds;
 the ratio is against the eager float32 path measured in the same run, on the same machine. No test asserts a
 time: the tests check that every path gives the eager path's masks.
+
+``--load 0,1,2`` adds a table measured beside 0, 1 and 2 busy processes (``python -c "while True: pass"``, started
+and killed by the benchmark): eager and the default engine alternating, ``--repeats`` runs each, medians, maxima
+and the CPU time each run took.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from DeLightSAMLib.checkpoint import load_model  # noqa: E402
-from DeLightSAMLib.optimize import prepare  # noqa: E402
+from DeLightSAMLib.engines import AUTO, build_runner, get_engine  # noqa: E402
 from DeLightSAMLib.predictor import Predictor  # noqa: E402
 from DeLightSAMLib.transforms import ImageTransform  # noqa: E402
 
@@ -151,6 +156,9 @@ def main() -> int:
                              "(shows how much of each path's time is page faults; not what users get by default)")
     parser.add_argument("--volume-slices", type=int, default=16)
     parser.add_argument("--batches", default="8,32", help="GPU only: batch sizes for the throughput table")
+    parser.add_argument("--load", default="", help="CPU only: numbers of busy processes to time eager and the default "
+                                                    "engine beside, e.g. 0,1,2 (--repeats alternating runs each)")
+    parser.add_argument("--load-only", action="store_true", help="with --load: only the load table")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "latest"))
     args = parser.parse_args()
 
@@ -163,27 +171,30 @@ def main() -> int:
     inputs = {name: transform.prepare(image, device=device) for name, image in images.items()}
     reference_input = inputs["reference 1024x1024 RGB"]
 
-    paths = [("eager", "float32", lambda m: m), ("fused", "float32", lambda m: prepare(m, "fused"))]
+    paths = [("eager", "float32", lambda m: m), ("fused", "float32", lambda m: build_runner(m, "fused"))]
     if device.type == "cpu":
-        paths.append(("fast", "float32", lambda m: prepare(m, "fast")))
+        paths.append(("fast", "float32", lambda m: build_runner(m, "fast")))
     else:
-        paths += [("fused", "bfloat16", lambda m: prepare(m, "fused")), ("fused", "float16", lambda m: prepare(m, "fused"))]
+        paths += [("fused", "bfloat16", lambda m: build_runner(m, "fused")), ("fused", "float16", lambda m: build_runner(m, "fused"))]
     if args.compile:
-        paths.append(("compiled", "bfloat16" if device.type == "cuda" else "float32", lambda m: prepare(m, "compiled")))
+        paths.append(("compiled", "bfloat16" if device.type == "cuda" else "float32", lambda m: build_runner(m, "compiled")))
     if args.int8 and device.type == "cpu":
         from torch.ao.quantization import quantize_dynamic
 
-        paths.append(("int8-dynamic", "int8", lambda m: quantize_dynamic(prepare(m, "fused"), {torch.nn.Linear}, dtype=torch.qint8)))
+        paths.append(("int8-dynamic", "int8", lambda m: quantize_dynamic(build_runner(m, "fused"), {torch.nn.Linear}, dtype=torch.qint8)))
     if args.onnx and device.type == "cpu":
-        paths.append(("onnx", "float32", lambda m: prepare(m, "onnx")))
+        paths.append(("onnx", "float32", lambda m: build_runner(m, "onnx")))
 
     def logits_of(runner, net_input, dtype):
         with torch.inference_mode(), torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype in ("bfloat16", "float16")):
             output = runner(net_input)
         return (output if isinstance(output, torch.Tensor) else output.modality_logits).float().cpu()
 
+    loads = [int(count) for count in args.load.split(",") if count.strip()] if device.type == "cpu" else []
+    if args.load_only:
+        paths = []
     rows, eager_logits = [], {}
-    eager = paths[0][2](model)
+    eager = model
     eager_call = lambda: logits_of(eager, reference_input, "float32")  # noqa: E731
     for name, dtype, build in paths:
         runner = build(model)
@@ -223,8 +234,9 @@ def main() -> int:
         runner = None  # free it before the next path is built
 
     throughput = gpu_throughput(model, paths[1:], reference_input, args, logits_of) if device.type == "cuda" else []
-    extra = interaction_timings(model, device, images["reference 1024x1024 RGB"], args)
+    extra = interaction_timings(model, device, images["reference 1024x1024 RGB"], args) if paths else {}
     extra["throughput"] = throughput
+    extra["load"] = load_timings(model, reference_input, loads, args.repeats, logits_of) if loads else []
     report = render(rows, extra, machine(), args)
     print(report)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -280,32 +292,76 @@ def interaction_timings(model, device, image, args) -> dict:
     one_by_one = time.perf_counter() - start
     return {"modality_switch_ms": 1000 * statistics.median(switch), "threshold_change_ms": 1000 * statistics.median(threshold),
             "volume_slices": len(slices), "volume_default_slices_per_s": len(slices) / batched,
-            "volume_eager_slices_per_s": len(slices) / one_by_one, "default_engine": predictor.engine}
+            "volume_eager_slices_per_s": len(slices) / one_by_one, "default_engine": predictor.engine.name}
+
+
+def load_timings(model, net_input, loads, repeats, logits_of) -> list[dict]:
+    """Eager and the default CPU engine, alternating, beside ``loads[i]`` busy processes each."""
+    default = get_engine(AUTO, "cpu")
+    runners = {"eager": model, default.name: default.build(model)}
+    rows = []
+    for busy in loads:
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        try:
+            time.sleep(1.0)  # the busy processes are running and spread over the CPUs
+            for runner in runners.values():
+                logits_of(runner, net_input, "float32")  # warm-up beside this load
+            times = {name: [] for name in runners}
+            cpu = {name: [] for name in runners}
+            for _ in range(repeats):
+                for name, runner in runners.items():
+                    start_cpu = time.process_time()
+                    times[name] += timed(lambda: logits_of(runner, net_input, "float32"), 1, warm=False)
+                    cpu[name].append(time.process_time() - start_cpu)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+        eager_median, eager_max = statistics.median(times["eager"]), max(times["eager"])
+        for name in runners:
+            median, largest = statistics.median(times[name]), max(times[name])
+            rows.append({"busy": busy, "path": name, "median_s": median, "max_s": largest, "times_s": times[name],
+                         "cpu_s": statistics.median(cpu[name]), "median_ratio": median / eager_median,
+                         "max_ratio": largest / eager_max})
+            print(f"{busy} busy: {name:>6} median {median:.2f} s, max {largest:.2f} s ({median / eager_median:.2f} and "
+                  f"{largest / eager_max:.2f} of eager's), CPU {statistics.median(cpu[name]):.2f} s per run", flush=True)
+    return rows
 
 
 def render(rows, extra, machine_text, args) -> str:
-    lines = [f"Machine: {machine_text}. {args.repeats} timed runs after one warm-up, one 1024² image per run, each "
-             "paired with an eager run just before it (the ratio is of the two medians). "
-             f"Weights: {Path(args.checkpoint).name}."
-             + (" Run with --keep-freed-memory (glibc keeps freed buffers: no path pays for fresh pages)."
-                if args.keep_freed_memory else ""), "",
-             "| path | dtype | device | batch | median s | min s | max s | eager alongside, median s | ratio to eager | max abs logit diff | mask agreement | peak memory MB | page faults per run | first call s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"Machine: {machine_text}. Weights: {Path(args.checkpoint).name}."]
+    if rows:
+        lines += [f"{args.repeats} timed runs after one warm-up, one 1024² image per run, each paired with an eager "
+                  "run just before it (the ratio is of the two medians)."
+                  + (" Run with --keep-freed-memory (glibc keeps freed buffers: no path pays for fresh pages)."
+                     if args.keep_freed_memory else ""), "",
+                  "| path | dtype | device | batch | median s | min s | max s | eager alongside, median s | ratio to eager | max abs logit diff | mask agreement | peak memory MB | page faults per run | first call s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['path']} | {r['dtype']} | {r['device']} | {r['batch']} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
                      f"{r['max_s']:.3f} | {r['eager_median_s']:.3f} | {r['ratio']:.2f} | {r['max_logit_diff']:.1e} | "
                      f"{100 * r['mask_agreement']:.4f}% | {r['peak_memory_mb']:.0f} | {r['page_faults_per_run']:,.0f} | "
                      f"{r['first_call_s']:.2f} |")
-    lines += ["", f"Default engine: {extra['default_engine']}. Changing modality on a predicted 1024² slice: "
-              f"{extra['modality_switch_ms']:.1f} ms (median, first time per modality); changing the threshold: "
-              f"{extra['threshold_change_ms']:.1f} ms.",
-              f"Volume of {extra['volume_slices']} slices of 512² (a quarter blank): {extra['volume_default_slices_per_s']:.2f} "
-              f"slices/s batched with the default engine, {extra['volume_eager_slices_per_s']:.2f} slices/s eager one by one.",
-              "Mask agreement: thresholded masks at each image's size, all six modalities, reference image and three "
-              "synthetic ones, against the eager path. Peak memory: process peak RSS on the CPU, peak allocated on a GPU. "
-              "Page faults: minor faults of the process per timed run (each is a fresh 4 KiB page the kernel zeroes; "
-              "buffers over the allocator's mmap threshold are returned to the system when freed and faulted in again "
-              "on the next run). First call: the warm-up run, with any compilation or export."]
+    if "default_engine" in extra:
+        lines += ["", f"Default engine: {extra['default_engine']}. Changing modality on a predicted 1024² slice: "
+                  f"{extra['modality_switch_ms']:.1f} ms (median, first time per modality); changing the threshold: "
+                  f"{extra['threshold_change_ms']:.1f} ms.",
+                  f"Volume of {extra['volume_slices']} slices of 512² (a quarter blank): {extra['volume_default_slices_per_s']:.2f} "
+                  f"slices/s batched with the default engine, {extra['volume_eager_slices_per_s']:.2f} slices/s eager one by one.",
+                  "Mask agreement: thresholded masks at each image's size, all six modalities, reference image and three "
+                  "synthetic ones, against the eager path. Peak memory: process peak RSS on the CPU, peak allocated on a GPU. "
+                  "Page faults: minor faults of the process per timed run (each is a fresh 4 KiB page the kernel zeroes; "
+                  "buffers over the allocator's mmap threshold are returned to the system when freed and faulted in again "
+                  "on the next run). First call: the warm-up run, with any compilation or export."]
+    if extra["load"]:
+        lines += ["", f"Under load: eager and the default engine alternating, {args.repeats} runs each after one warm-up, "
+                  "beside busy processes (`python -c \"while True: pass\"`, started and killed by the benchmark).", "",
+                  "| busy processes | path | median s | max s | runs (s) | CPU s per run, median | median / eager's | max / eager's |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in extra["load"]:
+            lines.append(f"| {r['busy']} | {r['path']} | {r['median_s']:.2f} | {r['max_s']:.2f} | "
+                         f"{', '.join(f'{t:.2f}' for t in r['times_s'])} | {r['cpu_s']:.2f} | {r['median_ratio']:.2f} | "
+                         f"{r['max_ratio']:.2f} |")
     if extra["throughput"]:
         lines += ["", "| path | dtype | batch | median s per batch | images/s | peak memory MB |", "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['path']} | {r['dtype']} | {r['batch']} | {r['median_s']:.4f} | {r['images_per_s']:.0f} | "

@@ -22,6 +22,7 @@ import numpy as np
 
 import slicer
 from DeLightSAMLib.intensity import Window, to_rgb8
+from DeLightSAMLib.progress import ProgressCallback  # progress(done, total); raise SegmentationCancelled to stop
 from DeLightSAMLib.registry import MODALITIES
 from DeLightSAMSlicerLib.CleanUp import fillHoles, keepLargestComponent
 from DeLightSAMSlicerLib.Frames import FramesSnapshot, fillMissingItems
@@ -43,7 +44,6 @@ from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]  # (done, total); raise SegmentationCancelled from it to stop
 # provider(model) returns the predictor of a model (Models.AUTOMATIC or BOX), loading it (and asking the user) on
 # first use
 PredictorProvider = Callable[[str], object]

@@ -210,7 +210,7 @@ class DeLightSAMSession:
         if torchState().problem:
             return []
         try:
-            from DeLightSAMLib.predictor import select_device
+            from DeLightSAMLib.device import select_device
 
             loaded = next(iter(self._predictors.values()), None)
             device = getattr(loaded, "device", None) or select_device(self.device)

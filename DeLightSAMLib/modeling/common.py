@@ -6,6 +6,8 @@ so that ``load_state_dict(strict=True)`` works. This is said once here and holds
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -29,6 +31,18 @@ class Conv2dBN(nn.Sequential):
         )
         self.add_module("bn", nn.BatchNorm2d(out_channels))
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """A biased ``Conv2d`` computing this module in eval mode (BatchNorm with its running statistics folded
+        into the weights); a new module, this one is left as it is."""
+        conv, bn = self.c, self.bn
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        return fused
+
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a (B, C, H, W) map, at every pixel (eps 1e-6, as in SAM)."""
@@ -44,6 +58,83 @@ class LayerNorm2d(nn.Module):
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.eps)
         return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def sam_neck(in_channels: int, out_channels: int = 256) -> nn.Sequential:
+    """SAM's encoder neck, (B, in_channels, h, w) -> (B, out_channels, h, w): bias-free 1x1 conv, LayerNorm2d,
+    bias-free 3x3 conv, LayerNorm2d (keys ``neck.0`` .. ``neck.3``; TinyViT and ViT encoders alike)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        LayerNorm2d(out_channels),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        LayerNorm2d(out_channels),
+    )
+
+
+def window_partition(tokens: torch.Tensor, window: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, H, W, C) tokens -> (B, rows, cols, window, window, C) non-overlapping windows, zero-padded at the bottom
+    and right (rows = ceil(H / window), cols = ceil(W / window)); token (y, x) lands in window
+    (y // window, x // window) at (y % window, x % window).
+
+    ``out``, when given, receives the windows without intermediate copies (inference: the fast encoder); without
+    it only view, pad and copy operations are used, which autograd, tracing and ONNX export follow.
+    """
+    batch, height, width, channels = tokens.shape
+    rows, cols = (height + window - 1) // window, (width + window - 1) // window  # (ONNX division truncates)
+    pad_h, pad_w = rows * window - height, cols * window - width
+    if out is None:
+        if pad_h or pad_w:
+            tokens = F.pad(tokens, (0, 0, 0, pad_w, 0, pad_h))
+        return tokens.view(batch, rows, window, cols, window, channels).transpose(2, 3).contiguous()
+    grid = out.permute(0, 1, 3, 2, 4, 5)  # (B, rows, window, cols, window, C): a view in token order
+    if pad_h:
+        grid[:, -1, window - pad_h :] = 0
+    if pad_w:
+        grid[:, :, :, -1, window - pad_w :] = 0
+    for top, bottom, row_windows, window_rows in _window_spans(height, window):
+        for left, right, col_windows, window_cols in _window_spans(width, window):
+            first_row, first_col = top // window, left // window
+            grid[:, first_row : first_row + row_windows, :window_rows, first_col : first_col + col_windows, :window_cols] = (
+                tokens[:, top:bottom, left:right].unflatten(1, (row_windows, window_rows)).unflatten(3, (col_windows, window_cols))
+            )
+    return out
+
+
+def window_unpartition(windows: torch.Tensor, size: tuple[int, int], out: Optional[torch.Tensor] = None,
+                       residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The inverse of :func:`window_partition`: (B, rows, cols, window_h, window_w, C) windows -> (B, H, W, C)
+    tokens of ``size`` (H, W), the padding cropped; with ``residual`` (B, H, W, C), ``residual + tokens``.
+
+    ``out``, when given, receives the result (it may be a view; inference only, as ``out=`` arguments take no
+    gradients).
+    """
+    batch, rows, cols, window_h, window_w, channels = windows.shape
+    height, width = size
+    if out is None:
+        tokens = windows.transpose(2, 3).reshape(batch, rows * window_h, cols * window_w, channels)[:, :height, :width]
+        return tokens if residual is None else residual + tokens
+    grid = windows.permute(0, 1, 3, 2, 4, 5)  # (B, rows, window_h, cols, window_w, C)
+    for top, bottom, row_windows, window_rows in _window_spans(height, window_h):
+        for left, right, col_windows, window_cols in _window_spans(width, window_w):
+            first_row, first_col = top // window_h, left // window_w
+            source = grid[:, first_row : first_row + row_windows, :window_rows, first_col : first_col + col_windows, :window_cols]
+            target = out[:, top:bottom, left:right].unflatten(1, (row_windows, window_rows)).unflatten(3, (col_windows, window_cols))
+            if residual is None:
+                target.copy_(source)
+            else:
+                part = residual[:, top:bottom, left:right].unflatten(1, (row_windows, window_rows)).unflatten(3, (col_windows, window_cols))
+                torch.add(part, source, out=target)
+    return out
+
+
+def _window_spans(size: int, window: int) -> list[tuple[int, int, int, int]]:
+    """Along one axis of ``size`` tokens: (start, stop, windows, tokens per window) for the run of whole windows,
+    then for the last, partial window (when there is one)."""
+    whole = size // window
+    spans = [(0, whole * window, whole, window)] if whole else []
+    if size > whole * window:
+        spans.append((whole * window, size, 1, size - whole * window))
+    return spans
 
 
 class NormMLP(nn.Module):

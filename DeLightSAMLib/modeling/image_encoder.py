@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import Conv2dBN, LayerNorm2d, NormMLP
+from .common import Conv2dBN, NormMLP, sam_neck, window_partition, window_unpartition
 
 
 class PatchEmbed(nn.Module):
@@ -145,21 +145,13 @@ class TinyViTBlock(nn.Module):
         self.med_dah = NormMLP(dim, int(dim * mlp_ratio)) if adapters else None
 
     def window_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention on non-overlapping windows; zero padding (bottom/right) takes part as keys and values."""
-        batch, height, width, channels = x.shape
-        w = self.window_size
-        pad_h = (w - height % w) % w
-        pad_w = (w - width % w) % w
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        rows, cols = (height + pad_h) // w, (width + pad_w) // w
-        windows = x.view(batch, rows, w, cols, w, channels).transpose(2, 3).reshape(-1, w * w, channels)
-        windows = self.attn(windows)
-        x = windows.view(batch, rows, cols, w, w, channels).transpose(2, 3).reshape(batch, rows * w, cols * w, channels)
-        return x[:, :height, :width]
+        """``x`` + attention on non-overlapping windows; zero padding (bottom/right) takes part as keys and values."""
+        windows = window_partition(x, self.window_size)
+        attended = self.attn(windows.flatten(3, 4).flatten(0, 2)).view(windows.shape)
+        return window_unpartition(attended, x.shape[1:3], residual=x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.window_attention(x)
+        x = self.window_attention(x)
         x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         if self.med_dah is None:
             return x + self.mlp(x)
@@ -256,12 +248,7 @@ class ImageEncoder(nn.Module):
         if classifier_head:
             self.norm_head = nn.LayerNorm(embed_dims[-1])
             self.head = nn.Linear(embed_dims[-1], num_classes)
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dims[-1], out_chans, 1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = sam_neck(embed_dims[-1], out_chans)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(images)

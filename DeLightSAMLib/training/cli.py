@@ -64,17 +64,16 @@ def report(message: str, level: int) -> None:
 
 def run_training(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
-    from ..predictor import select_device
-    from ..registry import modality_name
+    from ..device import select_device
     from . import engine
     from .data import open_dataset
 
     device = select_device(args.device)
     modality = resolve_modality(args.modality) if args.command != "distill" else 0
-    name = modality_name(modality)
+    where = {"split_file": args.split_file, "axis": args.axis, "label": args.label}
     logging.getLogger().setLevel(logging.INFO)
     if args.command == "evaluate":
-        dataset = open_dataset(args.data, args.split, name, args.split_file, args.axis, args.label)
+        dataset = open_dataset(args.data, args.split, **where)
         model, _ = load_model(args.checkpoint)
         try:
             result = engine.evaluate(model, dataset, modality, device, Path(args.out), args.overlays, args.threshold)
@@ -86,7 +85,7 @@ def run_training(args: argparse.Namespace) -> int:
         print(f"{summary['images']} images: Dice {summary['dice']['mean']:.4f}, IoU {summary['iou']['mean']:.4f}, "
               f"HD95 {summary['hd95']['mean']:.2f} px, {summary['images_per_second']:.2f} images/s -> {args.out}")
         return 0
-    train_set = open_dataset(args.data, "train", name, args.split_file, args.axis, args.label)
+    train_set = open_dataset(args.data, "train", **where)
     settings = engine.TrainSettings(modality=modality, epochs=args.epochs, batch_size=args.batch_size,
                                     learning_rate=args.lr, num_workers=args.workers, out_dir=args.out)
     model, _ = load_model(args.checkpoint)
@@ -101,7 +100,7 @@ def run_training(args: argparse.Namespace) -> int:
         settings.trainable = [group.strip() for group in args.trainable.split(",") if group.strip()]
         settings.resume = args.resume
         settings.embedding_cache = not args.no_embedding_cache
-        valid_set = open_dataset(args.data, "valid", name, args.split_file, args.axis, args.label, optional=True) \
+        valid_set = open_dataset(args.data, "valid", optional=True, **where) \
             if args.split_file or (Path(args.data) / "image_1024").is_dir() else None
         result = engine.train(model, train_set, valid_set, settings, device, report)
     except engine.TrainingInterrupted as interrupted:

@@ -1,13 +1,12 @@
 """Training and evaluation data: the paper's PNG folder layout, or folders of volumes with label maps.
 
-Every dataset is given its modality explicitly (it is never guessed from file names). Items are
+The modality a dataset trains or evaluates is given to the training loop, never guessed from file names. Items are
 ``(image (H, W, 3) uint8, mask (H, W) bool, name)``; :func:`to_tensors` makes the network's tensors.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,10 +16,10 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import DeLightSAMError
+from ..filecheck import check_complete
 from ..intensity import robust_window, to_rgb8
 from ..transforms import ImageTransform
 
-logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -30,6 +29,7 @@ class DataError(DeLightSAMError):
 
 
 def _read(path: Path) -> np.ndarray:
+    check_complete(path)  # a cut-off NIfTI would otherwise train on zeros
     try:
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except RuntimeError as error:
@@ -52,8 +52,8 @@ class FolderDataset(torch.utils.data.Dataset):
 
     augments = False  # the same image every epoch: a frozen encoder's embeddings may be cached (engine.train)
 
-    def __init__(self, root: str | Path, split: str, modality: str, split_file: Optional[str | Path] = None) -> None:
-        self.root, self.modality = Path(root), modality
+    def __init__(self, root: str | Path, split: str, split_file: Optional[str | Path] = None) -> None:
+        self.root = Path(root)
         images, masks = self.root / "image_1024", self.root / "mask_1024"
         for folder in (images, masks):
             if not folder.is_dir():
@@ -115,9 +115,9 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
 
     augments = False  # see FolderDataset.augments
 
-    def __init__(self, root: str | Path, modality: str, axis: int = 2, label: Optional[int] = None,
+    def __init__(self, root: str | Path, axis: int = 2, label: Optional[int] = None,
                  names: Optional[Sequence[str]] = None) -> None:
-        self.root, self.modality, self.axis, self.label = Path(root), modality, axis, label
+        self.root, self.axis, self.label = Path(root), axis, label
         images, labels = self.root / "images", self.root / "labels"
         for folder in (images, labels):
             if not folder.is_dir():
@@ -182,8 +182,8 @@ def to_tensors(batch, transform: ImageTransform, patch_grid: int):
     return images, masks, patches, [name for _, _, name in batch]
 
 
-def open_dataset(root: str | Path, split: str, modality: str, split_file: Optional[str | Path] = None,
-                 axis: int = 2, label: Optional[int] = None, optional: bool = False):
+def open_dataset(root: str | Path, split: str, *, split_file: Optional[str | Path] = None, axis: int = 2,
+                 label: Optional[int] = None, optional: bool = False):
     """A FolderDataset (``image_1024``/``mask_1024``) or VolumeSliceDataset (``images``/``labels``) for ``split``.
 
     For volumes the split file (optional) lists volume names per split; without one every volume is used.
@@ -195,7 +195,7 @@ def open_dataset(root: str | Path, split: str, modality: str, split_file: Option
     if (root / "image_1024").is_dir():
         if optional and split not in FolderDataset.read_splits(root, split_file)[1]:
             return None
-        return FolderDataset(root, split, modality, split_file)
+        return FolderDataset(root, split, split_file)
     if (root / "images").is_dir():
         names = None
         if split_file:
@@ -208,5 +208,5 @@ def open_dataset(root: str | Path, split: str, modality: str, split_file: Option
                     return None
                 raise DataError(f"{split_file} has no '{split}' list (it has: {', '.join(splits)})")
             names = [_stem(Path(name)) for name in splits[split]]
-        return VolumeSliceDataset(root, modality, axis=axis, label=label, names=names)
+        return VolumeSliceDataset(root, axis=axis, label=label, names=names)
     raise DataError(f"{root} holds neither image_1024/ + mask_1024/ (2D images) nor images/ + labels/ (volumes)")

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -62,7 +62,6 @@ class TrainSettings:
     seed: int = 0
     out_dir: str = "runs/delightsam"
     resume: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ..checkpoint import read_state_dict
 from ..errors import CheckpointError
-from ..modeling.common import LayerNorm2d
+from ..modeling.common import sam_neck, window_partition, window_unpartition
 from ..modeling.image_encoder import ImageEncoder
 
 
@@ -38,8 +38,7 @@ class ViTImageEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             ViTBlock(embed_dim, num_heads, 0 if i in global_blocks else window_size, grid) for i in range(depth)
         )
-        self.neck = nn.Sequential(nn.Conv2d(embed_dim, out_chans, 1, bias=False), LayerNorm2d(out_chans),
-                                  nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False), LayerNorm2d(out_chans))
+        self.neck = sam_neck(embed_dim, out_chans)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed.proj(images).permute(0, 2, 3, 1) + self.pos_embed
@@ -62,12 +61,10 @@ class ViTBlock(nn.Module):
         shortcut = x
         x = self.norm1(x)
         if self.window_size:
-            height, width = x.shape[1:3]
-            windows, padded = _partition(x, self.window_size)
-            x = _unpartition(self.attn(windows), self.window_size, padded, (height, width))
+            windows = window_partition(x, self.window_size)
+            x = window_unpartition(self.attn(windows.flatten(0, 2)).view(windows.shape), x.shape[1:3], residual=shortcut)
         else:
-            x = self.attn(x)
-        x = shortcut + x
+            x = shortcut + self.attn(x)
         return x + self.mlp.lin2(F.gelu(self.mlp.lin1(self.norm2(x))))
 
 
@@ -103,22 +100,6 @@ def _relative_table(table: torch.Tensor, size: int) -> torch.Tensor:
         table = F.interpolate(table.T[None], size=2 * size - 1, mode="linear")[0].T
     offsets = torch.arange(size)[:, None] - torch.arange(size)[None, :] + (size - 1)
     return table[offsets]
-
-
-def _partition(x: torch.Tensor, w: int):
-    batch, height, width, channels = x.shape
-    pad_h, pad_w = (w - height % w) % w, (w - width % w) % w
-    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = height + pad_h, width + pad_w
-    windows = x.view(batch, hp // w, w, wp // w, w, channels).permute(0, 1, 3, 2, 4, 5).reshape(-1, w, w, channels)
-    return windows, (hp, wp)
-
-
-def _unpartition(windows: torch.Tensor, w: int, padded, size) -> torch.Tensor:
-    hp, wp = padded
-    batch = windows.shape[0] // (hp // w * wp // w)
-    x = windows.view(batch, hp // w, wp // w, w, w, -1).permute(0, 1, 3, 2, 4, 5).reshape(batch, hp, wp, -1)
-    return x[:, : size[0], : size[1]]
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import hashlib
-import http.server
-import shutil
+import os
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -20,38 +16,6 @@ from DeLightSAMLib.build import build_model
 from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.errors import CheckpointError, DownloadError
 from DeLightSAMLib.registry import CheckpointEntry, UnknownNameError
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def do_GET(self):
-        if self.path == "/short.pth":  # announces more bytes than it sends, then closes
-            self.send_response(200)
-            self.send_header("Content-Length", "1000000")
-            self.end_headers()
-            self.wfile.write(b"x" * 1000)
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        super().do_GET()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, reference_weights_path):
-    root = tmp_path_factory.mktemp("www")
-    shutil.copy(reference_weights_path, root / "weights.pth")
-    data = reference_weights_path.read_bytes()
-    (root / "truncated.pth").write_bytes(data[: len(data) // 2])
-    (root / "quota.pth").write_text("<!DOCTYPE html><html><body>Google Drive - quota exceeded</body></html>")
-    torch.save(build_model(TINY_CONFIG).state_dict(), root / "tiny.pth")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", hashlib.sha256(data).hexdigest()
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def test_download_over_http_verifies_and_reports_progress(server, tmp_path, reference_weights_path):
@@ -87,6 +51,66 @@ def test_bad_downloads_are_refused_and_leave_nothing(server, tmp_path, name, mes
     with pytest.raises(DownloadError, match=message):
         ckpt.download_checkpoint(f"{url}/{name}", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["chunked-drop.pth", "reset.pth"])
+def test_a_connection_that_drops_mid_transfer_is_one_error_and_leaves_nothing(server, tmp_path, name):
+    url, _ = server
+    with pytest.raises(DownloadError, match=r"the connection closed after \d+ (of 1000000 )?bytes"):
+        ckpt.download_checkpoint(f"{url}/{name}", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _failing_writes(monkeypatch, error_number, after_bytes):
+    """Files that checkpoint.py opens for writing fail with ``error_number`` once ``after_bytes`` are written."""
+    import builtins
+    import errno
+
+    class Failing:
+        def __init__(self, handle):
+            self.handle, self.written = handle, 0
+
+        def write(self, data):
+            if self.written + len(data) > after_bytes:
+                raise OSError(error_number, errno.errorcode[error_number] and os.strerror(error_number))
+            self.written += len(data)
+            return self.handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def opener(path, mode="r", *args, **kwargs):
+        handle = builtins.open(path, mode, *args, **kwargs)
+        return Failing(handle) if "w" in mode else handle
+
+    monkeypatch.setattr(ckpt, "open", opener, raising=False)
+
+
+def test_a_full_disk_during_a_download_is_one_error_and_leaves_nothing(server, monkeypatch, tmp_path):
+    import errno
+
+    url, _ = server
+    _failing_writes(monkeypatch, errno.ENOSPC, after_bytes=3 << 20)
+    with pytest.raises(DownloadError, match=r"cannot write the checkpoint into .* \(No space left on device\); free"):
+        ckpt.download_checkpoint(f"{url}/weights.pth", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_folder_is_one_error(tmp_path, monkeypatch, reference_weights_path):
+    import errno
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr("tempfile.mkstemp", refuse)
+    with pytest.raises(DownloadError, match="cannot write the checkpoint into .*Permission denied.*permissions"):
+        ckpt.download_checkpoint(str(reference_weights_path), tmp_path)
 
 
 def test_wrong_sha256_is_refused(server, tmp_path):

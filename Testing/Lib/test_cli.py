@@ -153,3 +153,180 @@ def test_console_script_is_installed():
     assert exe, "the delightsam console script is not on PATH; install the package (pip install -e .)"
     result = subprocess.run([exe, "predict", "x.png", "--modality", "nope"], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith("delightsam: error: unknown modality 'nope'")
+
+
+def _one_line_error(code, err, message):
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("delightsam: error: ") and message in lines[0], err
+    assert "Traceback" not in err and "usage:" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "x.png", "-m", "xray", "--axis", "5"], "argument --axis: invalid choice"),
+        (["predict", "x.png", "-m", "xray", "--axis", "k"], "argument --axis: invalid int value: 'k'"),
+        (["predict", "-m", "xray"], "the following arguments are required: input"),
+        (["predict", "x.png", "--box", "1", "2", "3"], "argument --box: expected 4 arguments"),
+        (["predict", "x.png", "-m", "xray", "--threshold", "half"], "argument --threshold: invalid float value"),
+        (["predict", "x.png", "-m", "xray", "--engine", "turbo"], "argument --engine: invalid choice"),
+        (["predict", "x.png", "-m", "xray", "--window", "40"], "argument --window: expected 2 arguments"),
+        (["predict", "x.png", "-m", "xray", "--colour", "red"], "unrecognized arguments: --colour red"),
+        (["segment", "x.png"], "invalid choice"),
+        ([], "the following arguments are required: command"),
+        (["train", "--modality", "xray"], "the following arguments are required: --data"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    _one_line_error(code, err, message)
+    assert out == ""
+
+
+def test_help_still_prints_the_usage(capsys):
+    code, out, _ = run(capsys, "predict", "--help")
+    assert code == 0 and out.startswith("usage: delightsam predict") and "--engine" in out
+
+
+@pytest.fixture()
+def work_image(tmp_path, reference_image_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(reference_image_path, work / "image.png")
+    return work / "image.png"
+
+
+def _fails_before_the_network(monkeypatch):
+    from DeLightSAMLib.predictor import Predictor
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was set up before the inputs were checked")
+
+    monkeypatch.setattr(Predictor, "from_checkpoint", no_network)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--device", "cpu:all"], "unknown device 'cpu:all'"),
+        (["--device", "cuda:x"], "unknown device 'cuda:x'"),
+        (["--device", "cuda:٣"], "unknown device 'cuda:٣'"),
+        (["--device", "gpu"], "unknown device 'gpu'"),
+        (["--device", "cpu:1"], "device 'cpu:1' does not exist"),
+        (["--modality", "٣"], "unknown modality '٣'"),
+        (["--modality", "³"], "unknown modality '³'"),
+        (["--modality", "7"], "modality index 7 is out of range"),
+        (["--window", "40", "-400"], "window width must not be negative"),
+        (["--window", "nan", "400"], "window center and width must be finite"),
+        (["--threshold", "nan"], "--threshold must be between 0 and 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_malformed_options_are_one_line(capsys, work_image, reference_weights_path, extra, message):
+    args = ["predict", work_image, "--modality", "fundus", "-c", reference_weights_path, "--device", "cpu", *extra]
+    before = sorted(p.name for p in work_image.parent.iterdir())
+    code, _, err = run(capsys, *args)
+    _one_line_error(code, err, message)
+    assert sorted(p.name for p in work_image.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unknown-extension", "unsupported file type '.xyz'"),
+        ("jpeg-mask", "unsupported file type '.jpg'"),
+        ("detached-header", "unsupported file type '.nhdr'"),
+        ("logits-not-npy", "unsupported file type '.txt'"),
+        ("missing-folder", "does not exist"),
+    ],
+)
+def test_outputs_are_checked_before_the_network_runs(capsys, monkeypatch, work_image, case, message):
+    work = work_image.parent
+    source = work_image
+    output, logits = work / "out.png", work / "out.npy"
+    if case == "unknown-extension":
+        output = work / "out.xyz"
+    elif case == "jpeg-mask":  # lossy: the mask's edges would come back as other values than 0 and 255
+        output = work / "out.jpg"
+    elif case == "detached-header":  # its data file would keep the temporary name
+        source = work / "ct.nii.gz"
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 8, 9), np.int16)), str(source))
+        output = work / "out.nhdr"
+    elif case == "logits-not-npy":
+        logits = work / "out.png.txt"
+    elif case == "missing-folder":
+        logits = work / "no" / "out.npy"
+    before = sorted(p.name for p in work.iterdir())
+    _fails_before_the_network(monkeypatch)
+    code, _, err = run(capsys, "predict", source, "-m", "xray", "--output", output, "--logits", logits)
+    _one_line_error(code, err, message)
+    assert sorted(p.name for p in work.iterdir()) == before
+
+
+def test_detached_volumes_get_a_single_file_mask_by_default(capsys, monkeypatch, tmp_path):
+    from DeLightSAMLib.cli import default_output
+    from DeLightSAMLib.imageio import read_image
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 8, 9), np.int16)), str(tmp_path / "ct.nhdr"))
+    assert default_output(read_image(tmp_path / "ct.nhdr")) == tmp_path / "ct_mask.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 8, 9), np.int16)), str(tmp_path / "mr.nii.gz"))
+    assert default_output(read_image(tmp_path / "mr.nii.gz")) == tmp_path / "mr_mask.nii.gz"
+
+
+def test_a_cut_off_compressed_volume_is_refused(capsys, monkeypatch, tmp_path):
+    source = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 300, (4, 30, 40)).astype(np.int16)),
+                    str(source))
+    data = source.read_bytes()
+    source.write_bytes(data[: len(data) * 2 // 3])
+    _fails_before_the_network(monkeypatch)
+    code, _, err = run(capsys, "predict", source, "-m", "xray")
+    _one_line_error(code, err, "stops before its end")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
+
+
+def test_gray_and_alpha_png_is_segmented_as_gray(capsys, tmp_path, reference_image_path, reference_weights_path):
+    gray = sitk.GetArrayFromImage(sitk.ReadImage(str(reference_image_path)))[::4, ::4, 1]
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([gray, np.full_like(gray, 255)], -1), isVector=True),
+                    str(tmp_path / "ga.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(gray), str(tmp_path / "g.png"))
+    for name in ("ga", "g"):
+        code, _, err = run(capsys, "predict", tmp_path / f"{name}.png", "-m", "dermoscopy", "-c",
+                           reference_weights_path, "--device", "cpu", "--logits", tmp_path / f"{name}.npy")
+        assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "ga.npy"), np.load(tmp_path / "g.npy"))
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ga_mask.png"))).shape == gray.shape
+
+
+def test_download_broken_off_mid_transfer_is_one_line(capsys, tmp_path, server):
+    url, _ = server
+    code, _, err = run(capsys, "download", "--checkpoint", f"{url}/chunked-drop.pth", "--to", tmp_path / "d")
+    _one_line_error(code, err, "the connection closed after")
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_download_onto_a_full_disk_is_one_line(capsys, monkeypatch, tmp_path, reference_weights_path):
+    import builtins
+    import errno
+
+    from DeLightSAMLib import checkpoint
+
+    class Full:
+        def __init__(self, *args, **kwargs):
+            self.handle = builtins.open(*args, **kwargs)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    monkeypatch.setattr(checkpoint, "open", lambda path, mode="r", *a, **k: Full(path, mode, *a, **k) if "w" in mode
+                        else builtins.open(path, mode, *a, **k), raising=False)
+    code, _, err = run(capsys, "download", "--checkpoint", reference_weights_path, "--to", tmp_path / "d")
+    _one_line_error(code, err, "No space left on device")
+    assert list((tmp_path / "d").iterdir()) == []

@@ -10,7 +10,8 @@ from conftest import reference_file
 from DeLightSAMLib.build import build_model
 from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.modeling.image_encoder import TinyViTBlock
-from DeLightSAMLib.optimize import fold_batchnorm, prepare
+from DeLightSAMLib.engines import build_runner
+from DeLightSAMLib.engines.fused import fold_batchnorm
 
 # fused/fast reassociate float32 sums (folded BatchNorm and LayerNorm affine): the same function, so the
 # reference README's float32 bound applies.
@@ -24,7 +25,7 @@ def reference_input():
 
 @pytest.mark.parametrize("engine", ["fused", "fast"])
 def test_engine_reproduces_reference_outputs_and_masks(engine, reference_model, reference_input, reference_outputs):
-    runner = prepare(reference_model, engine)
+    runner = build_runner(reference_model, engine)
     with torch.inference_mode():
         output = runner(reference_input)
     for modality in range(6):
@@ -38,7 +39,7 @@ def test_engine_reproduces_reference_outputs_and_masks(engine, reference_model, 
 
 def test_onnx_engine_reproduces_reference_masks_and_caches_the_export(reference_model, reference_input, reference_outputs, tmp_path):
     pytest.importorskip("onnxruntime", reason="optional engine: pip install onnx onnxruntime")
-    runner = prepare(reference_model, "onnx")
+    runner = build_runner(reference_model, "onnx")
     exported = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
     assert len(exported) == 1 and not list((tmp_path / "cache" / "onnx").glob("*.part"))
     batch = torch.cat([reference_input, reference_input.flip(-1)])  # the export takes any batch size
@@ -48,7 +49,7 @@ def test_onnx_engine_reproduces_reference_masks_and_caches_the_export(reference_
         expected = reference_outputs[f"low_res_logits_{modality}"]
         assert np.abs(output.modality_logits[0, modality].numpy() - expected).max() < TOLERANCE
     mtime = exported[0].stat().st_mtime_ns
-    prepare(reference_model, "onnx")
+    build_runner(reference_model, "onnx")
     assert exported[0].stat().st_mtime_ns == mtime  # the second use reads the cached export
 
 
@@ -59,12 +60,12 @@ def test_onnx_engine_without_onnxruntime_says_what_to_install(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(DeLightSAMError, match="pip install onnx onnxruntime"):
-        prepare(build_model(TINY_CONFIG), "onnx")
+        build_runner(build_model(TINY_CONFIG), "onnx")
 
 
 def test_engines_leave_the_loaded_model_untouched(reference_model):
     before = {k: v.clone() for k, v in reference_model.state_dict().items()}
-    prepare(reference_model, "fast")
+    build_runner(reference_model, "fast")
     after = reference_model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
@@ -78,7 +79,7 @@ def test_fast_encoder_matches_eager_on_other_sizes_and_batches(size):
     images = torch.randn(2, 3, size, size)
     with torch.inference_mode():
         eager = model(images)
-        fast = prepare(model, "fast")(images)
+        fast = build_runner(model, "fast")(images)
     torch.testing.assert_close(fast.image_embeddings, eager.image_embeddings, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fast.modality_logits, eager.modality_logits, atol=1e-4, rtol=1e-4)
 
@@ -88,12 +89,16 @@ def test_batchnorm_folding_is_exact_for_a_conv():
     conv_bn = model.SemiTViT.patch_embed.seq[0]
     conv_bn.bn.running_mean.uniform_(-1, 1)
     conv_bn.bn.running_var.uniform_(0.5, 2)
+    conv_bn.bn.weight.data.uniform_(0.5, 1.5)
+    conv_bn.bn.bias.data.uniform_(-1, 1)
     x = torch.randn(1, 3, 16, 16)
     with torch.inference_mode():
         expected = conv_bn(x)
+        fused = conv_bn.fuse()
+        torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
         folded = fold_batchnorm(torch.nn.Sequential(conv_bn))[0]
         torch.testing.assert_close(folded(x), expected, atol=1e-5, rtol=1e-5)
-    assert isinstance(folded, torch.nn.Conv2d) and folded.bias is not None
+    assert isinstance(fused, torch.nn.Conv2d) and fused.bias is not None and fused is not conv_bn.c
 
 
 def _randomize_norms(model: torch.nn.Module) -> None:
@@ -110,7 +115,7 @@ def _randomize_norms(model: torch.nn.Module) -> None:
 @pytest.mark.parametrize("height, width", [(17, 11), (9, 20), (8, 8), (1, 5)])
 def test_fast_blocks_match_eager_blocks_on_band_remainders(height, width):
     """Heights that leave 1, 0 or several rows for the last band; odd widths need column padding."""
-    from DeLightSAMLib import fast_encoder as fe
+    from DeLightSAMLib.engines import fast_encoder as fe
 
     torch.manual_seed(height * 100 + width)
     model = build_model(TINY_CONFIG)
@@ -139,7 +144,7 @@ def test_fast_blocks_match_eager_blocks_on_band_remainders(height, width):
 def test_fast_decoder_parts_match_the_eager_modules():
     """LayerNorm2d on either memory layout, the dense prompter on binary and non-binary prompts, and the
     few-keys attention against the eager Attention."""
-    from DeLightSAMLib.fast_decoder import FastDensePrompter, FastLayerNorm2d, _attend_few_keys
+    from DeLightSAMLib.engines.fast_decoder import FastDensePrompter, FastLayerNorm2d, _attend_few_keys
     from DeLightSAMLib.modeling.common import LayerNorm2d
     from DeLightSAMLib.modeling.transformer import Attention
 
@@ -175,7 +180,7 @@ def test_fast_decoder_parts_match_the_eager_modules():
 def test_fast_decoder_recomputes_its_positional_terms_when_the_encoding_changes():
     """The projections of the positional encoding are cached; another encoding of the same shape must not
     reuse them."""
-    from DeLightSAMLib.fast_decoder import FastMaskDecoder
+    from DeLightSAMLib.engines.fast_decoder import FastMaskDecoder
 
     torch.manual_seed(4)
     model = build_model(TINY_CONFIG).eval()
@@ -189,3 +194,73 @@ def test_fast_decoder_recomputes_its_positional_terms_when_the_encoding_changes(
             image_at_size = image.reshape(2, channels, *image_pe.shape[-2:])
             torch.testing.assert_close(fast(image_at_size, image_pe, queries), decoder(image_at_size, image_pe, queries),
                                        atol=1e-5, rtol=1e-5)
+
+
+def test_the_registry_is_the_one_list_of_engines():
+    from DeLightSAMLib.cli import build_parser
+    from DeLightSAMLib.engines import AUTO, ENGINES, get_engine
+    from DeLightSAMLib.errors import UnknownNameError
+
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]
+    engine_option = next(action for action in predict._actions if action.dest == "engine")
+    assert engine_option.choices == [AUTO, *ENGINES]
+    assert get_engine(AUTO, "cpu").name == "fast" and get_engine(AUTO, "cuda").name == "fused"
+    assert get_engine(AUTO, "mps").name == "fused"
+    assert [engine.name for engine in ENGINES.values() if engine.fixed_batch] == ["compiled"]
+    with pytest.raises(UnknownNameError, match="unknown engine 'turbo'; use auto or one of eager, fused, fast"):
+        get_engine("turbo")
+
+
+@pytest.mark.parametrize("size, window", [((7, 7), 7), ((9, 20), 7), ((1, 5), 3), ((16, 13), 4)])
+def test_window_partition_round_trip_and_in_place_forms(size, window):
+    """The model's (view/pad) and the fast encoder's (into a buffer) forms give the same windows."""
+    from DeLightSAMLib.modeling.common import window_partition, window_unpartition
+
+    torch.manual_seed(sum(size))
+    tokens = torch.randn(2, *size, 3)
+    windows = window_partition(tokens, window)
+    rows, cols = -(-size[0] // window), -(-size[1] // window)
+    assert windows.shape == (2, rows, cols, window, window, 3)
+    padded = torch.nn.functional.pad(tokens, (0, 0, 0, cols * window - size[1], 0, rows * window - size[0]))
+    torch.testing.assert_close(windows[:, 1 % rows, cols - 1], padded[:, (1 % rows) * window :][:, :window, -window:])
+    buffer = torch.full_like(windows, float("nan"))  # padding must be written, not assumed zero
+    torch.testing.assert_close(window_partition(tokens, window, out=buffer), windows, atol=0, rtol=0)
+    torch.testing.assert_close(window_unpartition(windows, size), tokens, atol=0, rtol=0)
+    residual = torch.randn_like(tokens)
+    out = torch.empty_like(tokens)
+    window_unpartition(windows, size, out=out, residual=residual)
+    torch.testing.assert_close(out, residual + tokens, atol=0, rtol=0)
+    torch.testing.assert_close(window_unpartition(windows, size, residual=residual), residual + tokens, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("engine", ["fused", "fast"])
+def test_engines_run_litemedsam_with_the_same_result(engine):
+    """LiteMedSAM's encoder (no modality adapters, 1x1 stride-1 patch embedding, 256² input at full size) runs on
+    the same engines: the fast encoder reads every size from the modules."""
+    from DeLightSAMLib.config import TINY_LITEMEDSAM_CONFIG
+
+    torch.manual_seed(7)
+    model = build_model(TINY_LITEMEDSAM_CONFIG)
+    _randomize_norms(model)
+    images = torch.randn(2, 3, TINY_LITEMEDSAM_CONFIG.image_size, TINY_LITEMEDSAM_CONFIG.image_size)
+    boxes = torch.tensor([[3.0, 5.0, 40.0, 50.0], [10.0, 2.0, 60.0, 33.0]])
+    runner = build_runner(model, engine)
+    with torch.inference_mode():
+        expected = model(images, boxes)
+        result = runner(images, boxes)
+    if engine == "fast":
+        assert type(runner.model.image_encoder).__name__ == "FastImageEncoder"
+    torch.testing.assert_close(result.low_res_logits, expected.low_res_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(result.iou, expected.iou, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_engine_refuses_what_it_cannot_run():
+    from DeLightSAMLib.engines.fast_encoder import FastMBConv
+    from DeLightSAMLib.errors import EngineError
+    from DeLightSAMLib.modeling.common import Conv2dBN
+    from DeLightSAMLib.modeling.image_encoder import MBConv
+
+    block = MBConv(8, 4.0)
+    block.conv2 = Conv2dBN(32, 32, 5, 1, 2, groups=32)
+    with pytest.raises(EngineError, match="3x3 depthwise convolution.*use engine 'fused'"):
+        FastMBConv(block)

@@ -10,7 +10,9 @@ import torch
 from DeLightSAMLib.build import build_model
 from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.errors import DeLightSAMError, UnknownNameError
-from DeLightSAMLib.predictor import Predictor, select_device
+from DeLightSAMLib.device import select_device
+from DeLightSAMLib.engines import ENGINES
+from DeLightSAMLib.predictor import Predictor
 from DeLightSAMLib.registry import resolve_modality
 
 
@@ -131,7 +133,7 @@ def test_compiled_engine_fills_the_last_batch_instead_of_compiling_another_shape
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) for _ in range(5)]
     expected = predictor.predict_batch(images, "fundus", batch_size=2, return_logits=True)
-    predictor.engine = "compiled"  # only its batching differs here: the runner stays the eager model
+    predictor.engine = ENGINES["compiled"]  # only its batching differs here: the runner stays the eager model
     batch_sizes = []
     handle = predictor.runner.register_forward_hook(lambda module, args, output: batch_sizes.append(args[0].shape[0]))
     try:
@@ -147,7 +149,7 @@ def test_compiled_engine_fills_the_last_batch_instead_of_compiling_another_shape
 def test_engines_are_checked():
     with pytest.raises(DeLightSAMError, match="unknown engine 'turbo'"):
         Predictor(build_model(TINY_CONFIG), device="cpu", engine="turbo")
-    assert Predictor(build_model(TINY_CONFIG), device="cpu").engine == "fast"
+    assert Predictor(build_model(TINY_CONFIG), device="cpu").engine.name == "fast"
     assert "cpu float32 fast" == Predictor(build_model(TINY_CONFIG), device="cpu").description
 
 
@@ -175,3 +177,35 @@ def test_device_and_dtype_errors_are_clear():
     with pytest.raises(DeLightSAMError, match="needs a GPU"):
         Predictor(build_model(TINY_CONFIG), device="cpu", dtype="float16")
     assert select_device("auto").type in ("cpu", "cuda", "mps")
+
+
+def test_predictor_arguments_are_checked_with_clear_messages():
+    predictor = Predictor(build_model(TINY_CONFIG), device="cpu")
+    image = np.random.default_rng(0).integers(0, 4000, (16, 16)).astype(np.uint16)
+    with pytest.raises(DeLightSAMError, match=r"a pair \(center, width\) of numbers.*got 400"):
+        predictor.set_image(image, window=400)
+    with pytest.raises(DeLightSAMError, match="window width must not be negative"):
+        predictor.predict_batch([image], 0, window=(2000, -100))
+    with pytest.raises(DeLightSAMError, match="batch_size must be a whole number of at least 1"):
+        predictor.predict_batch([image], 0, batch_size=0)
+    with pytest.raises(DeLightSAMError, match="threshold must be a number between 0 and 1"):
+        predictor.predict_batch([image], 0, threshold="0.5")
+    predictor.set_image(image)
+    with pytest.raises(DeLightSAMError, match="threshold must be a number between 0 and 1"):
+        predictor.predict(0, threshold=float("nan"))
+    for modality in ("٣", "³", 3.0):
+        with pytest.raises(UnknownNameError):
+            predictor.predict(modality)
+    assert predictor.predict(np.int64(3)).modality == 3
+
+
+@pytest.mark.parametrize("device", ["cpu:all", "cuda:x", "cuda:", "cpu:1", "cuda:٣", " ", "tpu", 3])
+def test_malformed_devices_are_refused_clearly(device):
+    with pytest.raises(DeLightSAMError, match="device"):
+        select_device(device)
+
+
+def test_well_formed_devices_are_taken():
+    assert select_device(" CPU ") == torch.device("cpu")
+    assert select_device("cpu:0").type == "cpu"
+    assert select_device(torch.device("cpu")).type == "cpu"

@@ -9,7 +9,7 @@ import torch
 
 from conftest import reference_file
 from DeLightSAMLib.errors import ImageError
-from DeLightSAMLib.intensity import apply_window, robust_window, to_rgb8
+from DeLightSAMLib.intensity import apply_window, check_window, robust_window, to_rgb8
 from DeLightSAMLib.transforms import PIXEL_MEAN, ImageTransform, threshold_logits
 
 
@@ -97,7 +97,7 @@ def test_identity_geometry_at_model_size_is_exact():
     "bad, message",
     [
         (np.zeros((2, 3, 4, 5)), "expected a 2D image"),
-        (np.zeros((4, 4, 2)), "expected a 2D image"),
+        (np.zeros((4, 4, 5)), "expected a 2D image"),
         (np.zeros((0, 4)), "empty"),
         (np.array([["a", "b"]]), "unsupported pixel type"),
     ],
@@ -113,3 +113,36 @@ def test_threshold_is_validated_and_applied_to_probability():
     np.testing.assert_array_equal(threshold_logits(logits, 0.52), [False, False, True])
     with pytest.raises(ValueError, match="threshold"):
         threshold_logits(logits, 1.5)
+
+
+def test_gray_and_alpha_arrays_are_gray():
+    gray = np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000
+    with_alpha = np.stack([gray, np.full_like(gray, 65535)], -1)
+    np.testing.assert_array_equal(to_rgb8(with_alpha), to_rgb8(gray))
+
+
+@pytest.mark.parametrize(
+    "window, message",
+    [
+        (400, "a pair .center, width. of numbers"),
+        ((40,), "a pair .center, width. of numbers"),
+        ((40, 400, 1), "a pair .center, width. of numbers"),
+        (("40", "400"), "a pair .center, width. of numbers"),
+        ((True, 400), "a pair .center, width. of numbers"),
+        ((40, -400), "window width must not be negative"),
+        ((40, float("nan")), "must be finite"),
+        ((float("inf"), 400), "must be finite"),
+    ],
+)
+def test_bad_windows_are_refused_clearly(window, message):
+    image = np.arange(20, dtype=np.int16).reshape(4, 5)
+    with pytest.raises(ImageError, match=message):
+        to_rgb8(image, window)
+
+
+def test_windows_of_any_number_types_are_taken():
+    image = np.arange(20, dtype=np.int16).reshape(4, 5)
+    expected = to_rgb8(image, (10.0, 20.0))
+    for window in ([10, 20], np.array([10, 20]), (np.int64(10), np.float32(20))):
+        np.testing.assert_array_equal(to_rgb8(image, window), expected)
+    assert check_window((3, 0)) == (3.0, 0.0)  # zero width: a threshold at the center, as apply_window does

@@ -14,17 +14,23 @@ stage runs in horizontal bands small enough to stay in cache:
   padding rows skipped, residual added as the band is written back. ``mlp`` and ``med_dah`` read the same
   normalised input, so they run as one Linear(C, 8C) -> GELU -> Linear(8C, C) over bands of tokens.
 
-Weights are derived once from a (BatchNorm-folded) :class:`ImageEncoder`; results equal the eager encoder up to
+Weights are derived once from an :class:`ImageEncoder` (BatchNorm folded here if it is not yet); every size is
+read from the modules and tensors, so any TinyViT configuration runs: with or without the modality adapters,
+either patch embedding (3x3 stride 2 or 1x1 stride 1), any input size. Results equal the eager encoder up to
 float32 rounding (see Testing/Lib/test_engines.py and the benchmark).
 """
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .modeling.image_encoder import ConvStage, ImageEncoder, MBConv, PatchMerging, TinyViTBlock, TransformerStage
+from ..errors import EngineError
+from ..modeling.common import Conv2dBN, window_partition, window_unpartition
+from ..modeling.image_encoder import ConvStage, ImageEncoder, MBConv, PatchMerging, TinyViTBlock, TransformerStage
 
 MBCONV_BAND_ROWS = 8
 TOKENS_PER_BAND = 1024
@@ -43,9 +49,13 @@ class FastMBConv(nn.Module):
     def __init__(self, block: MBConv) -> None:
         super().__init__()
         _register_pointwise(self, "expand", block.conv1)
-        self.depthwise = block.conv2  # folded Conv2d
+        self.depthwise = _folded(block.conv2)
         _register_pointwise(self, "project", block.conv3)
-        assert self.depthwise.kernel_size == (3, 3) and self.depthwise.padding == (1, 1) and self.depthwise.stride == (1, 1)
+        if (self.depthwise.kernel_size, self.depthwise.padding, self.depthwise.stride) != ((3, 3), (1, 1), (1, 1)):
+            raise EngineError(
+                f"the fast encoder's MBConv needs a 3x3 depthwise convolution of stride 1 and padding 1, "
+                f"not {self.depthwise}; use engine 'fused'"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
@@ -69,15 +79,25 @@ class FastMBConv(nn.Module):
             if bottom == height:  # the row below the image
                 buffer[:, bottom - (top - 1)].zero_()
             hidden = buffer[:, : bottom - top + 2].permute(0, 3, 1, 2)
-            hidden = F.conv2d(hidden, self.depthwise.weight, self.depthwise.bias, padding=(0, 1), groups=self.depthwise.groups)
+            hidden = F.conv2d(
+                hidden, self.depthwise.weight, self.depthwise.bias, padding=(0, 1), groups=self.depthwise.groups
+            )
             hidden = _gelu_(hidden).permute(0, 2, 3, 1)
             _add_linear_into(out[:, top:bottom], x[:, top:bottom], hidden, self.project_weight, self.project_bias)
             _gelu_(out[:, top:bottom])
         return out
 
 
-def _register_pointwise(module: nn.Module, name: str, conv: nn.Conv2d) -> None:
-    """A folded 1x1 Conv2d as ``{name}_weight`` (out, in) and ``{name}_bias`` buffers, for F.linear on tokens."""
+def _folded(conv: nn.Module) -> nn.Conv2d:
+    """A biased Conv2d: ``conv`` itself, or a :class:`Conv2dBN` with its BatchNorm folded."""
+    return conv.fuse() if isinstance(conv, Conv2dBN) else conv
+
+
+def _register_pointwise(module: nn.Module, name: str, conv: nn.Module) -> None:
+    """A 1x1 Conv2d (or Conv2dBN) as ``{name}_weight`` (out, in) and ``{name}_bias`` buffers, for F.linear on tokens."""
+    conv = _folded(conv)
+    if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
+        raise EngineError(f"the fast encoder expected a pointwise convolution here, not {conv}; use engine 'fused'")
     module.register_buffer(f"{name}_weight", conv.weight.detach().flatten(1))
     module.register_buffer(f"{name}_bias", conv.bias.detach())
 
@@ -90,8 +110,9 @@ def _linear_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias:
         out.copy_(F.linear(x, weight, bias))
 
 
-def _add_linear_into(out: torch.Tensor, residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                     bias: torch.Tensor) -> None:
+def _add_linear_into(
+    out: torch.Tensor, residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> None:
     """``out[...] = residual + F.linear(x, weight, bias)``; where the memory allows, ``out`` is filled with
     ``residual + bias`` and the GEMM adds into it (no temporary, no separate pass to broadcast the bias)."""
     if out.is_contiguous() and x.is_contiguous():
@@ -113,15 +134,23 @@ def _conv_rows(conv: nn.Conv2d, rows_of_input, top: int, bottom: int, height: in
 
 
 def _conv_size(conv: nn.Conv2d, size: int, axis: int) -> int:
-    return (size + 2 * conv.padding[axis] - conv.dilation[axis] * (conv.kernel_size[axis] - 1) - 1) // conv.stride[axis] + 1
+    return (size + 2 * conv.padding[axis] - conv.dilation[axis] * (conv.kernel_size[axis] - 1) - 1) // conv.stride[
+        axis
+    ] + 1
 
 
 class FastPatchEmbed(nn.Module):
-    """(B, 3, S, S) images -> (B, S/4, S/4, C) tokens, both stride-2 convolutions per band of output rows."""
+    """(B, 3, S, S) images -> (B, h, w, C) tokens, both convolutions (3x3 stride 2, or 1x1 stride 1) per band of
+    output rows."""
 
     def __init__(self, patch_embed: nn.Module) -> None:
         super().__init__()
-        self.conv1, self.conv2 = patch_embed.seq[0], patch_embed.seq[2]  # folded Conv2d, GELU between
+        conv1, gelu, conv2 = patch_embed.seq
+        if not isinstance(gelu, nn.GELU) or gelu.approximate != "none":
+            raise EngineError(
+                f"the fast encoder's patch embedding expects convolution, exact GELU, convolution; found {gelu}"
+            )
+        self.conv1, self.conv2 = _folded(conv1), _folded(conv2)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = images.shape
@@ -145,7 +174,7 @@ class FastPatchMerging(nn.Module):
     def __init__(self, merging: PatchMerging) -> None:
         super().__init__()
         _register_pointwise(self, "expand", merging.conv1)
-        self.depthwise = merging.conv2  # folded Conv2d
+        self.depthwise = _folded(merging.conv2)
         _register_pointwise(self, "project", merging.conv3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,9 +218,13 @@ class FastTinyViTBlock(nn.Module):
         self.register_buffer("qkv_weight", qkv_weight * scale[:, None])
         self.register_buffer("qkv_bias", qkv_bias * scale)
         self.proj = attn.proj
-        self.local_conv = block.local_conv  # folded Conv2d
+        self.local_conv = _folded(block.local_conv)
         mlps = [block.mlp] + ([block.med_dah] if block.med_dah is not None else [])
-        assert all(mlp.norm.eps == self.eps for mlp in mlps)
+        if any(mlp.norm.eps != self.eps for mlp in mlps):
+            raise EngineError(
+                "the fast encoder runs the MLP and the adapter on one normalised input: their "
+                "LayerNorms need the attention's eps; use engine 'fused'"
+            )
         folded = [_fold_layernorm(mlp.norm, mlp.fc1) for mlp in mlps]
         self.register_buffer("fc1_weight", torch.cat([weight for weight, _ in folded]))
         self.register_buffer("fc1_bias", torch.cat([bias for _, bias in folded]))
@@ -210,16 +243,14 @@ class FastTinyViTBlock(nn.Module):
         bias, extra = self.bias.to(x.dtype), self.extra
         # Windows per attention call: enough to keep both cores busy, few enough that the logits stay in cache.
         group = max(1, ATTENTION_LOGITS_BYTES // (heads * w * w * bias.shape[-1] * x.element_size()))
-        # One band of windows in window order; the padding stays zero (a zero token normalises to zero, and the
-        # LayerNorm affine is folded into qkv, so padded tokens get exactly the eager path's q/k/v).
-        windows = x.new_zeros(batch, cols, w, w, channels)
+        # One band of windows in window order, zero-padded (a zero token normalises to zero, and the LayerNorm
+        # affine is folded into qkv, so padded tokens get exactly the eager path's q/k/v).
+        windows = x.new_empty(batch, 1, cols, w, w, channels)
         out = torch.empty_like(x)
         for top in range(0, height, w):
             rows = min(w, height - top)
-            if rows < w:
-                windows[:, :, rows:] = 0
             normed = F.layer_norm(x[:, top : top + rows], (channels,), None, None, self.eps)
-            _to_windows(windows, normed)
+            window_partition(normed, w, out=windows)
             qkv = F.linear(windows.view(batch * cols, w * w, channels), self.qkv_weight, self.qkv_bias)
             q, k, v = qkv.view(batch * cols, w * w, heads, 3 * key_dim).transpose(1, 2).split(key_dim, dim=-1)
             q = q[:, :, : rows * w]  # queries of padding rows are cropped anyway
@@ -232,7 +263,12 @@ class FastTinyViTBlock(nn.Module):
                 logits = torch.matmul(q[first:last], k[first:last].transpose(-2, -1)).add_(bias[:, : rows * w])
                 attended[first:last] = torch.matmul(logits.softmax(dim=-1), v[first:last]).transpose(1, 2)
             projected = self.proj(attended.view(batch * cols, rows * w, heads * key_dim))
-            _from_windows(out[:, top : top + rows], projected.view(batch, cols, rows, w, channels), x[:, top : top + rows])
+            window_unpartition(
+                projected.view(batch, 1, cols, rows, w, channels),
+                (rows, width),
+                out=out[:, top : top + rows],
+                residual=x[:, top : top + rows],
+            )
         return out
 
     def _mlps(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,31 +282,10 @@ class FastTinyViTBlock(nn.Module):
             normed = F.layer_norm(x[:, top : top + rows], (channels,), None, None, self.eps)
             hidden = buffer[:, :rows]
             _linear_into(hidden, normed, self.fc1_weight, self.fc1_bias)
-            _add_linear_into(out[:, top : top + rows], x[:, top : top + rows], _gelu_(hidden), self.fc2_weight, self.fc2_bias)
+            _add_linear_into(
+                out[:, top : top + rows], x[:, top : top + rows], _gelu_(hidden), self.fc2_weight, self.fc2_bias
+            )
         return out
-
-
-def _to_windows(windows: torch.Tensor, band: torch.Tensor) -> None:
-    """Copy (B, rows, W, C) tokens into (B, cols, w, w, C) windows; the columns past W are left as they are."""
-    w = windows.shape[-2]
-    rows, width = band.shape[1], band.shape[2]
-    full = width // w
-    target = windows.permute(0, 2, 1, 3, 4)[:, :rows]  # (B, rows, cols, w, C) view
-    target[:, :, :full] = band[:, :, : full * w].unflatten(2, (full, w))
-    if width > full * w:
-        target[:, :, full, : width - full * w] = band[:, :, full * w :]
-
-
-def _from_windows(band: torch.Tensor, windows: torch.Tensor, residual: torch.Tensor) -> None:
-    """``band = residual + windows`` back in (B, rows, W, C) token order: the inverse of :func:`_to_windows` for
-    (B, cols, rows, w, C) windows, cropping the padded columns."""
-    w = windows.shape[-2]
-    width = band.shape[2]
-    full = width // w
-    source = windows.permute(0, 2, 1, 3, 4)  # (B, rows, cols, w, C) view
-    torch.add(residual[:, :, : full * w], source[:, :, :full].flatten(2, 3), out=band[:, :, : full * w])
-    if width > full * w:
-        torch.add(residual[:, :, full * w :], source[:, :, full, : width - full * w], out=band[:, :, full * w :])
 
 
 def _fold_layernorm(norm: nn.LayerNorm, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,29 +296,43 @@ def _fold_layernorm(norm: nn.LayerNorm, linear: nn.Linear) -> tuple[torch.Tensor
 
 
 class FastImageEncoder(nn.Module):
-    """Same input and output as :class:`ImageEncoder` ((B, 3, S, S) -> (B, C, S/16, S/16)); the output is in
-    channels-last memory."""
+    """Same input and output as :class:`ImageEncoder` ((B, 3, S, S) -> (B, C, h, w)); the output is in
+    channels-last memory. ``between_blocks``, when given, is called after the patch embedding and after every
+    block and PatchMerging (the fast engine adjusts its thread count there)."""
 
-    def __init__(self, encoder: ImageEncoder) -> None:
+    def __init__(self, encoder: ImageEncoder, between_blocks: Optional[Callable[[], None]] = None) -> None:
         super().__init__()
         self.patch_embed = FastPatchEmbed(encoder.patch_embed)
         self.neck = encoder.neck
+        self.between_blocks = between_blocks
         self.stages = nn.ModuleList()
         for stage in encoder.layers:
             if isinstance(stage, ConvStage):
                 blocks = nn.ModuleList(FastMBConv(block) for block in stage.blocks)
-            else:
-                assert isinstance(stage, TransformerStage)
+            elif isinstance(stage, TransformerStage):
                 blocks = nn.ModuleList(FastTinyViTBlock(block) for block in stage.blocks)
-            assert isinstance(stage.downsample, (PatchMerging, type(None)))
+            else:
+                raise EngineError(
+                    f"the fast encoder runs TinyViT conv and transformer stages, not {type(stage).__name__}"
+                )
+            if not isinstance(stage.downsample, (PatchMerging, type(None))):
+                raise EngineError(
+                    f"the fast encoder downsamples with PatchMerging, not {type(stage.downsample).__name__}"
+                )
             downsample = {"downsample": FastPatchMerging(stage.downsample)} if stage.downsample is not None else {}
             self.stages.append(nn.ModuleDict({"blocks": blocks, **downsample}))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(images)  # (B, H, W, C) from here to the neck
+        x = self._step(self.patch_embed, images)  # (B, H, W, C) from here to the neck
         for stage in self.stages:
             for block in stage["blocks"]:
-                x = block(x)
+                x = self._step(block, x)
             if "downsample" in stage:
-                x = stage["downsample"](x)
+                x = self._step(stage["downsample"], x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+    def _step(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = module(x)
+        if self.between_blocks is not None:
+            self.between_blocks()
+        return x

@@ -1,6 +1,6 @@
 """The prompt and modality decoders with fewer passes over memory: the same function as the eager modules.
 
-Used by the ``fast`` engine (see :mod:`optimize`). On a CPU these parts cost 60-100 ms per image when run as
+Used by the ``fast`` engine (see :mod:`.fast`). On a CPU these parts cost 60-100 ms per image when run as
 written, much of it in passes over (B, 4096, 256) keys and (B, 64, 256, 256) maps rather than in arithmetic:
 
 - ``LayerNorm2d`` as one ``F.layer_norm`` over the channels of a channels-last map (eager: nine elementwise
@@ -25,9 +25,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .modeling.common import LayerNorm2d
-from .modeling.mask_decoder import ModalityMaskDecoder
-from .modeling.transformer import TwoWayAttentionBlock
+from ..errors import EngineError
+from ..modeling.common import LayerNorm2d
+from ..modeling.mask_decoder import ModalityMaskDecoder
+from ..modeling.transformer import TwoWayAttentionBlock
 
 
 class FastLayerNorm2d(nn.Module):
@@ -91,7 +92,7 @@ def _attend_few_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
     blocks = blocks.to(k.dtype)[None, :, :, None]  # (1, D, heads, 1)
     keys = (k.transpose(1, 2)[:, :, None, :] * blocks).flatten(2)  # (B, D, heads * tokens)
     values = (v.transpose(1, 2)[:, :, None, :] * blocks).flatten(2).transpose(1, 2)  # (B, heads * tokens, D)
-    logits = torch.matmul(q, keys).mul_(head_dim ** -0.5).view(batch, -1, heads, tokens)
+    logits = torch.matmul(q, keys).mul_(head_dim**-0.5).view(batch, -1, heads, tokens)
     weights = torch.sub(logits, logits.amax(-1, keepdim=True)).exp_()
     weights = weights.div_(weights.sum(-1, keepdim=True))
     return torch.matmul(weights.view(batch, -1, heads * tokens), values)
@@ -108,14 +109,28 @@ class FastMaskDecoder(nn.Module):
         transformer = decoder.transformer
         # Per layer: [image->token q, token->image k, token->image v] projections of the keys, as one weight.
         for index, layer in enumerate(transformer.layers):
-            weights = [layer.cross_attn_image_to_token.q_proj, layer.cross_attn_token_to_image.k_proj,
-                       layer.cross_attn_token_to_image.v_proj]
+            weights = [
+                layer.cross_attn_image_to_token.q_proj,
+                layer.cross_attn_token_to_image.k_proj,
+                layer.cross_attn_token_to_image.v_proj,
+            ]
             self.register_buffer(f"keys_weight_{index}", torch.cat([w.weight for w in weights]).detach())
         final = transformer.final_attn_token_to_image
         self.register_buffer("final_keys_weight", torch.cat([final.k_proj.weight, final.v_proj.weight]).detach())
         up1, norm, _, up2, _ = decoder.output_upscaling
-        assert isinstance(up1, nn.ConvTranspose2d) and isinstance(up2, nn.ConvTranspose2d)
-        assert all(conv.kernel_size == (2, 2) and conv.stride == (2, 2) and conv.padding == (0, 0) for conv in (up1, up2))
+        for conv in (up1, up2):
+            if not (
+                isinstance(conv, nn.ConvTranspose2d)
+                and conv.kernel_size == (2, 2)
+                and conv.stride == (2, 2)
+                and conv.padding == (0, 0)
+                and conv.output_padding == (0, 0)
+                and conv.groups == 1
+            ):
+                raise EngineError(
+                    f"the fast decoder upscales with 2x2 stride-2 transposed convolutions, not {conv}; "
+                    "use engine 'fused'"
+                )
         # ConvTranspose2d 2x2 stride 2 as a Linear: weight (in, out, i, j) -> ([i, j, out], in), so that each
         # input pixel yields its 2 x 2 output pixels with contiguous channels.
         self.register_buffer("up1_weight", up1.weight.detach().permute(0, 2, 3, 1).flatten(1).t().contiguous())
@@ -129,8 +144,13 @@ class FastMaskDecoder(nn.Module):
         """``W pe + b`` for each projection of the keys that the eager model applies to ``keys + pe``; cached for
         the last positional encoding seen (it depends only on the grid size)."""
         cached = self._pe_terms
-        if (cached is not None and cached[0].shape == key_pe.shape and cached[0].device == key_pe.device
-                and cached[0].dtype == key_pe.dtype and torch.equal(cached[0], key_pe)):
+        if (
+            cached is not None
+            and cached[0].shape == key_pe.shape
+            and cached[0].device == key_pe.device
+            and cached[0].dtype == key_pe.dtype
+            and torch.equal(cached[0], key_pe)
+        ):
             return cached[1], cached[2]
         transformer = self.decoder.transformer
         layer_terms = []
@@ -151,7 +171,9 @@ class FastMaskDecoder(nn.Module):
         layer_terms, final_terms = self._positional_terms(key_pe)
         query_pe = queries
         for index, layer in enumerate(transformer.layers):
-            queries, keys = self._layer(layer, queries, keys, query_pe, getattr(self, f"keys_weight_{index}"), layer_terms[index])
+            queries, keys = self._layer(
+                layer, queries, keys, query_pe, getattr(self, f"keys_weight_{index}"), layer_terms[index]
+            )
         final = transformer.final_attn_token_to_image
         projected = F.linear(keys, self.final_keys_weight).add_(final_terms)
         k, v = projected.split(final.k_proj.out_features, -1)
@@ -192,4 +214,3 @@ class FastMaskDecoder(nn.Module):
         masks = masks.view(batch, self.num_modalities, height, width, 2, 2, 2, 2)
         # output row 4h + 2i + k, column 4w + 2j + l
         return masks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(batch, self.num_modalities, 4 * height, 4 * width)
-
