@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import __version__
+from .cohort import command as cohort_command
 from .errors import DeLightSAMError
 from .config import ENGINES
 from .registry import BOX_CHECKPOINT, CHECKPOINTS, MODALITIES, OFFICIAL_CHECKPOINT, resolve_modality
@@ -30,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="segment a 2D image or a 3D volume: by modality (De-LightSAM) or by box (LiteMedSAM)",
         description="Give --modality NAME for De-LightSAM's prompt-free segmentation, or --box X0 Y0 X1 Y1 (repeatable) "
                     "for LiteMedSAM's segmentation of the structure in each box.")
-    predict.add_argument("input", help="image file (PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA, DICOM) or DICOM folder")
+    predict.add_argument("input", nargs="+",
+                         help="image file (PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA, DICOM) or DICOM folder; several inputs, "
+                              "a folder of them, a CSV manifest or a dicomweb:// address segment a cohort")
     predict.add_argument("--modality", "-m", default=None, help=f"De-LightSAM: one of {', '.join(MODALITIES)}, or an index")
     predict.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                          help="LiteMedSAM: a box around the structure, in the image's (or slice's) pixels, x along "
@@ -55,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=None, help="slices per network pass for volumes (default: 1 on CPU, 8 on GPU)")
     predict.add_argument("--engine", default="auto", choices=["auto", *ENGINES],
                          help="De-LightSAM inference path (default auto: 'fast' on CPU, 'fused' on GPU)")
+    cohort_command.add_arguments(predict)
     predict.set_defaults(handler=run_predict)
 
     download = commands.add_parser("download", help="download a checkpoint into the cache (or --to DIR)")
@@ -133,6 +137,10 @@ def run_predict(args: argparse.Namespace) -> int:
     from .intensity import robust_window
     from .predictor import load_predictor
 
+    cases = cohort_command.cohort_cases(args)
+    if cases is not None:
+        return cohort_command.run(args, cases)
+    (args.input,) = args.input
     boxes = np.asarray(args.box, dtype=np.float64) if args.box else None
     if (args.modality is None) == (boxes is None):
         raise DeLightSAMError(

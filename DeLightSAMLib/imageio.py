@@ -64,6 +64,24 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
         raise ImageError(f"cannot read {path} as an image ({first[:160]}); use PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA or DICOM") from error
+    return _checked(image, path)
+
+
+def read_dicom_series(files: Sequence[Path], source: Path) -> LoadedImage:
+    """Read the DICOM files of one series, in the order given (slice k of the volume is ``files[k]``);
+    ``source`` is the folder the result is named after."""
+    try:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames([str(path) for path in files])
+        image = reader.Execute()
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise ImageError(f"cannot read the DICOM series in {source} ({first[:160]}); check that its files are complete") from error
+    return _checked(image, Path(source))
+
+
+def _checked(image: sitk.Image, path: Path) -> LoadedImage:
+    """The pixels of ``image`` as a LoadedImage, refusing what the model cannot take (4D, multi-channel, no values)."""
     array = sitk.GetArrayFromImage(image)
     components = image.GetNumberOfComponentsPerPixel()
     spatial = array.ndim - (1 if components > 1 else 0)
