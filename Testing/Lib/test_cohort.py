@@ -72,8 +72,11 @@ def expected_mask(predictor, path: Path, modality: str = "xray") -> np.ndarray:
     loaded = read_image(path)
     if loaded.is_2d:
         predictor.set_image(loaded.array)
-        return predictor.predict(modality).mask
-    return predict_volume(predictor, loaded.array, modality)[0]
+        mask = predictor.predict(modality).mask
+    else:
+        mask = predict_volume(predictor, loaded.array, modality)[0]
+    assert 0.05 < mask.mean() < 0.95, f"the test model's mask of {path} is almost constant: equality would prove little"
+    return mask
 
 
 def seg_pixels(seg, source_files) -> np.ndarray:
@@ -252,7 +255,7 @@ def test_manifest_rows_choose_checkpoint_modality_format_and_output(capsys, tmp_
     data.mkdir()
     for name in ("a", "b", "c"):
         sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 256, (30, 36), dtype=np.uint8)), str(data / f"{name}.png"))
-    other = save_tiny_checkpoint(tmp_path / "other", seed=5)
+    other = save_tiny_checkpoint(tmp_path / "other", offset=-180.0)
     manifest = data / "cohort.csv"
     manifest.write_text("input,output,checkpoint,modality,box,format\n"
                         "a.png,results/a_fundus.png,,fundus,,\n"
@@ -339,37 +342,57 @@ def orthanc(tmp_path_factory):
 def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(capsys, tmp_path, tiny, orthanc):
     from dicomweb_client import DICOMwebClient
 
-    files = make_ct_series(tmp_path / "ct", ct_volume(np.random.default_rng(5), slices=3))
     client = DICOMwebClient(orthanc)
-    client.store_instances([pydicom.dcmread(str(f)) for f in files])
-    source = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
     address = orthanc.replace("http://", "dicomweb://")
-    study_url = f"{address}?StudyInstanceUID={source.StudyInstanceUID}"
+    studies = []
+    for number in (1, 2):
+        files = make_ct_series(tmp_path / f"ct{number}", ct_volume(np.random.default_rng(number), slices=2 + number))
+        client.store_instances([pydicom.dcmread(str(f)) for f in files])
+        studies.append(pydicom.dcmread(str(files[0]), stop_before_pixels=True))
 
-    code, stdout, err = run(capsys, "predict", study_url, "-m", "xray", "-c", "tiny", "--device", "cpu",
-                            "--store-to", address, "--summary", tmp_path / "run")
-    assert code == 0, err
-    assert "1 cases: 1 done" in stdout
-    found = client.search_for_series(source.StudyInstanceUID, search_filters={"Modality": "SEG"})
-    assert len(found) == 1
-    stored = client.retrieve_series(source.StudyInstanceUID, found[0]["0020000E"]["Value"][0])
-    seg = highdicom.seg.Segmentation.from_dataset(stored[0])
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
-    order = collect_cases([str(tmp_path / "ct")], Settings(modality="xray"))[0].dicom_files
-    np.testing.assert_array_equal(seg_pixels(seg, order), expected_mask(tiny, tmp_path / "ct"))
+    def segs(study) -> list:
+        found = client.search_for_series(study.StudyInstanceUID, search_filters={"Modality": "SEG"})
+        return [client.retrieve_series(study.StudyInstanceUID, item["0020000E"]["Value"][0])[0] for item in found]
+
+    def predict(study, *options):
+        return run(capsys, "predict", f"{address}?StudyInstanceUID={study.StudyInstanceUID}", "-m", "xray", "-c", "tiny",
+                   "--device", "cpu", "--summary", tmp_path / "run", *options)
+
+    # study 1: segmented through DICOMweb, the SEG stored back to the server only
+    first = studies[0]
+    code, stdout, err = predict(first, "--store-to", address)
+    assert code == 0 and "1 cases: 1 done" in stdout, err
+    (stored,) = segs(first)
+    seg = highdicom.seg.Segmentation.from_dataset(stored)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
+    assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.PatientID == first.PatientID
+    order = collect_cases([str(tmp_path / "ct1")], Settings(modality="xray"))[0].dicom_files
+    np.testing.assert_array_equal(seg_pixels(seg, order), expected_mask(tiny, tmp_path / "ct1"))
     assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "De-LightSAM"
-
-    # again: the stored result is remembered (the SEG series on the server is not a case), nothing is stored twice
-    code, stdout, err = run(capsys, "predict", study_url, "-m", "xray", "-c", "tiny", "--device", "cpu",
-                            "--store-to", address, "--summary", tmp_path / "run")
+    # again: the run's state remembers the stored result, and the SEG series on the server is not a case
+    code, stdout, err = predict(first, "--store-to", address)
     assert code == 0 and "1 cases: 0 done, 1 skipped" in stdout, err
-    assert len(client.search_for_series(source.StudyInstanceUID, search_filters={"Modality": "SEG"})) == 1
-    # the same study into files: a DICOM SEG per series under --output-dir
-    code, stdout, err = run(capsys, "predict", study_url, "-m", "xray", "-c", "tiny", "--device", "cpu",
-                            "--output-dir", tmp_path / "files")
+    assert len(segs(first)) == 1
+
+    # study 2: into files first; then --store-to stores the file already written, without segmenting again
+    second = studies[1]
+    code, stdout, err = predict(second, "--output-dir", tmp_path / "files")
     assert code == 0, err
-    written = tmp_path / "files" / source.StudyInstanceUID / f"{source.SeriesInstanceUID}_mask.dcm"
-    np.testing.assert_array_equal(seg_pixels(highdicom.seg.segread(str(written)), order), expected_mask(tiny, tmp_path / "ct"))
+    written = tmp_path / "files" / second.StudyInstanceUID / f"{second.SeriesInstanceUID}_mask.dcm"
+    order = collect_cases([str(tmp_path / "ct2")], Settings(modality="xray"))[0].dicom_files
+    np.testing.assert_array_equal(seg_pixels(highdicom.seg.segread(str(written)), order),
+                                  expected_mask(tiny, tmp_path / "ct2"))
+    assert segs(second) == []
+    code, stdout, err = predict(second, "--output-dir", tmp_path / "files", "--store-to", address)
+    assert code == 0 and "1 cases: 1 done" in stdout, err
+    rows, _ = read_summary(tmp_path / "run")
+    assert rows[0]["reason"] == "stored the existing result"
+    (stored,) = segs(second)
+    assert stored.SOPInstanceUID == pydicom.dcmread(str(written)).SOPInstanceUID
+
+    # without a study: every image series on the server that matches the filters
+    cases = collect_cases([f"{address}?Modality=CT"], Settings(modality="xray"), output_dir=tmp_path / "all")
+    assert sorted(case.source.series for case in cases) == sorted(s.SeriesInstanceUID for s in studies)
 
 
 def test_unreachable_dicomweb_server_is_one_line(capsys, tmp_path, tiny):
