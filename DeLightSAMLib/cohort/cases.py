@@ -46,6 +46,10 @@ class ManifestError(DeLightSAMError):
     """A manifest row that cannot be used (the message names the file and row)."""
 
 
+class NoCasesError(ImageError):
+    """A folder with nothing to segment in it."""
+
+
 Box = tuple[float, float, float, float]
 
 
@@ -218,7 +222,7 @@ class _Finder:
             if path.is_dir():
                 cases = self._folder_cases(path, settings)
                 if not cases:
-                    raise ImageError(f"no images, volumes or DICOM series found in {path}")
+                    raise NoCasesError(f"no images, volumes or DICOM series found in {path}")
             else:
                 cases = [self._file_case(path, path.parent, None, settings)]
         if output is not None:

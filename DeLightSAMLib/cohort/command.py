@@ -43,7 +43,7 @@ def add_arguments(predict: argparse.ArgumentParser) -> None:
 
 def cohort_cases(args: argparse.Namespace) -> Optional[list[Case]]:
     """The cases when the command is a cohort run; None when it is a single input for the single-input path."""
-    from .cases import collect_cases
+    from .cases import NoCasesError, collect_cases
     from .dicomweb import is_dicomweb
 
     inputs = list(args.input)
@@ -52,10 +52,16 @@ def cohort_cases(args: argparse.Namespace) -> Optional[list[Case]]:
         and not is_dicomweb(inputs[0])
     if single and not Path(inputs[0]).expanduser().is_dir():
         return None
-    cases = collect_cases(inputs, _settings(args), _output_dir(args), store_only=bool(args.store_to),
-                          exclude=[_state_dir(args)])
+    try:
+        cases = collect_cases(inputs, _settings(args), _output_dir(args), store_only=bool(args.store_to),
+                              exclude=[_state_dir(args)])
+    except NoCasesError:
+        if single:
+            return None  # the single-input path says what it always said about such a folder
+        raise
+    folder = Path(inputs[0]).expanduser().resolve()
     if single and len(cases) == 1 and cases[0].dicom_files and \
-            all(path.parent == Path(inputs[0]).expanduser() for path in cases[0].dicom_files):
+            all(path.parent.resolve() == folder for path in cases[0].dicom_files):
         return None  # one DICOM series folder: as before
     return cases
 

@@ -322,13 +322,17 @@ def test_cohort_command_mistakes_are_one_line(capsys, tmp_path, tiny, monkeypatc
     assert code == 2 and "pip install 'DeLightSAMLib[cohort]'" in err and len(err.strip().splitlines()) == 1
 
 
-def test_single_dicom_folder_still_runs_as_a_single_input(capsys, tmp_path, tiny):
+def test_single_dicom_folder_still_runs_as_a_single_input(capsys, tmp_path, tiny, monkeypatch):
     series = tmp_path / "ct"
     make_ct_series(series, ct_volume(np.random.default_rng(4), 2))
-    code, out, err = run(capsys, "predict", series, "-m", "xray", "-c", "tiny", "--device", "cpu")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "predict", "ct", "-m", "xray", "-c", "tiny", "--device", "cpu")
     assert code == 0, err
-    assert out.startswith(f"{tmp_path / 'ct_mask.nrrd'}  (") and "pixels in the mask" in out
+    assert out.startswith("ct_mask.nrrd  (") and "pixels in the mask" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "ct", "ct_mask.nrrd"]  # no summary, no state
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "predict", "empty", "-m", "xray", "-c", "tiny", "--device", "cpu")
+    assert code == 2 and "no DICOM series found in folder empty" in err
 
 
 # ---------------------------------------------------------------------------------------------- DICOMweb
