@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import DeLightSAMError
-from ..imageio import LoadedImage, read_dicom_series, read_image
+from ..imageio import LoadedImage, _atomic_write, read_dicom_series, read_image
 from ..registry import modality_name, resolve_modality
 from ..transforms import Window
 from . import dicomweb
@@ -106,8 +106,6 @@ def run_cohort(cases: list[Case], options: RunOptions, load_predictor: LoadPredi
 
 def write_summary(result: CohortResult, stem: Path) -> tuple[Path, Path]:
     """``STEM.csv`` (one row per case) and ``STEM.json`` (the rows, counts, wall time and cases per minute)."""
-    from ..imageio import _atomic_write
-
     stem.parent.mkdir(parents=True, exist_ok=True)
     rows = [asdict(r) for r in result.results]
     csv_path, json_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".json")
