@@ -306,7 +306,7 @@ class _Runner:
         start = time.perf_counter()
         try:
             dicomweb.store(self.options.store_to, require("pydicom", "--store-to").dcmread(str(case.output)))
-        except DeLightSAMError as error:
+        except Exception as error:  # noqa: BLE001 - as in _run_case
             return self._failed(case, start, error)
         result = self._result(case, "done", seconds=time.perf_counter() - start, reason="stored the existing result")
         state.record(case, result, stored=True)
@@ -315,7 +315,7 @@ class _Runner:
     def _failed(self, case: Case, start: float, error: BaseException) -> CaseResult:
         if isinstance(error, DeLightSAMError):
             reason = str(error)
-        else:  # not a user mistake: keep the traceback for --verbose, one line for the summary
+        else:  # not a user mistake: the traceback goes to the debug log, one line to the summary
             logger.debug("case %s", case.name, exc_info=error)
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         logger.warning("%s failed: %s", case.name, reason)
