@@ -22,7 +22,9 @@ from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.registry import CheckpointEntry
 
 TINY = CheckpointEntry(name="tiny", filename="tiny.pth", urls=(), description="tiny test model", config=TINY_CONFIG)
-REQUIRE_ORTHANC_ENV = "DELIGHTSAM_REQUIRE_ORTHANC"  # CI sets it: no Orthanc is a failure there, not a skip
+# CI sets it: a missing Orthanc or dciodvfy (Debian packages orthanc, orthanc-dicomweb, dicom3tools) fails there
+# instead of skipping.
+REQUIRE_TOOLS_ENV = "DELIGHTSAM_REQUIRE_DICOM_TOOLS"
 
 # A script that runs `delightsam` with the tiny test model registered as checkpoint 'tiny' (for subprocesses:
 # killed runs and torchrun).
@@ -174,10 +176,19 @@ def _orthanc_files() -> tuple[str | None, str | None]:
     return executable, plugin
 
 
-def _unavailable(reason: str):
-    if os.environ.get(REQUIRE_ORTHANC_ENV):
-        pytest.fail(f"Orthanc is required here ({REQUIRE_ORTHANC_ENV} is set) but {reason}")
-    pytest.skip(f"{reason}; install the Debian packages orthanc and orthanc-dicomweb to run this test")
+def unavailable(reason: str, packages: str = "orthanc and orthanc-dicomweb"):
+    """Skip, saying what to install; fail instead where the tools are required (CI)."""
+    if os.environ.get(REQUIRE_TOOLS_ENV):
+        pytest.fail(f"{reason}, and {REQUIRE_TOOLS_ENV} is set: install the Debian packages {packages}")
+    pytest.skip(f"{reason}; install the Debian packages {packages} to run this test")
+
+
+def dicom_validator() -> str:
+    """dciodvfy (dicom3tools): checks a DICOM file against its IOD, the standard's definition of that object."""
+    executable = shutil.which("dciodvfy")
+    if executable is None:
+        unavailable("dciodvfy was not found", "dicom3tools")
+    return executable
 
 
 def start_orthanc(folder: Path):
@@ -185,7 +196,7 @@ def start_orthanc(folder: Path):
     authentication); returns (process, DICOMweb root URL). Stop it with ``stop_orthanc``."""
     executable, plugin = _orthanc_files()
     if executable is None or plugin is None:
-        _unavailable(f"the Orthanc executable ({executable}) or its DICOMweb plugin ({plugin}) was not found")
+        unavailable(f"the Orthanc executable ({executable}) or its DICOMweb plugin ({plugin}) was not found")
     port = free_port()
     config = {
         "Name": "DeLightSAMTest", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
@@ -207,7 +218,7 @@ def start_orthanc(folder: Path):
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             stop_orthanc(process)
-            _unavailable(f"Orthanc did not start (exit {process.poll()}): "
+            unavailable(f"Orthanc did not start (exit {process.poll()}): "
                          f"{(folder / 'orthanc.log').read_text()[-800:]}")
         time.sleep(0.3)
 

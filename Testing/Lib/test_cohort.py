@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import slicerio
 import torch
 
-from cohort_data import (CLI_WITH_TINY, KILL_AT_RENAME, TINY, ct_volume, make_ct_series, make_mixed_cohort, save_tiny_checkpoint,
+from cohort_data import (CLI_WITH_TINY, KILL_AT_RENAME, TINY, ct_volume, dicom_validator, make_ct_series, make_mixed_cohort, save_tiny_checkpoint,
                          start_orthanc, stop_orthanc, write_volume)
 from DeLightSAMLib.cli import main
 from DeLightSAMLib.cohort.cases import Settings, collect_cases
@@ -247,6 +247,28 @@ def test_slicer_segmentation_reads_back_with_names_colours_and_terminology(capsy
     source = pydicom.dcmread(str(sorted(series.iterdir())[0]), stop_before_pixels=True)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     assert seg.StudyInstanceUID == source.StudyInstanceUID
+
+
+def test_dicom_seg_passes_the_standards_validator(tmp_path):
+    """dciodvfy (dicom3tools) checks every attribute the Segmentation IOD requires: no error, no warning, for a
+    series and for a one-image DICOM, empty masks included."""
+    from DeLightSAMLib.cohort.formats import provenance_for, segment_for, write_output
+
+    rng = np.random.default_rng(3)
+    for name, volume in (("series", ct_volume(rng, slices=3)), ("single", ct_volume(rng, slices=1))):
+        files = make_ct_series(tmp_path / name, volume)
+        order = collect_cases([str(tmp_path / name)], Settings(modality="xray"))[0].dicom_files
+        loaded = read_image(tmp_path / name) if len(files) > 1 else read_image(files[0])
+        mask = loaded.array > 300
+        mask[..., :2, :] = False
+        for label, values in (("mask", mask), ("empty", np.zeros_like(mask))):
+            target = tmp_path / f"{name}_{label}.dcm"
+            write_output(values, target, loaded, segment_for("xray"), provenance_for("tiny", "xray", 0.5), order)
+            checked = subprocess.run([dicom_validator(), str(target)], capture_output=True, text=True)
+            report = (checked.stdout + checked.stderr).strip().splitlines()
+            assert checked.returncode == 0 and report == ["Segmentation"], report
+            np.testing.assert_array_equal(seg_pixels(highdicom.seg.segread(str(target)), order),
+                                          values if values.ndim == 3 else values[None])
 
 
 def test_manifest_rows_choose_checkpoint_modality_format_and_output(capsys, tmp_path, tiny, monkeypatch):
