@@ -30,8 +30,8 @@ import SimpleITK as sitk
 from ..errors import DeLightSAMError, ImageError
 from ..imageio import PLAIN_IMAGE_SUFFIXES, full_suffix
 from ..registry import resolve_modality
-from .dicomweb import NOT_IMAGES, DicomwebSeries, is_dicomweb, list_series
 from . import FORMATS
+from .dicomweb import NOT_IMAGES, DicomwebSeries, is_dicomweb, list_series
 from .formats import default_suffix
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -111,8 +111,10 @@ def collect_cases(
             continue
         other = seen.setdefault(case.output.resolve(), case.name)
         if other != case.name:
-            raise DeLightSAMError(f"{other} and {case.name} would both write {case.output}; give them different "
-                                  "outputs (a manifest's output column) or an --output-dir")
+            raise DeLightSAMError(
+                f"{other} and {case.name} would both write {case.output}; give them different "
+                "outputs (a manifest's output column) or an --output-dir"
+            )
     return cases
 
 
@@ -127,8 +129,10 @@ def read_manifest(path: Path, settings: Settings) -> list[tuple[int, str, Option
         raise ManifestError(f"cannot read the manifest {path} ({error}); give a CSV file with a header row") from error
     unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
     if "input" not in columns or unknown:
-        raise ManifestError(f"manifest {path}: columns {', '.join(columns) or '(none)'}; expected 'input' and any of "
-                            f"{', '.join(MANIFEST_COLUMNS[1:])}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+        raise ManifestError(
+            f"manifest {path}: columns {', '.join(columns) or '(none)'}; expected 'input' and any of "
+            f"{', '.join(MANIFEST_COLUMNS[1:])}" + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
     result = []
     for number, raw in enumerate(rows, start=2):  # row 1 is the header
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
@@ -211,8 +215,10 @@ class _Finder:
             for number, row_input, row_output, row_settings in read_manifest(manifest, settings):
                 found = self.cases_for(row_input, row_settings, manifest.parent, row_output)
                 if row_output is not None and len(found) != 1:
-                    raise ManifestError(f"manifest {manifest} row {number}: {row_input} holds {len(found)} cases but "
-                                        "the row names one output; leave output empty or name one series")
+                    raise ManifestError(
+                        f"manifest {manifest} row {number}: {row_input} holds {len(found)} cases but "
+                        "the row names one output; leave output empty or name one series"
+                    )
                 cases += found
             return cases
         else:
@@ -230,8 +236,15 @@ class _Finder:
         return cases
 
     # ----------------------------------------------------------------------------------- files and folders
-    def _output(self, source: Path, folder: Path, root: Optional[Path], settings: Settings, dicom: Sequence[Path],
-                stem: Optional[str] = None) -> Path:
+    def _output(
+        self,
+        source: Path,
+        folder: Path,
+        root: Optional[Path],
+        settings: Settings,
+        dicom: Sequence[Path],
+        stem: Optional[str] = None,
+    ) -> Path:
         """``folder`` holds ``source``; ``root`` is the searched folder whose layout is mirrored under the output
         folder (None for an input given by name: its result goes straight into the output folder)."""
         suffix = FORMATS[settings.format] if settings.format else default_suffix(source, bool(dicom))
@@ -248,8 +261,9 @@ class _Finder:
         cases = []
         for folder, subfolders, files in os.walk(root):
             here = Path(folder)
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
-                                   and (here / d).resolve() not in self.exclude)
+            subfolders[:] = sorted(
+                d for d in subfolders if not d.startswith(".") and (here / d).resolve() not in self.exclude
+            )
             candidates = sorted(here / name for name in files if not is_result_name(here / name))
             in_series: set[Path] = set()
             if any(full_suffix(p) not in PLAIN_IMAGE_SUFFIXES + VOLUME_SUFFIXES for p in candidates):
@@ -278,8 +292,13 @@ class _Finder:
         if several:  # series sharing a folder are told apart by their number
             label = _series_label(files[0])
             name, stem = f"{folder} [series {label}]", f"{folder.name}_{label}"
-        return Case(name, folder, settings, self._output(folder, folder.parent, parent_root, settings, files, stem),
-                    tuple(files))
+        return Case(
+            name,
+            folder,
+            settings,
+            self._output(folder, folder.parent, parent_root, settings, files, stem),
+            tuple(files),
+        )
 
     def _dicomweb_case(self, series: DicomwebSeries, settings: Settings) -> Case:
         if self.output_dir is None and not self.store_only:

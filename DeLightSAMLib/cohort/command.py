@@ -27,18 +27,35 @@ DEFAULT_SUMMARY = "delightsam-summary"
 def add_arguments(predict: argparse.ArgumentParser) -> None:
     """The predict options that only matter for cohorts (and ``--format``, which both kinds of run take)."""
     group = predict.add_argument_group(
-        "cohorts", "several inputs, a folder (searched recursively), a CSV manifest or a dicomweb:// address")
-    group.add_argument("--output-dir", default=None, metavar="DIR",
-                       help="write results under DIR, mirroring the input folders (default: beside each input)")
-    group.add_argument("--format", default="auto", choices=["auto", *FORMATS],
-                       help="result format (default auto: DICOM SEG for DICOM input in a cohort, PNG for photos, "
-                            "the input's format for NIfTI/NRRD/MHA)")
+        "cohorts", "several inputs, a folder (searched recursively), a CSV manifest or a dicomweb:// address"
+    )
+    group.add_argument(
+        "--output-dir",
+        default=None,
+        metavar="DIR",
+        help="write results under DIR, mirroring the input folders (default: beside each input)",
+    )
+    group.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", *FORMATS],
+        help="result format (default auto: DICOM SEG for DICOM input in a cohort, PNG for photos, "
+        "the input's format for NIfTI/NRRD/MHA)",
+    )
     group.add_argument("--overwrite", action="store_true", help="redo cases whose result is already there")
-    group.add_argument("--summary", default=None, metavar="PATH",
-                       help=f"write PATH.csv and PATH.json (default: DIR/{DEFAULT_SUMMARY}, or ./{DEFAULT_SUMMARY})")
-    group.add_argument("--store-to", default=None, metavar="URL",
-                       help="also store DICOM SEG results of DICOM cases to this DICOMweb service "
-                            "(dicomweb://HOST:PORT/PATH or http(s)://...)")
+    group.add_argument(
+        "--summary",
+        default=None,
+        metavar="PATH",
+        help=f"write PATH.csv and PATH.json (default: DIR/{DEFAULT_SUMMARY}, or ./{DEFAULT_SUMMARY})",
+    )
+    group.add_argument(
+        "--store-to",
+        default=None,
+        metavar="URL",
+        help="also store DICOM SEG results of DICOM cases to this DICOMweb service "
+        "(dicomweb://HOST:PORT/PATH or http(s)://...)",
+    )
 
 
 def cohort_cases(args: argparse.Namespace) -> Optional[list[Case]]:
@@ -48,20 +65,29 @@ def cohort_cases(args: argparse.Namespace) -> Optional[list[Case]]:
 
     inputs = list(args.input)
     cohort_options = args.output_dir or args.summary or args.store_to or args.overwrite
-    single = len(inputs) == 1 and not cohort_options and not inputs[0].lower().endswith(".csv") \
+    single = (
+        len(inputs) == 1
+        and not cohort_options
+        and not inputs[0].lower().endswith(".csv")
         and not is_dicomweb(inputs[0])
+    )
     if single and not Path(inputs[0]).expanduser().is_dir():
         return None
     try:
-        cases = collect_cases(inputs, _settings(args), _output_dir(args), store_only=bool(args.store_to),
-                              exclude=[_state_dir(args)])
+        cases = collect_cases(
+            inputs, _settings(args), _output_dir(args), store_only=bool(args.store_to), exclude=[_state_dir(args)]
+        )
     except NoCasesError:
         if single:
             return None  # the single-input path says what it always said about such a folder
         raise
     folder = Path(inputs[0]).expanduser().resolve()
-    if single and len(cases) == 1 and cases[0].dicom_files and \
-            all(path.parent.resolve() == folder for path in cases[0].dicom_files):
+    if (
+        single
+        and len(cases) == 1
+        and cases[0].dicom_files
+        and all(path.parent.resolve() == folder for path in cases[0].dicom_files)
+    ):
         return None  # one DICOM series folder: as before
     return cases
 
@@ -76,9 +102,15 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
     from .runner import RunOptions, check_packages, run_cohort, write_summary
 
     _check(args, cases)
-    options = RunOptions(threshold=args.threshold, axis=args.axis, window=tuple(args.window) if args.window else None,
-                         batch_size=args.batch_size, overwrite=args.overwrite, store_to=args.store_to,
-                         state_dir=_state_dir(args))
+    options = RunOptions(
+        threshold=args.threshold,
+        axis=args.axis,
+        window=tuple(args.window) if args.window else None,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        store_to=args.store_to,
+        state_dir=_state_dir(args),
+    )
     check_packages(cases, options)
     device = local_device(args.device)
 
@@ -88,8 +120,12 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
     rank, world = rank_and_world()
     own = len(range(rank, len(cases), world))
     bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} cases [{elapsed}<{remaining}{postfix}]"
-    with tqdm(total=own, desc="delightsam", bar_format=bar_format, file=sys.stderr, disable=None if rank == 0 else True) as bar, \
-            logging_redirect_tqdm():
+    with (
+        tqdm(
+            total=own, desc="delightsam", bar_format=bar_format, file=sys.stderr, disable=None if rank == 0 else True
+        ) as bar,
+        logging_redirect_tqdm(),
+    ):
         failed = 0
 
         def progress(done: float, result) -> None:
@@ -103,15 +139,20 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
             result = run_cohort(cases, options, load_predictor, progress)
         except KeyboardInterrupt:
             bar.close()
-            print(f"delightsam: interrupted after {int(bar.n)} of {own} cases; finished results are kept, run the "
-                  "same command again to resume", file=sys.stderr)
+            print(
+                f"delightsam: interrupted after {int(bar.n)} of {own} cases; finished results are kept, run the "
+                "same command again to resume",
+                file=sys.stderr,
+            )
             return 130
     if rank == 0:
         csv_path, json_path = write_summary(result, _summary(args))
         counts = result.counts
-        print(f"{len(result.results)} cases: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} "
-              f"failed in {result.seconds:.1f} s ({result.cases_per_minute:.1f} cases/min, {world} process"
-              f"{'es' if world > 1 else ''}); summary {csv_path}, {json_path}")
+        print(
+            f"{len(result.results)} cases: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} "
+            f"failed in {result.seconds:.1f} s ({result.cases_per_minute:.1f} cases/min, {world} process"
+            f"{'es' if world > 1 else ''}); summary {csv_path}, {json_path}"
+        )
     return EXIT_CASES_FAILED if result.counts["failed"] else 0
 
 
@@ -130,8 +171,9 @@ def single_output(args: argparse.Namespace, loaded, default: Path) -> Path:
         output = default.with_name(default.name[: len(default.name) - len(full_suffix(default))] + FORMATS[args.format])
     kind = output_kind(output)
     if kind == "dicom-seg" and not loaded.is_dicom:
-        raise DeLightSAMError(f"a DICOM SEG ({output}) needs DICOM input; {loaded.source} is not DICOM: write "
-                              ".nrrd, .nii.gz or .seg.nrrd")
+        raise DeLightSAMError(
+            f"a DICOM SEG ({output}) needs DICOM input; {loaded.source} is not DICOM: write .nrrd, .nii.gz or .seg.nrrd"
+        )
     for module, purpose in packages_for(kind):
         require(module, purpose)
     return output
@@ -146,8 +188,14 @@ def write_single(mask, output: Path, loaded, args: argparse.Namespace) -> None:
     if output_kind(output) == "dicom-seg":
         dicom_files = _dicom_files(loaded.source)
     modality = modality_name(resolve_modality(args.modality))
-    write_output(mask, output, loaded, segment_for(modality), provenance_for(args.checkpoint, modality, args.threshold),
-                 dicom_files)
+    write_output(
+        mask,
+        output,
+        loaded,
+        segment_for(modality),
+        provenance_for(args.checkpoint, modality, args.threshold),
+        dicom_files,
+    )
 
 
 def _dicom_files(source: Path) -> tuple[Path, ...]:
@@ -157,14 +205,17 @@ def _dicom_files(source: Path) -> tuple[Path, ...]:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    return tuple(Path(name) for name in reader.GetGDCMSeriesFileNames(str(source), reader.GetGDCMSeriesIDs(str(source))[0]))
+    return tuple(
+        Path(name) for name in reader.GetGDCMSeriesFileNames(str(source), reader.GetGDCMSeriesIDs(str(source))[0])
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     from .cases import Settings
 
-    return Settings(checkpoint=args.checkpoint, modality=args.modality,
-                    format=None if args.format == "auto" else args.format)
+    return Settings(
+        checkpoint=args.checkpoint, modality=args.modality, format=None if args.format == "auto" else args.format
+    )
 
 
 def _output_dir(args: argparse.Namespace) -> Optional[Path]:
@@ -197,8 +248,10 @@ def _check(args: argparse.Namespace, cases: list[Case]) -> None:
 
     for case in cases:
         if case.output is not None and output_kind(case.output) == "dicom-seg" and not case.is_dicom:
-            raise DeLightSAMError(f"a DICOM SEG ({case.output.name}) needs DICOM input; {case.name} is not DICOM: "
-                                  "choose --format nrrd, nii.gz or seg.nrrd")
+            raise DeLightSAMError(
+                f"a DICOM SEG ({case.output.name}) needs DICOM input; {case.name} is not DICOM: "
+                "choose --format nrrd, nii.gz or seg.nrrd"
+            )
         if case.settings.modality is None and case.settings.box is None:
             raise DeLightSAMError(f"no modality for {case.name}; give --modality or a manifest modality column")
         if case.settings.modality is not None:

@@ -50,7 +50,9 @@ def service_url(text: str) -> str:
     parts = urlsplit(str(text))
     scheme = SCHEMES.get(parts.scheme.lower(), parts.scheme.lower())
     if scheme not in ("http", "https") or not parts.netloc:
-        raise DicomwebError(f"'{text}' is not a DICOMweb address; use dicomweb://HOST:PORT/PATH or http(s)://HOST:PORT/PATH")
+        raise DicomwebError(
+            f"'{text}' is not a DICOMweb address; use dicomweb://HOST:PORT/PATH or http(s)://HOST:PORT/PATH"
+        )
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
@@ -75,8 +77,13 @@ def list_series(text: str) -> list[DicomwebSeries]:
     client = connect(url)
     if series:
         query["SeriesInstanceUID"] = series
-    found = _call(lambda: client.search_for_series(study_instance_uid=study, search_filters=query or None,
-                                                    fields=["Modality"], get_remaining=True), url, "search for series")
+    found = _call(
+        lambda: client.search_for_series(
+            study_instance_uid=study, search_filters=query or None, fields=["Modality"], get_remaining=True
+        ),
+        url,
+        "search for series",
+    )
     result = []
     for item in found:
         modality = _value(item, "00080060")
@@ -119,8 +126,11 @@ def _call(request, url: str, what: str):
         return request()
     except requests.exceptions.HTTPError as error:
         status = getattr(error.response, "status_code", "?")
-        raise DicomwebError(f"DICOMweb server {url} refused to {what} (HTTP {status}); check the address, UIDs and "
-                            "permissions") from error
+        raise DicomwebError(
+            f"DICOMweb server {url} refused to {what} (HTTP {status}); check the address, UIDs and permissions"
+        ) from error
     except requests.exceptions.RequestException as error:
-        raise DicomwebError(f"cannot reach the DICOMweb server {url} to {what} ({type(error).__name__}); check the "
-                            "address and that the server is running") from error
+        raise DicomwebError(
+            f"cannot reach the DICOMweb server {url} to {what} ({type(error).__name__}); check the "
+            "address and that the server is running"
+        ) from error

@@ -9,7 +9,12 @@ from ..errors import DeLightSAMError
 
 INSTALL_HINT = "pip install 'DeLightSAMLib[cohort]'"
 # import name -> pip name
-PACKAGES = {"pydicom": "pydicom", "highdicom": "highdicom", "slicerio": "slicerio", "dicomweb_client": "dicomweb-client"}
+PACKAGES = {
+    "pydicom": "pydicom",
+    "highdicom": "highdicom",
+    "slicerio": "slicerio",
+    "dicomweb_client": "dicomweb-client",
+}
 
 
 class MissingPackageError(DeLightSAMError):

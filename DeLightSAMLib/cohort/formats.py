@@ -9,8 +9,8 @@ Masks are numpy [k, j, i] for volumes and (H, W) for 2D images, as ``imageio`` r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,8 +18,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ImageError
-from ..registry import OFFICIAL_CHECKPOINT
 from ..imageio import PLAIN_IMAGE_SUFFIXES, LoadedImage, _atomic_write, full_suffix, write_mask
+from ..registry import OFFICIAL_CHECKPOINT
 from . import FORMATS
 from .extras import require
 
@@ -57,13 +57,23 @@ class SegmentLabel:
 # What each modality map of the released model was trained to segment (MODEL.md, section 6: ISIC, Shenzhen CXR,
 # breast ultrasound, DRIVE, DSB 2018, CVC-ClinicDB).
 MODALITY_SEGMENTS: dict[str, SegmentLabel] = {
-    "dermoscopy": SegmentLabel("skin lesion", ABNORMAL_STRUCTURE, LESION, (205, 92, 92), Term("SCT", "39937001", "Skin")),
+    "dermoscopy": SegmentLabel(
+        "skin lesion", ABNORMAL_STRUCTURE, LESION, (205, 92, 92), Term("SCT", "39937001", "Skin")
+    ),
     "xray": SegmentLabel("lung", ANATOMICAL_STRUCTURE, Term("SCT", "39607008", "Lung"), (197, 165, 145)),
-    "ultrasound": SegmentLabel("breast lesion", ABNORMAL_STRUCTURE, LESION, (144, 238, 144),
-                               Term("SCT", "76752008", "Breast")),
-    "fundus": SegmentLabel("retinal vessels", ANATOMICAL_STRUCTURE, Term("SCT", "59820001", "Blood Vessel"),
-                           (216, 101, 79), Term("SCT", "5665001", "Retina")),
-    "microscopy": SegmentLabel("cell nuclei", ANATOMICAL_STRUCTURE, Term("SCT", "84640000", "Nucleus"), (111, 184, 210)),
+    "ultrasound": SegmentLabel(
+        "breast lesion", ABNORMAL_STRUCTURE, LESION, (144, 238, 144), Term("SCT", "76752008", "Breast")
+    ),
+    "fundus": SegmentLabel(
+        "retinal vessels",
+        ANATOMICAL_STRUCTURE,
+        Term("SCT", "59820001", "Blood Vessel"),
+        (216, 101, 79),
+        Term("SCT", "5665001", "Retina"),
+    ),
+    "microscopy": SegmentLabel(
+        "cell nuclei", ANATOMICAL_STRUCTURE, Term("SCT", "84640000", "Nucleus"), (111, 184, 210)
+    ),
     "colonoscopy": SegmentLabel("polyp", ABNORMAL_STRUCTURE, LESION, (230, 220, 70), Term("SCT", "71854001", "Colon")),
 }
 GENERIC_SEGMENT = SegmentLabel("segment", TISSUE, TISSUE, (128, 174, 128))
@@ -87,7 +97,9 @@ class Provenance:
 def provenance_for(checkpoint: Optional[str], modality: Optional[str], threshold: float) -> Provenance:
     """De-LightSAM with ``checkpoint`` (a registry name, or a path: its file name; None: the official one)."""
     checkpoint = checkpoint or OFFICIAL_CHECKPOINT
-    label = Path(checkpoint).name if ("/" in checkpoint or os.sep in checkpoint or Path(checkpoint).suffix) else checkpoint
+    label = (
+        Path(checkpoint).name if ("/" in checkpoint or os.sep in checkpoint or Path(checkpoint).suffix) else checkpoint
+    )
     parameters = {"threshold": f"{threshold:g}"}
     if modality is not None:
         parameters["modality"] = modality
@@ -104,7 +116,7 @@ def default_suffix(source: Path, is_dicom: bool) -> str:
 
 
 def output_kind(target: Path) -> str:
-    """"dicom-seg", "seg.nrrd" or "labelmap", from the file name."""
+    """ "dicom-seg", "seg.nrrd" or "labelmap", from the file name."""
     name = target.name.lower()
     if name.endswith(SLICER_SUFFIX):
         return "seg.nrrd"
@@ -190,15 +202,17 @@ def write_slicer_segmentation(mask: np.ndarray, target: Path, loaded: LoadedImag
         "ijkToLPS": ijk_to_lps(loaded),
         "containedRepresentationNames": ["Binary labelmap"],
         "masterRepresentation": "Binary labelmap",
-        "segments": [{
-            "id": "Segment_1",
-            "labelValue": 1,
-            "layer": 0,
-            "name": segment.name,
-            "color": [round(c / 255, 6) for c in segment.color],
-            "extent": extent,
-            "terminology": slicer_terminology(segment),
-        }],
+        "segments": [
+            {
+                "id": "Segment_1",
+                "labelValue": 1,
+                "layer": 0,
+                "name": segment.name,
+                "color": [round(c / 255, 6) for c in segment.color],
+                "extent": extent,
+                "terminology": slicer_terminology(segment),
+            }
+        ],
     }
     _atomic_write(lambda temporary: slicerio.write_segmentation(str(temporary), segmentation), target)
 
@@ -209,12 +223,14 @@ def read_dicom_headers(files: Sequence[Path]) -> list:
     return [pydicom.dcmread(str(path), stop_before_pixels=True) for path in files]
 
 
-def dicom_segmentation(mask: np.ndarray, dicom_files: Sequence[Path], segment: SegmentLabel, provenance: Provenance,
-                       source: Path):
+def dicom_segmentation(
+    mask: np.ndarray, dicom_files: Sequence[Path], segment: SegmentLabel, provenance: Provenance, source: Path
+):
     """A binary DICOM Segmentation of the series ``dicom_files`` (in slice order: ``mask[k]`` is file k)."""
     if not dicom_files:
-        raise ImageError(f"a DICOM SEG needs DICOM input; {source} is not DICOM: choose --format nrrd, nii.gz or "
-                         "seg.nrrd")
+        raise ImageError(
+            f"a DICOM SEG needs DICOM input; {source} is not DICOM: choose --format nrrd, nii.gz or seg.nrrd"
+        )
     hd = require("highdicom", "DICOM SEG output")
     from pydicom.sr.coding import Code
 
@@ -265,8 +281,10 @@ def dicom_segmentation(mask: np.ndarray, dicom_files: Sequence[Path], segment: S
             omit_empty_frames=False,
         )
     except (ValueError, AttributeError, TypeError) as error:  # highdicom's checks of the source images
-        raise ImageError(f"cannot make a DICOM SEG for {source} ({str(error).splitlines()[0][:160]}); "
-                         "choose --format nrrd or seg.nrrd") from error
+        raise ImageError(
+            f"cannot make a DICOM SEG for {source} ({str(error).splitlines()[0][:160]}); "
+            "choose --format nrrd or seg.nrrd"
+        ) from error
 
 
 def save_dicom(dataset, target: Path) -> None:

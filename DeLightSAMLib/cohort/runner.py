@@ -91,8 +91,9 @@ Progress = Callable[[float, Optional[CaseResult]], None]
 LoadPredictor = Callable[[Optional[str]], object]
 
 
-def run_cohort(cases: list[Case], options: RunOptions, load_predictor: LoadPredictor,
-               progress: Optional[Progress] = None) -> CohortResult:
+def run_cohort(
+    cases: list[Case], options: RunOptions, load_predictor: LoadPredictor, progress: Optional[Progress] = None
+) -> CohortResult:
     """Segment ``cases`` (this process's shard of them under torchrun); every rank gets every result."""
     start = time.perf_counter()
     with ProcessGroup() as group:
@@ -116,8 +117,14 @@ def write_summary(result: CohortResult, stem: Path) -> tuple[Path, Path]:
             writer.writeheader()
             writer.writerows({**row, "seconds": f"{row['seconds']:.3f}"} for row in rows)
 
-    summary = {"cases": len(rows), **result.counts, "seconds": round(result.seconds, 3),
-               "cases_per_minute": round(result.cases_per_minute, 3), "processes": result.world, "results": rows}
+    summary = {
+        "cases": len(rows),
+        **result.counts,
+        "seconds": round(result.seconds, 3),
+        "cases_per_minute": round(result.cases_per_minute, 3),
+        "processes": result.world,
+        "results": rows,
+    }
     _atomic_write(write_csv, csv_path)
     _atomic_write(lambda temporary: temporary.write_text(json.dumps(summary, indent=1) + "\n"), json_path)
     return csv_path, json_path
@@ -148,8 +155,15 @@ class RunState:
         return self.records.get(case.key)
 
     def record(self, case: Case, result: CaseResult, stored: bool) -> None:
-        record = {"key": case.key, "case": case.name, "stored": stored, "voxels": result.voxels,
-                  "total_voxels": result.total_voxels, "seconds": round(result.seconds, 3), "time": time.time()}
+        record = {
+            "key": case.key,
+            "case": case.name,
+            "stored": stored,
+            "voxels": result.voxels,
+            "total_voxels": result.total_voxels,
+            "seconds": round(result.seconds, 3),
+            "time": time.time(),
+        }
         self.records[case.key] = record
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
@@ -200,9 +214,18 @@ def _gdcm_order(files: list[Path]) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------- running
-def predict_volume(predictor, volume: np.ndarray, modality, *, axis: int = 2, threshold: float = 0.5,
-                   window: Optional[Window] = None, batch_size: Optional[int] = None, return_logits: bool = False,
-                   progress: Optional[Callable[[int, Optional[int]], None]] = None):
+def predict_volume(
+    predictor,
+    volume: np.ndarray,
+    modality,
+    *,
+    axis: int = 2,
+    threshold: float = 0.5,
+    window: Optional[Window] = None,
+    batch_size: Optional[int] = None,
+    return_logits: bool = False,
+    progress: Optional[Callable[[int, Optional[int]], None]] = None,
+):
     """Masks [k, j, i] of a volume segmented slice by slice along image ``axis`` with one window for the whole
     volume (default: its 0.5-99.5 percentile range); logits of the same shape when asked for, else None."""
     from ..intensity import robust_window
@@ -211,8 +234,15 @@ def predict_volume(predictor, volume: np.ndarray, modality, *, axis: int = 2, th
     if window is None and volume.dtype != np.uint8:
         window = robust_window(volume)  # one window for the whole volume, not one per slice
     slices = [np.take(volume, index, axis=numpy_axis) for index in range(volume.shape[numpy_axis])]
-    results = predictor.predict_batch(slices, modality, threshold=threshold, batch_size=batch_size, window=window,
-                                      return_logits=return_logits, progress=progress)
+    results = predictor.predict_batch(
+        slices,
+        modality,
+        threshold=threshold,
+        batch_size=batch_size,
+        window=window,
+        return_logits=return_logits,
+        progress=progress,
+    )
     mask = np.stack([r.mask for r in results], axis=numpy_axis)
     logits = np.stack([r.logits for r in results], axis=numpy_axis) if return_logits else None
     return mask, logits
@@ -279,8 +309,14 @@ class _Runner:
         self.progress(self.finished, result)
 
     def _result(self, case: Case, status: str, **fields) -> CaseResult:
-        return CaseResult(case=case.name, status=status, input=str(case.source),
-                          output=str(case.output) if case.output is not None else "", rank=self.rank, **fields)
+        return CaseResult(
+            case=case.name,
+            status=status,
+            input=str(case.source),
+            output=str(case.output) if case.output is not None else "",
+            rank=self.rank,
+            **fields,
+        )
 
     def _stores(self, case: Case) -> bool:
         """Whether the case's result goes to the DICOMweb server too (DICOM cases, with --store-to)."""
@@ -298,8 +334,13 @@ class _Runner:
             if exists and output_kind(case.output) == "dicom-seg":
                 return self._store_existing(case, state)
             return None
-        return self._result(case, "skipped", voxels=record.get("voxels"), total_voxels=record.get("total_voxels"),
-                            reason="result already there (--overwrite to redo)")
+        return self._result(
+            case,
+            "skipped",
+            voxels=record.get("voxels"),
+            total_voxels=record.get("total_voxels"),
+            reason="result already there (--overwrite to redo)",
+        )
 
     def _store_existing(self, case: Case, state: RunState) -> CaseResult:
         """The result file was written but not stored (the run stopped in between): store it, do not recompute."""
@@ -344,8 +385,13 @@ class _Runner:
         finally:
             if image is not None:
                 image.close()
-        result = self._result(case, "done", seconds=time.perf_counter() - start, voxels=int(np.count_nonzero(mask)),
-                              total_voxels=int(mask.size))
+        result = self._result(
+            case,
+            "done",
+            seconds=time.perf_counter() - start,
+            voxels=int(np.count_nonzero(mask)),
+            total_voxels=int(mask.size),
+        )
         state.record(case, result, stored=self._stores(case))
         return result
 
@@ -366,9 +412,16 @@ class _Runner:
             if total:
                 self.progress(self.finished + done / total, None)
 
-        mask, _ = predict_volume(predictor, loaded.array, settings.modality, axis=options.axis,
-                                 threshold=options.threshold, window=options.window,
-                                 batch_size=options.batch_size, progress=slices_done)
+        mask, _ = predict_volume(
+            predictor,
+            loaded.array,
+            settings.modality,
+            axis=options.axis,
+            threshold=options.threshold,
+            window=options.window,
+            batch_size=options.batch_size,
+            progress=slices_done,
+        )
         return mask, name
 
 

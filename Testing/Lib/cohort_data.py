@@ -71,8 +71,15 @@ def save_tiny_checkpoint(folder: Path, offset: float = -240.0) -> Path:
     return path
 
 
-def make_ct_series(folder: Path, volume: np.ndarray, *, series_number: int = 3, study_uid: str | None = None,
-                   spacing=(0.8, 0.7, 2.5), names=None) -> list[Path]:
+def make_ct_series(
+    folder: Path,
+    volume: np.ndarray,
+    *,
+    series_number: int = 3,
+    study_uid: str | None = None,
+    spacing=(0.8, 0.7, 2.5),
+    names=None,
+) -> list[Path]:
     """Write ``volume`` [k, j, i] as a CT series of single-frame files (slice k at z = 10 + k * spacing[2])."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -90,8 +97,20 @@ def make_ct_series(folder: Path, volume: np.ndarray, *, series_number: int = 3, 
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "CT", "Cohort^Test", "P1", "", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20240101", "120000", "1", "", ""
+        ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+            "CT",
+            "Cohort^Test",
+            "P1",
+            "",
+            "O",
+        )
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = (
+            "20240101",
+            "120000",
+            "1",
+            "",
+            "",
+        )
         ds.SeriesNumber, ds.InstanceNumber = series_number, k + 1
         ds.ImagePositionPatient = [-100.0, -120.0, 10.0 + spacing[2] * k]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -113,7 +132,7 @@ def ct_volume(rng: np.random.Generator, slices: int = 3, rows: int = 40, columns
     volume = rng.normal(0, 60, size=(slices, rows, columns))
     for k in range(slices):
         top, left = rows // 5 + 3 * k, columns // 4 + 4 * k
-        volume[k, top: top + rows // 2, left: left + columns // 3] += 700
+        volume[k, top : top + rows // 2, left : left + columns // 3] += 700
     return volume.astype(np.int16)
 
 
@@ -140,8 +159,10 @@ def make_mixed_cohort(root: Path, seed: int = 7) -> dict[str, int]:
     for index in range(2):
         gray = rng.integers(0, 256, size=(40, 30 + 6 * index), dtype=np.uint8)
         sitk.WriteImage(sitk.GetImageFromArray(gray), str(photos / f"gray{index}.png"))
-    sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 256, size=(32, 40, 3), dtype=np.uint8), isVector=True),
-                    str(photos / "photo.jpg"))
+    sitk.WriteImage(
+        sitk.GetImageFromArray(rng.integers(0, 256, size=(32, 40, 3), dtype=np.uint8), isVector=True),
+        str(photos / "photo.jpg"),
+    )
     for index in range(3):
         write_volume(root / "volumes" / "nifti" / f"ct{index}.nii.gz", ct_volume(rng, slices=2 + index))
     write_volume(root / "volumes" / "nifti" / "mr.nii", ct_volume(rng, slices=2).astype(np.float32))
@@ -165,7 +186,9 @@ def free_port() -> int:
 
 
 def _orthanc_files() -> tuple[str | None, str | None]:
-    executable = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if os.path.exists(p)), None)
+    executable = shutil.which("Orthanc") or next(
+        (p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if os.path.exists(p)), None
+    )
     plugin = os.environ.get("ORTHANC_DICOMWEB_PLUGIN")
     if not plugin:
         try:  # the Debian package's own file list says where the plugin is
@@ -199,10 +222,17 @@ def start_orthanc(folder: Path):
         unavailable(f"the Orthanc executable ({executable}) or its DICOMweb plugin ({plugin}) was not found")
     port = free_port()
     config = {
-        "Name": "DeLightSAMTest", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
-        "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
-        "SaveJobs": False, "HttpThreadsCount": 4,
+        "Name": "DeLightSAMTest",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "storage"),
+        "HttpPort": port,
+        "DicomServerEnabled": False,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [plugin],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
+        "SaveJobs": False,
+        "HttpThreadsCount": 4,
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = open(folder / "orthanc.log", "w")
@@ -218,8 +248,7 @@ def start_orthanc(folder: Path):
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             stop_orthanc(process)
-            unavailable(f"Orthanc did not start (exit {process.poll()}): "
-                         f"{(folder / 'orthanc.log').read_text()[-800:]}")
+            unavailable(f"Orthanc did not start (exit {process.poll()}): {(folder / 'orthanc.log').read_text()[-800:]}")
         time.sleep(0.3)
 
 

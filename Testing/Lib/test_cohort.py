@@ -20,15 +20,25 @@ import SimpleITK as sitk
 import slicerio
 import torch
 
-from cohort_data import (CLI_WITH_TINY, KILL_AT_RENAME, TINY, ct_volume, dicom_validator, make_ct_series, make_mixed_cohort, save_tiny_checkpoint,
-                         start_orthanc, stop_orthanc, write_volume)
+from cohort_data import (
+    CLI_WITH_TINY,
+    KILL_AT_RENAME,
+    TINY,
+    ct_volume,
+    dicom_validator,
+    make_ct_series,
+    make_mixed_cohort,
+    save_tiny_checkpoint,
+    start_orthanc,
+    stop_orthanc,
+    write_volume,
+)
 from DeLightSAMLib.cli import main
 from DeLightSAMLib.cohort.cases import Settings, collect_cases
 from DeLightSAMLib.cohort.runner import predict_volume
 from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.predictor import Predictor
 from DeLightSAMLib.registry import CHECKPOINTS
-
 
 
 @pytest.fixture()
@@ -126,7 +136,9 @@ def test_discovery_groups_series_skips_results_and_mirrors_folders(tmp_path, coh
 
 def test_mixed_cohort_one_command_summary_resume_and_corrupt_case(capsys, tmp_path, cohort, tiny):
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "predict", cohort, "-m", "xray", "-c", "tiny", "--device", "cpu", "--output-dir", out)
+    code, stdout, err = run(
+        capsys, "predict", cohort, "-m", "xray", "-c", "tiny", "--device", "cpu", "--output-dir", out
+    )
     assert code == 1, err  # one case failed
     assert "20 cases: 19 done, 0 skipped, 1 failed" in stdout
     failure_lines = [line for line in err.splitlines() if "broken.nii.gz failed:" in line]
@@ -148,8 +160,9 @@ def test_mixed_cohort_one_command_summary_resume_and_corrupt_case(capsys, tmp_pa
     volume_in = sitk.ReadImage(str(cohort / "volumes" / "nifti" / "ct2.nii.gz"))
     assert np.allclose(volume_out.GetDirection(), volume_in.GetDirection())
     assert np.allclose(volume_out.GetOrigin(), volume_in.GetOrigin())
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(volume_out) > 0,
-                                  expected_mask(tiny, cohort / "volumes" / "nifti" / "ct2.nii.gz"))
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(volume_out) > 0, expected_mask(tiny, cohort / "volumes" / "nifti" / "ct2.nii.gz")
+    )
     seg = highdicom.seg.segread(str(out / "dicom" / "ct_mask.dcm"))
     case = next(c for c in collect_cases([str(cohort)], Settings(modality="xray")) if c.name.endswith("dicom/ct"))
     np.testing.assert_array_equal(seg_pixels(seg, case.dicom_files), expected_mask(tiny, cohort / "dicom" / "ct"))
@@ -165,8 +178,21 @@ def test_mixed_cohort_one_command_summary_resume_and_corrupt_case(capsys, tmp_pa
     assert skipped["status"] == "skipped" and int(skipped["voxels"]) == int((png == 255).sum())
     assert (out / "dicom" / "ct_mask.dcm").stat().st_mtime_ns == stamp
     # --overwrite redoes one case's result
-    code, stdout, _ = run(capsys, "predict", cohort / "photos" / "gray0.png", cohort / "photos" / "gray1.png", "-m", "xray",
-                          "-c", "tiny", "--device", "cpu", "--output-dir", out / "photos", "--overwrite")
+    code, stdout, _ = run(
+        capsys,
+        "predict",
+        cohort / "photos" / "gray0.png",
+        cohort / "photos" / "gray1.png",
+        "-m",
+        "xray",
+        "-c",
+        "tiny",
+        "--device",
+        "cpu",
+        "--output-dir",
+        out / "photos",
+        "--overwrite",
+    )
     assert code == 0 and "2 cases: 2 done" in stdout
 
 
@@ -181,8 +207,20 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, cohort, one_thread):
     env = {**os.environ, "DELIGHTSAM_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
 
     def command(program: Path, out: Path) -> list[str]:
-        return [sys.executable, str(program), "predict", str(cohort), "-m", "xray", "-c", "tiny", "--device", "cpu",
-                "--output-dir", str(out)]
+        return [
+            sys.executable,
+            str(program),
+            "predict",
+            str(cohort),
+            "-m",
+            "xray",
+            "-c",
+            "tiny",
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(out),
+        ]
 
     reference = subprocess.run(command(script, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
     assert reference.returncode == 1, reference.stderr[-2000:]
@@ -204,17 +242,34 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, cohort, one_thread):
     expected = sorted(p.relative_to(tmp_path / "ref") for p in (tmp_path / "ref").rglob("*_mask.*"))
     assert sorted(p.relative_to(out) for p in out.rglob("*_mask.*")) == expected and len(expected) == 19
     for relative in expected:
-        np.testing.assert_array_equal(result_pixels(out / relative), result_pixels(tmp_path / "ref" / relative),
-                                      err_msg=str(relative))
+        np.testing.assert_array_equal(
+            result_pixels(out / relative), result_pixels(tmp_path / "ref" / relative), err_msg=str(relative)
+        )
 
 
 def test_slicer_segmentation_reads_back_with_names_colours_and_terminology(capsys, tmp_path, tiny):
     rng = np.random.default_rng(1)
     volume_path = write_volume(tmp_path / "in" / "ct.nrrd", ct_volume(rng, slices=3))
     photo_path = tmp_path / "in" / "skin.png"
-    sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), isVector=True), str(photo_path))
-    code, stdout, err = run(capsys, "predict", volume_path, photo_path, "-m", "xray", "-c", "tiny", "--device", "cpu",
-                            "--format", "seg.nrrd", "--output-dir", tmp_path / "out")
+    sitk.WriteImage(
+        sitk.GetImageFromArray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), isVector=True), str(photo_path)
+    )
+    code, stdout, err = run(
+        capsys,
+        "predict",
+        volume_path,
+        photo_path,
+        "-m",
+        "xray",
+        "-c",
+        "tiny",
+        "--device",
+        "cpu",
+        "--format",
+        "seg.nrrd",
+        "--output-dir",
+        tmp_path / "out",
+    )
     assert code == 0, err
     segmentation = slicerio.read_segmentation(str(tmp_path / "out" / "ct_mask.seg.nrrd"))
     (segment,) = segmentation["segments"]
@@ -235,7 +290,9 @@ def test_slicer_segmentation_reads_back_with_names_colours_and_terminology(capsy
     # a single input takes --format too, and a DICOM SEG records what made it
     series = tmp_path / "series"
     make_ct_series(series, ct_volume(rng, slices=2))
-    code, stdout, err = run(capsys, "predict", series, "-m", "xray", "-c", "tiny", "--device", "cpu", "--format", "dicom-seg")
+    code, stdout, err = run(
+        capsys, "predict", series, "-m", "xray", "-c", "tiny", "--device", "cpu", "--format", "dicom-seg"
+    )
     assert code == 0 and stdout.startswith(str(tmp_path / "series_mask.dcm")), err
     seg = highdicom.seg.segread(str(tmp_path / "series_mask.dcm"))
     description = seg.SegmentSequence[0]
@@ -267,8 +324,9 @@ def test_dicom_seg_passes_the_standards_validator(tmp_path):
             checked = subprocess.run([dicom_validator(), str(target)], capture_output=True, text=True)
             report = (checked.stdout + checked.stderr).strip().splitlines()
             assert checked.returncode == 0 and report == ["Segmentation"], report
-            np.testing.assert_array_equal(seg_pixels(highdicom.seg.segread(str(target)), order),
-                                          values if values.ndim == 3 else values[None])
+            np.testing.assert_array_equal(
+                seg_pixels(highdicom.seg.segread(str(target)), order), values if values.ndim == 3 else values[None]
+            )
 
 
 def test_manifest_rows_choose_checkpoint_modality_format_and_output(capsys, tmp_path, tiny, monkeypatch):
@@ -276,13 +334,17 @@ def test_manifest_rows_choose_checkpoint_modality_format_and_output(capsys, tmp_
     data = tmp_path / "data"
     data.mkdir()
     for name in ("a", "b", "c"):
-        sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 256, (30, 36), dtype=np.uint8)), str(data / f"{name}.png"))
+        sitk.WriteImage(
+            sitk.GetImageFromArray(rng.integers(0, 256, (30, 36), dtype=np.uint8)), str(data / f"{name}.png")
+        )
     other = save_tiny_checkpoint(tmp_path / "other", offset=-180.0)
     manifest = data / "cohort.csv"
-    manifest.write_text("input,output,checkpoint,modality,box,format\n"
-                        "a.png,results/a_fundus.png,,fundus,,\n"
-                        f"b.png,,{other},xray,,seg.nrrd\n"
-                        "c.png,,,,10 5 20 25,\n")
+    manifest.write_text(
+        "input,output,checkpoint,modality,box,format\n"
+        "a.png,results/a_fundus.png,,fundus,,\n"
+        f"b.png,,{other},xray,,seg.nrrd\n"
+        "c.png,,,,10 5 20 25,\n"
+    )
     loads = []
     real = Predictor.from_checkpoint
 
@@ -299,18 +361,23 @@ def test_manifest_rows_choose_checkpoint_modality_format_and_output(capsys, tmp_
     np.testing.assert_array_equal(result_pixels(data / "results" / "a_fundus.png"), tiny.predict("fundus").mask)
     other_predictor = real(str(other), config=TINY.config, device="cpu")
     other_predictor.set_image(sitk.GetArrayFromImage(sitk.ReadImage(str(data / "b.png"))))
-    np.testing.assert_array_equal(result_pixels(data / "b_mask.seg.nrrd")[:, :, 0].T, other_predictor.predict("xray").mask)
+    np.testing.assert_array_equal(
+        result_pixels(data / "b_mask.seg.nrrd")[:, :, 0].T, other_predictor.predict("xray").mask
+    )
     rows, _ = read_summary(tmp_path / "run")
     assert "box" in next(r for r in rows if r["case"].endswith("c.png"))["reason"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("input,modality\nmissing.png,xray\n", "input not found"),
-    ("input,modality\na.png,brain\n", "row 2: unknown modality 'brain'"),
-    ("image,modality\na.png,xray\n", "expected 'input'"),
-    ("input,box\na.png,1 2 3\n", "row 2: box '1 2 3' is not four numbers"),
-    ("input,format\na.png,jpeg\n", "row 2: unknown format 'jpeg'"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("input,modality\nmissing.png,xray\n", "input not found"),
+        ("input,modality\na.png,brain\n", "row 2: unknown modality 'brain'"),
+        ("image,modality\na.png,xray\n", "expected 'input'"),
+        ("input,box\na.png,1 2 3\n", "row 2: box '1 2 3' is not four numbers"),
+        ("input,format\na.png,jpeg\n", "row 2: unknown format 'jpeg'"),
+    ],
+)
 def test_bad_manifest_is_one_line_and_writes_nothing(capsys, tmp_path, content, message):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 8), np.uint8)), str(tmp_path / "a.png"))
     (tmp_path / "m.csv").write_text(content)
@@ -331,8 +398,20 @@ def test_cohort_command_mistakes_are_one_line(capsys, tmp_path, tiny, monkeypatc
         (["--format", "dicom-seg"], "a.png is not DICOM"),
     ]
     for extra, message in cases:
-        code, out, err = run(capsys, "predict", *images, "-m", "xray", "-c", "tiny", "--device", "cpu",
-                             "--summary", tmp_path / "s", *extra)
+        code, out, err = run(
+            capsys,
+            "predict",
+            *images,
+            "-m",
+            "xray",
+            "-c",
+            "tiny",
+            "--device",
+            "cpu",
+            "--summary",
+            tmp_path / "s",
+            *extra,
+        )
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert not list(tmp_path.glob("s*"))
     code, _, err = run(capsys, "predict", *images, "-c", "tiny", "--device", "cpu")
@@ -381,8 +460,20 @@ def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(cap
         return [client.retrieve_series(study.StudyInstanceUID, item["0020000E"]["Value"][0])[0] for item in found]
 
     def predict(study, *options):
-        return run(capsys, "predict", f"{address}?StudyInstanceUID={study.StudyInstanceUID}", "-m", "xray", "-c", "tiny",
-                   "--device", "cpu", "--summary", tmp_path / "run", *options)
+        return run(
+            capsys,
+            "predict",
+            f"{address}?StudyInstanceUID={study.StudyInstanceUID}",
+            "-m",
+            "xray",
+            "-c",
+            "tiny",
+            "--device",
+            "cpu",
+            "--summary",
+            tmp_path / "run",
+            *options,
+        )
 
     # study 1: segmented through DICOMweb, the SEG stored back to the server only
     first = studies[0]
@@ -406,8 +497,9 @@ def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(cap
     assert code == 0, err
     written = tmp_path / "files" / second.StudyInstanceUID / f"{second.SeriesInstanceUID}_mask.dcm"
     order = collect_cases([str(tmp_path / "ct2")], Settings(modality="xray"))[0].dicom_files
-    np.testing.assert_array_equal(seg_pixels(highdicom.seg.segread(str(written)), order),
-                                  expected_mask(tiny, tmp_path / "ct2"))
+    np.testing.assert_array_equal(
+        seg_pixels(highdicom.seg.segread(str(written)), order), expected_mask(tiny, tmp_path / "ct2")
+    )
     assert segs(second) == []
     code, stdout, err = predict(second, "--output-dir", tmp_path / "files", "--store-to", address)
     assert code == 0 and "1 cases: 1 done" in stdout, err
@@ -424,8 +516,17 @@ def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(cap
 def test_unreachable_dicomweb_server_is_one_line(capsys, tmp_path, tiny):
     from cohort_data import free_port
 
-    code, _, err = run(capsys, "predict", f"dicomweb://127.0.0.1:{free_port()}/dicom-web?StudyInstanceUID=1.2.3",
-                       "-m", "xray", "-c", "tiny", "--output-dir", tmp_path / "out")
+    code, _, err = run(
+        capsys,
+        "predict",
+        f"dicomweb://127.0.0.1:{free_port()}/dicom-web?StudyInstanceUID=1.2.3",
+        "-m",
+        "xray",
+        "-c",
+        "tiny",
+        "--output-dir",
+        tmp_path / "out",
+    )
     assert code == 2 and "cannot reach the DICOMweb server" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
@@ -437,35 +538,81 @@ def test_torchrun_two_processes_give_the_single_process_outputs(tmp_path, cohort
     script.write_text(CLI_WITH_TINY)
     env = {**os.environ, "DELIGHTSAM_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     arguments = ["predict", str(cohort), "-m", "xray", "-c", "tiny", "--device", "cpu", "--output-dir"]
-    single = subprocess.run([sys.executable, str(script), *arguments, str(tmp_path / "one")], env=env,
-                            capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [sys.executable, str(script), *arguments, str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 1, single.stderr[-2000:]
-    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              str(script), *arguments, str(tmp_path / "two")], env=env, capture_output=True, text=True,
-                             timeout=600)
-    assert sharded.returncode != 0 and "20 cases: 19 done, 0 skipped, 1 failed" in sharded.stdout, sharded.stderr[-2000:]
+    sharded = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            *arguments,
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert sharded.returncode != 0 and "20 cases: 19 done, 0 skipped, 1 failed" in sharded.stdout, sharded.stderr[
+        -2000:
+    ]
     assert sharded.stdout.count("20 cases:") == 1  # rank 0 alone reports and writes the summary
     rows, summary = read_summary(tmp_path / "two" / "delightsam-summary")
     assert summary["processes"] == 2 and {row["rank"] for row in rows} == {"0", "1"}
     one_rows, _ = read_summary(tmp_path / "one" / "delightsam-summary")
-    assert [(r["case"], r["status"], r["voxels"]) for r in rows] == [(r["case"], r["status"], r["voxels"]) for r in one_rows]
+    assert [(r["case"], r["status"], r["voxels"]) for r in rows] == [
+        (r["case"], r["status"], r["voxels"]) for r in one_rows
+    ]
     expected = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*_mask.*"))
     assert sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*_mask.*")) == expected
     for relative in expected:
-        np.testing.assert_array_equal(result_pixels(tmp_path / "two" / relative), result_pixels(tmp_path / "one" / relative))
+        np.testing.assert_array_equal(
+            result_pixels(tmp_path / "two" / relative), result_pixels(tmp_path / "one" / relative)
+        )
 
 
-def test_torchrun_module_entry_point_with_reference_weights(tmp_path, reference_image_path, reference_weights_path,
-                                                             reference_outputs):
+def test_torchrun_module_entry_point_with_reference_weights(
+    tmp_path, reference_image_path, reference_weights_path, reference_outputs
+):
     """`torchrun -m DeLightSAMLib predict` as documented: two ranks, one image each, each mask the reference's."""
     for name in ("first", "second"):
         (tmp_path / f"{name}.png").write_bytes(reference_image_path.read_bytes())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "DeLightSAMLib",
-         "predict", str(tmp_path / "first.png"), str(tmp_path / "second.png"), "-m", "dermoscopy", "-c",
-         str(reference_weights_path), "--device", "cpu", "--output-dir", str(tmp_path / "out")],
-        env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "DeLightSAMLib",
+            "predict",
+            str(tmp_path / "first.png"),
+            str(tmp_path / "second.png"),
+            "-m",
+            "dermoscopy",
+            "-c",
+            str(reference_weights_path),
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     rows, _ = read_summary(tmp_path / "out" / "delightsam-summary")
     assert sorted(row["rank"] for row in rows) == ["0", "1"]
