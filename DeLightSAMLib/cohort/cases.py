@@ -11,7 +11,8 @@ The suffix follows the input (DICOM -> DICOM SEG ``.dcm``, photo -> ``.png``, NI
 format is chosen.
 
 Manifest: a CSV file with a header; ``input`` is required, ``output``, ``checkpoint`` (or ``model``),
-``modality``, ``box`` ("X0 Y0 X1 Y1", pixels) and ``format`` are optional per row (empty: the command line's).
+``modality``, ``box`` ("X0 Y0 X1 Y1", pixels; LiteMedSAM), ``slices`` ("FIRST LAST": a volume's slices for the box)
+and ``format`` are optional per row (empty: the command line's).
 Relative paths are relative to the manifest's folder. A row is an input like any other: a folder or DICOMweb
 address in a row gives all its cases, with the row's settings.
 """
@@ -29,7 +30,7 @@ import SimpleITK as sitk
 
 from ..errors import DeLightSAMError, ImageError
 from ..imageio import PLAIN_IMAGE_SUFFIXES, full_suffix
-from ..registry import resolve_modality
+from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT, resolve_modality
 from . import FORMATS
 from .dicomweb import NOT_IMAGES, DicomwebSeries, is_dicomweb, list_series
 from .formats import default_suffix
@@ -38,7 +39,7 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = ("", ".dcm", ".ima", ".dicom")
 # Never inputs: tables, arrays, checkpoints, notes, logs.
 SKIPPED_SUFFIXES = (".csv", ".json", ".jsonl", ".npy", ".npz", ".pth", ".pt", ".txt", ".md", ".log", ".py", ".zip")
-MANIFEST_COLUMNS = ("input", "output", "checkpoint", "model", "modality", "box", "format")
+MANIFEST_COLUMNS = ("input", "output", "checkpoint", "model", "modality", "box", "slices", "format")
 RESULT_NAME = re.compile(r"_mask(\.[A-Za-z0-9.]+)?$")
 
 
@@ -57,9 +58,10 @@ Box = tuple[float, float, float, float]
 class Settings:
     """What a case is segmented with: from the command line, overridden per manifest row."""
 
-    checkpoint: Optional[str] = None
+    checkpoint: Optional[str] = None  # None: the model's default (De-LightSAM by modality, LiteMedSAM by box)
     modality: Optional[str] = None
     box: Optional[Box] = None
+    slices: Optional[tuple[int, int]] = None  # with a box: the volume's slices FIRST..LAST (default: all)
     format: Optional[str] = None  # a FORMATS key; None: follow the input
 
 
@@ -81,6 +83,12 @@ class Case:
     @property
     def is_dicom(self) -> bool:
         return bool(self.dicom_files) or isinstance(self.source, DicomwebSeries)
+
+    @property
+    def checkpoint(self) -> str:
+        """The checkpoint the case is segmented with."""
+        default = BOX_CHECKPOINT if self.settings.box is not None else OFFICIAL_CHECKPOINT
+        return self.settings.checkpoint or default
 
     @property
     def key(self) -> str:
@@ -151,6 +159,8 @@ def read_manifest(path: Path, settings: Settings) -> list[tuple[int, str, Option
             row_settings = replace(row_settings, modality=row["modality"], box=None)
         if row.get("box"):
             row_settings = replace(row_settings, box=parse_box(row["box"], where), modality=None)
+        if row.get("slices"):
+            row_settings = replace(row_settings, slices=parse_slices(row["slices"], where))
         if row.get("format"):
             row_settings = replace(row_settings, format=check_format(row["format"], where))
         output = Path(row["output"]).expanduser() if row.get("output") else None
@@ -171,6 +181,13 @@ def parse_box(text: str, where: str) -> Box:
     if len(box) != 4:
         raise ManifestError(f"{where}: box '{text}' is not four numbers X0 Y0 X1 Y1")
     return box  # type: ignore[return-value]
+
+
+def parse_slices(text: str, where: str) -> tuple[int, int]:
+    values = [v for v in re.split(r"[\s,;]+", text.strip()) if v]
+    if len(values) != 2 or not all(v.isdigit() for v in values):
+        raise ManifestError(f"{where}: slices '{text}' is not two slice numbers FIRST LAST")
+    return int(values[0]), int(values[1])
 
 
 def check_format(name: str, where: str) -> str:

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..predictor import Predictor
+    from ..predictor import load_predictor
     from .distributed import local_device, rank_and_world
     from .runner import RunOptions, check_packages, run_cohort, write_summary
 
@@ -114,8 +114,8 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
     check_packages(cases, options)
     device = local_device(args.device)
 
-    def load_predictor(checkpoint: Optional[str]) -> Predictor:
-        return Predictor.from_checkpoint(checkpoint, device=device, dtype=args.dtype, engine=args.engine)
+    def load(checkpoint: str):
+        return load_predictor(checkpoint, device=device, dtype=args.dtype, engine=args.engine)
 
     rank, world = rank_and_world()
     own = len(range(rank, len(cases), world))
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
                 bar.set_postfix_str(f"{failed} failed", refresh=False)
 
         try:
-            result = run_cohort(cases, options, load_predictor, progress)
+            result = run_cohort(cases, options, load, progress)
         except KeyboardInterrupt:
             bar.close()
             print(
@@ -179,23 +179,20 @@ def single_output(args: argparse.Namespace, loaded, default: Path) -> Path:
     return output
 
 
-def write_single(mask, output: Path, loaded, args: argparse.Namespace) -> None:
-    """Write a single-input run's mask: a label map as always, or a Slicer segmentation or DICOM SEG."""
+def single_writer(segmentation, output: Path, loaded, args: argparse.Namespace):
+    """How a single-input run writes its labels: a label map as always, or a Slicer segmentation or DICOM SEG."""
     from ..registry import modality_name
-    from .formats import output_kind, provenance_for, segment_for, write_output
+    from .formats import box_segments, output_kind, provenance_for, result_writer, segment_for
 
-    dicom_files: tuple[Path, ...] = ()
-    if output_kind(output) == "dicom-seg":
-        dicom_files = _dicom_files(loaded.source)
-    modality = modality_name(resolve_modality(args.modality))
-    write_output(
-        mask,
-        output,
-        loaded,
-        segment_for(modality),
-        provenance_for(args.checkpoint, modality, args.threshold),
-        dicom_files,
-    )
+    if segmentation.boxes is not None:
+        segments = box_segments(len(segmentation.boxes))
+        provenance = provenance_for(args.checkpoint, args.threshold, boxes=segmentation.boxes)
+    else:
+        name = modality_name(resolve_modality(args.modality))
+        segments = [segment_for(name)]
+        provenance = provenance_for(args.checkpoint, args.threshold, modality=name)
+    dicom_files = _dicom_files(loaded.source) if output_kind(output) == "dicom-seg" else ()
+    return result_writer(segmentation.labels, output, loaded, segments, provenance, dicom_files)[0]
 
 
 def _dicom_files(source: Path) -> tuple[Path, ...]:
@@ -213,9 +210,10 @@ def _dicom_files(source: Path) -> tuple[Path, ...]:
 def _settings(args: argparse.Namespace) -> Settings:
     from .cases import Settings
 
-    return Settings(
-        checkpoint=args.checkpoint, modality=args.modality, format=None if args.format == "auto" else args.format
-    )
+    box = tuple(args.box[0]) if args.box and len(args.box) == 1 else None
+    slices = tuple(args.slices) if args.slices else None
+    return Settings(checkpoint=args.checkpoint, modality=args.modality, box=box, slices=slices,
+                    format=None if args.format == "auto" else args.format)
 
 
 def _output_dir(args: argparse.Namespace) -> Optional[Path]:
@@ -238,8 +236,14 @@ def _check(args: argparse.Namespace, cases: list[Case]) -> None:
     """Mistakes in a cohort command, found before anything is read or written."""
     if args.output:
         raise DeLightSAMError(f"--output names one file but the command has {len(cases)} cases; use --output-dir DIR")
-    if args.logits:
-        raise DeLightSAMError("--logits works with one input; run a single input to save its logits")
+    for option, name in ((args.logits, "--logits"), (args.overlay, "--overlay")):
+        if option:
+            raise DeLightSAMError(f"{name} works with one input; run a single input to get that file")
+    if args.box and len(args.box) > 1:
+        raise DeLightSAMError("several --box go with one input; for a cohort give one --box, or a box per row of a "
+                              "manifest")
+    if args.modality is not None and args.box:
+        raise DeLightSAMError("--modality and --box cannot be combined: give one of them (or per manifest row)")
     if args.store_to:
         from .dicomweb import service_url
 

@@ -1,10 +1,11 @@
-"""Where a mask goes: label maps as before, Slicer segmentations (``.seg.nrrd``) and DICOM Segmentation objects.
+"""Where a result goes: label maps as before, Slicer segmentations (``.seg.nrrd``) and DICOM Segmentation objects.
 
 The output file's name chooses the writer: ``*.seg.nrrd`` a Slicer segmentation (slicerio), ``*.dcm`` a DICOM SEG
-(highdicom) referencing the source series, anything else a 0/1 label map (0/255 for PNG) through ``imageio``.
-Every file is written to a temporary name beside the target and renamed into place.
+(highdicom) referencing the source series, anything else a label map through ``imageio`` (0/1, 0/255 for PNG).
+Writers are ``imageio.Writer``s, so a result lands with the other outputs of a run or not at all.
 
-Masks are numpy [k, j, i] for volumes and (H, W) for 2D images, as ``imageio`` reads them.
+Labels are numpy [k, j, i] for volumes and (H, W) for 2D images, as ``imageio`` reads them: a bool mask (one
+segment) or 0..N with value i for segment i (several boxes).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ImageError
-from ..imageio import PLAIN_IMAGE_SUFFIXES, LoadedImage, _atomic_write, full_suffix, write_mask
-from ..registry import OFFICIAL_CHECKPOINT
+from ..imageio import PLAIN_IMAGE_SUFFIXES, LoadedImage, Writer, full_suffix, mask_writer, write_files
+from ..overlay import PALETTE
+from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT
 from . import FORMATS
 from .extras import require
 
@@ -80,9 +82,14 @@ GENERIC_SEGMENT = SegmentLabel("segment", TISSUE, TISSUE, (128, 174, 128))
 
 
 def segment_for(modality_name: Optional[str]) -> SegmentLabel:
-    """The segment description for a modality's map; a generic tissue segment for anything else (boxes, indices
-    of other checkpoints)."""
+    """The segment description for a modality's map; a generic tissue segment for indices of other checkpoints."""
     return MODALITY_SEGMENTS.get(modality_name or "", GENERIC_SEGMENT)
+
+
+def box_segments(count: int) -> list[SegmentLabel]:
+    """Segments "box 1" .. "box N" for the structures in N boxes, coloured as the overlay draws them."""
+    return [SegmentLabel(f"box {number}", TISSUE, TISSUE, PALETTE[(number - 1) % len(PALETTE)])
+            for number in range(1, count + 1)]
 
 
 @dataclass(frozen=True)
@@ -94,16 +101,18 @@ class Provenance:
     parameters: dict[str, str] = field(default_factory=dict)  # modality or box, threshold
 
 
-def provenance_for(checkpoint: Optional[str], modality: Optional[str], threshold: float) -> Provenance:
-    """De-LightSAM with ``checkpoint`` (a registry name, or a path: its file name; None: the official one)."""
-    checkpoint = checkpoint or OFFICIAL_CHECKPOINT
-    label = (
-        Path(checkpoint).name if ("/" in checkpoint or os.sep in checkpoint or Path(checkpoint).suffix) else checkpoint
-    )
+def provenance_for(checkpoint: Optional[str], threshold: float, modality: Optional[str] = None,
+                   boxes: Optional[np.ndarray] = None) -> Provenance:
+    """De-LightSAM by ``modality``, or LiteMedSAM by ``boxes``, with ``checkpoint`` (a registry name, or a path:
+    its file name; None: the model's default)."""
+    checkpoint = checkpoint or (BOX_CHECKPOINT if boxes is not None else OFFICIAL_CHECKPOINT)
+    label = Path(checkpoint).name if ("/" in checkpoint or os.sep in checkpoint or Path(checkpoint).suffix) else checkpoint
     parameters = {"threshold": f"{threshold:g}"}
     if modality is not None:
         parameters["modality"] = modality
-    return Provenance("De-LightSAM", label, parameters)
+    if boxes is not None:
+        parameters["boxes"] = "; ".join(" ".join(f"{value:g}" for value in box) for box in np.asarray(boxes))
+    return Provenance("LiteMedSAM" if boxes is not None else "De-LightSAM", label, parameters)
 
 
 def default_suffix(source: Path, is_dicom: bool) -> str:
@@ -137,26 +146,24 @@ def packages_for(kind: str) -> tuple[tuple[str, str], ...]:
     return ()
 
 
-def write_output(
-    mask: np.ndarray,
-    target: Path,
-    loaded: LoadedImage,
-    segment: SegmentLabel,
-    provenance: Provenance,
-    dicom_files: Sequence[Path] = (),
-):
-    """Write ``mask`` to ``target`` in the format its name says (see the module docstring); the DICOM SEG dataset
-    when one was written, else None."""
+def result_writer(labels: np.ndarray, target: Path, loaded: LoadedImage, segments: Sequence[SegmentLabel],
+                  provenance: Provenance, dicom_files: Sequence[Path] = ()):
+    """(the Writer for ``target`` in the format its name says, the DICOM SEG dataset or None)."""
     kind = output_kind(target)
     if kind == "labelmap":
-        write_mask(mask, target, reference=loaded)
-    elif kind == "seg.nrrd":
-        write_slicer_segmentation(mask, target, loaded, segment)
-    else:
-        dataset = dicom_segmentation(mask, dicom_files, segment, provenance, loaded.source)
-        save_dicom(dataset, target)
-        return dataset
-    return None
+        return mask_writer(labels, target, reference=loaded, labels=len(segments) > 1), None
+    if kind == "seg.nrrd":
+        return slicer_writer(labels, loaded, segments), None
+    dataset = dicom_segmentation(labels, dicom_files, segments, provenance, loaded.source)
+    return dicom_writer(dataset), dataset
+
+
+def write_output(labels: np.ndarray, target: Path, loaded: LoadedImage, segments: Sequence[SegmentLabel],
+                 provenance: Provenance, dicom_files: Sequence[Path] = ()):
+    """Write one result (see ``result_writer``); the DICOM SEG dataset when one was written, else None."""
+    writer, dataset = result_writer(labels, target, loaded, segments, provenance, dicom_files)
+    write_files([(target, writer)])
+    return dataset
 
 
 # ---------------------------------------------------------------------------------------------- Slicer
@@ -188,33 +195,34 @@ def slicer_terminology(segment: SegmentLabel) -> dict:
     return terminology
 
 
-def write_slicer_segmentation(mask: np.ndarray, target: Path, loaded: LoadedImage, segment: SegmentLabel) -> None:
-    """A one-segment ``.seg.nrrd`` on the image's grid: Slicer loads it as a segmentation with the segment's
-    name, colour and terminology."""
+def slicer_writer(labels: np.ndarray, loaded: LoadedImage, segments: Sequence[SegmentLabel]) -> Writer:
+    """A ``.seg.nrrd`` on the image's grid, segment i where the labels are i: Slicer loads it as a segmentation
+    with the segments' names, colours and terminology."""
     slicerio = require("slicerio", "Slicer segmentation output (.seg.nrrd)")
-    volume = mask if mask.ndim == 3 else mask[None]
-    voxels = np.ascontiguousarray(np.transpose(volume > 0, (2, 1, 0)).astype(np.uint8))  # [k, j, i] -> (i, j, k)
-    extent = [0, -1, 0, -1, 0, -1]
-    if voxels.any():
-        extent = [int(v) for axis in np.nonzero(voxels) for v in (axis.min(), axis.max())]
+    volume = np.asarray(labels) if labels.ndim == 3 else np.asarray(labels)[None]
+    voxels = np.ascontiguousarray(np.transpose(volume, (2, 1, 0)).astype(np.uint8))  # [k, j, i] -> (i, j, k)
+    entries = []
+    for number, segment in enumerate(segments, start=1):
+        extent = [0, -1, 0, -1, 0, -1]
+        if np.any(voxels == number):
+            extent = [int(v) for axis in np.nonzero(voxels == number) for v in (axis.min(), axis.max())]
+        entries.append({
+            "id": f"Segment_{number}",
+            "labelValue": number,
+            "layer": 0,
+            "name": segment.name,
+            "color": [round(c / 255, 6) for c in segment.color],
+            "extent": extent,
+            "terminology": slicer_terminology(segment),
+        })
     segmentation = {
         "voxels": voxels,
         "ijkToLPS": ijk_to_lps(loaded),
         "containedRepresentationNames": ["Binary labelmap"],
         "masterRepresentation": "Binary labelmap",
-        "segments": [
-            {
-                "id": "Segment_1",
-                "labelValue": 1,
-                "layer": 0,
-                "name": segment.name,
-                "color": [round(c / 255, 6) for c in segment.color],
-                "extent": extent,
-                "terminology": slicer_terminology(segment),
-            }
-        ],
+        "segments": entries,
     }
-    _atomic_write(lambda temporary: slicerio.write_segmentation(str(temporary), segmentation), target)
+    return lambda temporary: slicerio.write_segmentation(str(temporary), segmentation)
 
 
 # ---------------------------------------------------------------------------------------------- DICOM SEG
@@ -223,19 +231,17 @@ def read_dicom_headers(files: Sequence[Path]) -> list:
     return [pydicom.dcmread(str(path), stop_before_pixels=True) for path in files]
 
 
-def dicom_segmentation(
-    mask: np.ndarray, dicom_files: Sequence[Path], segment: SegmentLabel, provenance: Provenance, source: Path
-):
-    """A binary DICOM Segmentation of the series ``dicom_files`` (in slice order: ``mask[k]`` is file k)."""
+def dicom_segmentation(labels: np.ndarray, dicom_files: Sequence[Path], segments: Sequence[SegmentLabel],
+                       provenance: Provenance, source: Path):
+    """A binary DICOM Segmentation of the series ``dicom_files`` (in slice order: ``labels[k]`` is file k), segment
+    i where the labels are i."""
     if not dicom_files:
-        raise ImageError(
-            f"a DICOM SEG needs DICOM input; {source} is not DICOM: choose --format nrrd, nii.gz or seg.nrrd"
-        )
+        raise ImageError(f"a DICOM SEG needs DICOM input; {source} is not DICOM: choose --format nrrd, nii.gz or seg.nrrd")
     hd = require("highdicom", "DICOM SEG output")
     from pydicom.sr.coding import Code
 
     sources = read_dicom_headers(dicom_files)
-    frames = (mask[None] if mask.ndim == 2 else mask) > 0
+    frames = np.asarray(labels) if labels.ndim == 3 else np.asarray(labels)[None]
     if len(sources) != frames.shape[0]:
         raise ImageError(
             f"the series has {len(sources)} DICOM files but the volume {frames.shape[0]} slices (multi-frame "
@@ -251,22 +257,25 @@ def dicom_segmentation(
         version=f"DeLightSAMLib {__version__}",
         parameters={"checkpoint": provenance.checkpoint, **provenance.parameters},
     )
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=segment.name,
-        segmented_property_category=code(segment.category),
-        segmented_property_type=code(segment.type),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-        anatomic_regions=[code(segment.region)] if segment.region else None,
-        display_color=hd.color.CIELabColor.from_rgb(*segment.color),
-    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=segment.name,
+            segmented_property_category=code(segment.category),
+            segmented_property_type=code(segment.type),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            anatomic_regions=[code(segment.region)] if segment.region else None,
+            display_color=hd.color.CIELabColor.from_rgb(*segment.color),
+        )
+        for number, segment in enumerate(segments, start=1)
+    ]
     try:
         return hd.seg.Segmentation(
             source_images=sources,
-            pixel_array=frames.astype(np.uint8),
+            pixel_array=frames.astype(np.uint8),  # a label map: value i is segment i
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description],
+            segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
             series_number=int(getattr(sources[0], "SeriesNumber", 0) or 0) + 9000,
             sop_instance_uid=hd.UID(),
@@ -275,17 +284,15 @@ def dicom_segmentation(
             manufacturer_model_name=provenance.model,
             software_versions=f"DeLightSAMLib {__version__}",
             device_serial_number="none",
-            series_description=f"{provenance.model} {segment.name}"[:64],
+            series_description=f"{provenance.model} {', '.join(s.name for s in segments)}"[:64],
             content_label="DELIGHTSAM",
             content_description=f"{provenance.model} ({provenance.checkpoint})"[:64],
             omit_empty_frames=False,
         )
     except (ValueError, AttributeError, TypeError) as error:  # highdicom's checks of the source images
-        raise ImageError(
-            f"cannot make a DICOM SEG for {source} ({str(error).splitlines()[0][:160]}); "
-            "choose --format nrrd or seg.nrrd"
-        ) from error
+        raise ImageError(f"cannot make a DICOM SEG for {source} ({str(error).splitlines()[0][:160]}); "
+                         "choose --format nrrd or seg.nrrd") from error
 
 
-def save_dicom(dataset, target: Path) -> None:
-    _atomic_write(lambda temporary: dataset.save_as(str(temporary), enforce_file_format=True), target)
+def dicom_writer(dataset) -> Writer:
+    return lambda temporary: dataset.save_as(str(temporary), enforce_file_format=True)

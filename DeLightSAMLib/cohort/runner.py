@@ -27,14 +27,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import DeLightSAMError
-from ..imageio import LoadedImage, _atomic_write, read_dicom_series, read_image
+from ..imageio import LoadedImage, read_dicom_series, read_image, write_files
 from ..registry import modality_name, resolve_modality
+from ..segmentation import by_boxes, by_modality, check_boxes, check_model, volume_window
 from ..transforms import Window
 from . import dicomweb
 from .cases import Case
 from .distributed import ProcessGroup, shard
 from .extras import require
-from .formats import dicom_segmentation, output_kind, provenance_for, segment_for, write_output
+from .formats import box_segments, dicom_segmentation, output_kind, provenance_for, segment_for, write_output
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +126,8 @@ def write_summary(result: CohortResult, stem: Path) -> tuple[Path, Path]:
         "processes": result.world,
         "results": rows,
     }
-    _atomic_write(write_csv, csv_path)
-    _atomic_write(lambda temporary: temporary.write_text(json.dumps(summary, indent=1) + "\n"), json_path)
+    write_files([(csv_path, write_csv),
+                 (json_path, lambda temporary: temporary.write_text(json.dumps(summary, indent=1) + "\n"))])
     return csv_path, json_path
 
 
@@ -214,40 +215,6 @@ def _gdcm_order(files: list[Path]) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------- running
-def predict_volume(
-    predictor,
-    volume: np.ndarray,
-    modality,
-    *,
-    axis: int = 2,
-    threshold: float = 0.5,
-    window: Optional[Window] = None,
-    batch_size: Optional[int] = None,
-    return_logits: bool = False,
-    progress: Optional[Callable[[int, Optional[int]], None]] = None,
-):
-    """Masks [k, j, i] of a volume segmented slice by slice along image ``axis`` with one window for the whole
-    volume (default: its 0.5-99.5 percentile range); logits of the same shape when asked for, else None."""
-    from ..intensity import robust_window
-
-    numpy_axis = 2 - axis  # image axes (i, j, k) are numpy axes (2, 1, 0)
-    if window is None and volume.dtype != np.uint8:
-        window = robust_window(volume)  # one window for the whole volume, not one per slice
-    slices = [np.take(volume, index, axis=numpy_axis) for index in range(volume.shape[numpy_axis])]
-    results = predictor.predict_batch(
-        slices,
-        modality,
-        threshold=threshold,
-        batch_size=batch_size,
-        window=window,
-        return_logits=return_logits,
-        progress=progress,
-    )
-    mask = np.stack([r.mask for r in results], axis=numpy_axis)
-    logits = np.stack([r.logits for r in results], axis=numpy_axis) if return_logits else None
-    return mask, logits
-
-
 class _Models:
     """One predictor in memory at a time; a checkpoint that fails to load fails each of its cases with the reason."""
 
@@ -290,7 +257,7 @@ class _Runner:
                     results.append((index, skipped))
                     self._finished(skipped)
             # grouped by checkpoint (stable): each model is loaded once
-            todo.sort(key=lambda item: str(item[1].settings.checkpoint or ""))
+            todo.sort(key=lambda item: item[1].checkpoint)
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="delightsam-read") as reader:
                 upcoming = reader.submit(load_case, todo[0][1]) if todo else None
                 for number, (index, case) in enumerate(todo):
@@ -367,18 +334,16 @@ class _Runner:
         image = None
         try:
             image = loading.result()
-            predictor = self.models.get(case.settings.checkpoint)
-            mask, modality = self._segment(predictor, image.loaded, case)
-            segment = segment_for(modality)
-            provenance = provenance_for(case.settings.checkpoint, modality, self.options.threshold)
+            predictor = self.models.get(case.checkpoint)
+            labels, segments, provenance = self._segment(predictor, image.loaded, case)
             dataset = None
             if case.output is not None:
                 case.output.parent.mkdir(parents=True, exist_ok=True)
                 _remove_temporaries(case.output)
-                dataset = write_output(mask, case.output, image.loaded, segment, provenance, image.dicom_files)
+                dataset = write_output(labels, case.output, image.loaded, segments, provenance, image.dicom_files)
             if self._stores(case):
                 if dataset is None:
-                    dataset = dicom_segmentation(mask, image.dicom_files, segment, provenance, image.loaded.source)
+                    dataset = dicom_segmentation(labels, image.dicom_files, segments, provenance, image.loaded.source)
                 dicomweb.store(self.options.store_to, dataset)
         except Exception as error:  # noqa: BLE001 - one case's failure, whatever it is, must not stop the run
             return self._failed(case, start, error)
@@ -389,40 +354,34 @@ class _Runner:
             case,
             "done",
             seconds=time.perf_counter() - start,
-            voxels=int(np.count_nonzero(mask)),
-            total_voxels=int(mask.size),
+            voxels=int(np.count_nonzero(labels)),
+            total_voxels=int(labels.size),
         )
         state.record(case, result, stored=self._stores(case))
         return result
 
-    def _segment(self, predictor, loaded: LoadedImage, case: Case) -> tuple[np.ndarray, Optional[str]]:
-        """The case's mask and the canonical name of the modality it was segmented for."""
+    def _segment(self, predictor, loaded: LoadedImage, case: Case):
+        """(labels, their segments, provenance) of a case, by modality (De-LightSAM) or by box (LiteMedSAM)."""
         settings, options = case.settings, self.options
-        if settings.box is not None:
-            raise DeLightSAMError(f"box prompts need the box model, which this version does not have ({case.name})")
-        if settings.modality is None:
-            raise DeLightSAMError(f"no modality for {case.name}; give --modality or a manifest modality column")
-        modality_map = getattr(predictor, "modality_map", None)
-        name = modality_name(resolve_modality(settings.modality, modality_map), modality_map)
-        if loaded.is_2d:
-            predictor.set_image(loaded.array, options.window)
-            return predictor.predict(settings.modality, threshold=options.threshold).mask, name
+        boxes = np.asarray([settings.box], dtype=np.float64) if settings.box is not None else None
+        check_model(predictor, boxes, case.checkpoint)
+        window = volume_window(loaded, options.window)
 
         def slices_done(done: int, total: Optional[int]) -> None:
             if total:
                 self.progress(self.finished + done / total, None)
 
-        mask, _ = predict_volume(
-            predictor,
-            loaded.array,
-            settings.modality,
-            axis=options.axis,
-            threshold=options.threshold,
-            window=options.window,
-            batch_size=options.batch_size,
-            progress=slices_done,
-        )
-        return mask, name
+        common = dict(axis=options.axis, threshold=options.threshold, window=window, progress=slices_done)
+        if boxes is not None:
+            slice_range = check_boxes(boxes, loaded, options.axis, settings.slices)
+            result = by_boxes(predictor, loaded, boxes, slice_range, **common)
+            return result.labels, box_segments(1), provenance_for(settings.checkpoint, options.threshold, boxes=boxes)
+        if settings.modality is None:
+            raise DeLightSAMError(f"no modality for {case.name}; give --modality or a manifest modality column")
+        modality_map = predictor.modality_map
+        name = modality_name(resolve_modality(settings.modality, modality_map), modality_map)
+        result = by_modality(predictor, loaded, settings.modality, batch_size=options.batch_size, **common)
+        return result.labels, [segment_for(name)], provenance_for(settings.checkpoint, options.threshold, modality=name)
 
 
 def _remove_temporaries(target: Path) -> None:

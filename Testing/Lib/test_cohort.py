@@ -35,9 +35,9 @@ from cohort_data import (
 )
 from DeLightSAMLib.cli import main
 from DeLightSAMLib.cohort.cases import Settings, collect_cases
-from DeLightSAMLib.cohort.runner import predict_volume
 from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.predictor import Predictor
+from DeLightSAMLib.segmentation import by_modality, volume_window
 from DeLightSAMLib.registry import CHECKPOINTS
 
 
@@ -84,7 +84,7 @@ def expected_mask(predictor, path: Path, modality: str = "xray") -> np.ndarray:
         predictor.set_image(loaded.array)
         mask = predictor.predict(modality).mask
     else:
-        mask = predict_volume(predictor, loaded.array, modality)[0]
+        mask = by_modality(predictor, loaded, modality, window=volume_window(loaded, None)).labels
     assert 0.05 < mask.mean() < 0.95, f"the test model's mask of {path} is almost constant: equality would prove little"
     return mask
 
@@ -320,7 +320,7 @@ def test_dicom_seg_passes_the_standards_validator(tmp_path):
         mask[..., :2, :] = False
         for label, values in (("mask", mask), ("empty", np.zeros_like(mask))):
             target = tmp_path / f"{name}_{label}.dcm"
-            write_output(values, target, loaded, segment_for("xray"), provenance_for("tiny", "xray", 0.5), order)
+            write_output(values, target, loaded, [segment_for("xray")], provenance_for("tiny", 0.5, modality="xray"), order)
             checked = subprocess.run([dicom_validator(), str(target)], capture_output=True, text=True)
             report = (checked.stdout + checked.stderr).strip().splitlines()
             assert checked.returncode == 0 and report == ["Segmentation"], report
@@ -329,43 +329,101 @@ def test_dicom_seg_passes_the_standards_validator(tmp_path):
             )
 
 
-def test_manifest_rows_choose_checkpoint_modality_format_and_output(capsys, tmp_path, tiny, monkeypatch):
+@pytest.fixture()
+def tinybox(tiny, tmp_path, monkeypatch):
+    """Checkpoint 'tinybox' (a TINY_LITEMEDSAM_CONFIG LiteMedSAM) in the test's checkpoint cache; its predictor."""
+    from DeLightSAMLib.box_predictor import BoxPredictor
+    from DeLightSAMLib.build import build_model
+    from DeLightSAMLib.config import TINY_LITEMEDSAM_CONFIG
+    from DeLightSAMLib.registry import CheckpointEntry
+
+    monkeypatch.setitem(CHECKPOINTS, "tinybox", CheckpointEntry(
+        name="tinybox", filename="tinybox.pth", urls=(), description="tiny LiteMedSAM", config=TINY_LITEMEDSAM_CONFIG,
+        modality_map={}))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.save(build_model(TINY_LITEMEDSAM_CONFIG).state_dict(), tmp_path / "cache" / "tinybox.pth")
+    return BoxPredictor.from_checkpoint("tinybox", device="cpu")
+
+
+def test_several_boxes_give_one_segment_each_in_dicom_seg_and_slicer_files(capsys, tmp_path, tinybox):
+    series = tmp_path / "ct"
+    make_ct_series(series, ct_volume(np.random.default_rng(8), slices=2))
+    boxes = ["--box", "2", "3", "20", "25", "--box", "15", "10", "40", "35"]
+    code, out, err = run(capsys, "predict", series, *boxes, "-c", "tinybox", "--device", "cpu", "--format", "dicom-seg")
+    assert code == 0 and out.startswith(str(tmp_path / "ct_mask.dcm")), err
+    code, out, err = run(capsys, "predict", series, *boxes, "-c", "tinybox", "--device", "cpu", "-o", tmp_path / "ct.seg.nrrd")
+    assert code == 0, err
+    code, out, err = run(capsys, "predict", series, *boxes, "-c", "tinybox", "--device", "cpu", "-o", tmp_path / "ct.nrrd")
+    assert code == 0, err
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ct.nrrd")))
+    assert set(np.unique(labels)) == {0, 1, 2}  # the label map the box mode always wrote
+
+    order = collect_cases([str(series)], Settings(box=(0, 0, 1, 1)))[0].dicom_files
+    seg = highdicom.seg.segread(str(tmp_path / "ct_mask.dcm"))
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == ["box 1", "box 2"]
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "LiteMedSAM" and "2 3 20 25; 15 10 40 35" in str(algorithm.AlgorithmParameters)
+    uids = [pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID for f in order]
+    for number in (1, 2):
+        pixels = seg.get_pixels_by_source_instance(uids, segment_numbers=[number])[..., 0] > 0
+        np.testing.assert_array_equal(pixels, labels == number, err_msg=f"segment {number}")
+    checked = subprocess.run([dicom_validator(), str(tmp_path / "ct_mask.dcm")], capture_output=True, text=True)
+    assert (checked.stdout + checked.stderr).strip().splitlines() == ["Segmentation"]
+    segmentation = slicerio.read_segmentation(str(tmp_path / "ct.seg.nrrd"))
+    assert [(s["name"], s["labelValue"]) for s in segmentation["segments"]] == [("box 1", 1), ("box 2", 2)]
+    np.testing.assert_array_equal(np.transpose(segmentation["voxels"], (2, 1, 0)), labels)
+
+
+def test_manifest_rows_choose_checkpoint_modality_box_format_and_output(capsys, tmp_path, tiny, tinybox, monkeypatch):
+    import DeLightSAMLib.predictor as predictor_module
+    from DeLightSAMLib.intensity import robust_window
+
     rng = np.random.default_rng(2)
     data = tmp_path / "data"
     data.mkdir()
-    for name in ("a", "b", "c"):
-        sitk.WriteImage(
-            sitk.GetImageFromArray(rng.integers(0, 256, (30, 36), dtype=np.uint8)), str(data / f"{name}.png")
-        )
+    for name in ("a", "b", "c", "e"):
+        sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 256, (30, 36), dtype=np.uint8)), str(data / f"{name}.png"))
+    volume = ct_volume(rng, slices=3)
+    write_volume(data / "d.nrrd", volume)
     other = save_tiny_checkpoint(tmp_path / "other", offset=-180.0)
     manifest = data / "cohort.csv"
     manifest.write_text(
-        "input,output,checkpoint,modality,box,format\n"
-        "a.png,results/a_fundus.png,,fundus,,\n"
-        f"b.png,,{other},xray,,seg.nrrd\n"
-        "c.png,,,,10 5 20 25,\n"
+        "input,output,checkpoint,modality,box,slices,format\n"
+        "a.png,results/a_fundus.png,,fundus,,,\n"
+        f"b.png,,{other},xray,,,seg.nrrd\n"
+        "c.png,,tinybox,,10 5 20 25,,\n"
+        "d.nrrd,,tinybox,,5 5 30 30,1 1,\n"
+        "e.png,,,,10 5 20 25,,\n"  # a box for the command line's De-LightSAM checkpoint: refused
     )
     loads = []
-    real = Predictor.from_checkpoint
+    real = predictor_module.load_predictor
 
     def counting(checkpoint=None, **kwargs):
-        loads.append(checkpoint)
-        return real(checkpoint, config=TINY.config, **{k: v for k, v in kwargs.items() if k != "config"})
+        loads.append(str(checkpoint))
+        if str(checkpoint) == str(other):  # a path: the file does not say it is the tiny variant
+            return Predictor.from_checkpoint(checkpoint, config=TINY.config, **kwargs)
+        return real(checkpoint, **kwargs)
 
-    monkeypatch.setattr(Predictor, "from_checkpoint", staticmethod(counting))
+    monkeypatch.setattr(predictor_module, "load_predictor", counting)
     (data / "results").mkdir()
     code, stdout, err = run(capsys, "predict", manifest, "-c", "tiny", "--device", "cpu", "--summary", tmp_path / "run")
-    assert code == 1 and "3 cases: 2 done, 0 skipped, 1 failed" in stdout
-    assert sorted(map(str, loads)) == sorted(["tiny", str(other)])  # each checkpoint loaded once
+    assert code == 1 and "5 cases: 4 done, 0 skipped, 1 failed" in stdout, err
+    assert sorted(loads) == sorted(["tiny", str(other), "tinybox"])  # each checkpoint loaded once
     tiny.set_image(sitk.GetArrayFromImage(sitk.ReadImage(str(data / "a.png"))))
     np.testing.assert_array_equal(result_pixels(data / "results" / "a_fundus.png"), tiny.predict("fundus").mask)
-    other_predictor = real(str(other), config=TINY.config, device="cpu")
+    other_predictor = Predictor.from_checkpoint(str(other), config=TINY.config, device="cpu")
     other_predictor.set_image(sitk.GetArrayFromImage(sitk.ReadImage(str(data / "b.png"))))
-    np.testing.assert_array_equal(
-        result_pixels(data / "b_mask.seg.nrrd")[:, :, 0].T, other_predictor.predict("xray").mask
-    )
+    np.testing.assert_array_equal(result_pixels(data / "b_mask.seg.nrrd")[:, :, 0].T, other_predictor.predict("xray").mask)
+    box_predictor = tinybox
+    box_predictor.set_image(sitk.GetArrayFromImage(sitk.ReadImage(str(data / "c.png"))))
+    np.testing.assert_array_equal(result_pixels(data / "c_mask.png"), box_predictor.predict([10, 5, 20, 25]).masks[0])
+    labels = result_pixels(data / "d_mask.nrrd")
+    assert labels[1].any() and not labels[0].any() and not labels[2].any()  # only slice 1 was asked for
+    box_predictor.set_image(volume[1], robust_window(volume))
+    np.testing.assert_array_equal(labels[1], box_predictor.predict([5, 5, 30, 30]).masks[0])
     rows, _ = read_summary(tmp_path / "run")
-    assert "box" in next(r for r in rows if r["case"].endswith("c.png"))["reason"]
+    assert "is a De-LightSAM model, which takes no box" in next(r for r in rows if r["case"].endswith("e.png"))["reason"]
 
 
 @pytest.mark.parametrize(
