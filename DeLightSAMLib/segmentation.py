@@ -39,7 +39,9 @@ class Segmentation:
         if self.boxes is None or len(self.boxes) == 1:
             text = f"{int(np.count_nonzero(self.labels))} of {size} pixels in the mask"
         else:
-            counts = ", ".join(f"label {i}: {int(np.count_nonzero(self.labels == i))}" for i in range(1, len(self.boxes) + 1))
+            counts = ", ".join(
+                f"label {i}: {int(np.count_nonzero(self.labels == i))}" for i in range(1, len(self.boxes) + 1)
+            )
             text = f"pixels of {size} per box: {counts}"
         if self.iou is not None:
             text += "; IoU estimate " + ", ".join(f"{value:.3f}" for value in self.iou)
@@ -61,15 +63,20 @@ def check_model(predictor, boxes, checkpoint: str) -> None:
     from .box_predictor import BoxPredictor
 
     if boxes is not None and not isinstance(predictor, BoxPredictor):
-        raise DeLightSAMError(f"checkpoint '{checkpoint}' is a De-LightSAM model, which takes no box; use --modality "
-                              f"NAME with it, or --checkpoint {BOX_CHECKPOINT} (or a LiteMedSAM .pth) for boxes")
+        raise DeLightSAMError(
+            f"checkpoint '{checkpoint}' is a De-LightSAM model, which takes no box; use --modality "
+            f"NAME with it, or --checkpoint {BOX_CHECKPOINT} (or a LiteMedSAM .pth) for boxes"
+        )
     if boxes is None and isinstance(predictor, BoxPredictor):
-        raise DeLightSAMError(f"checkpoint '{checkpoint}' is LiteMedSAM, a box-prompted model: give --box X0 Y0 X1 Y1 "
-                              "instead of --modality, or a De-LightSAM checkpoint for --modality")
+        raise DeLightSAMError(
+            f"checkpoint '{checkpoint}' is LiteMedSAM, a box-prompted model: give --box X0 Y0 X1 Y1 "
+            "instead of --modality, or a De-LightSAM checkpoint for --modality"
+        )
 
 
-def check_boxes(boxes: np.ndarray, loaded: LoadedImage, axis: int, slices: Optional[tuple[int, int]]
-                ) -> Optional[tuple[int, int]]:
+def check_boxes(
+    boxes: np.ndarray, loaded: LoadedImage, axis: int, slices: Optional[tuple[int, int]]
+) -> Optional[tuple[int, int]]:
     """Raise on a bad box or slice range before the model is loaded; the slice range (volumes) or None."""
     from .transforms import clip_boxes
 
@@ -84,14 +91,25 @@ def check_boxes(boxes: np.ndarray, loaded: LoadedImage, axis: int, slices: Optio
     clip_boxes(boxes, slice_shape)
     first, last = slices if slices is not None else (0, count - 1)
     if not 0 <= first <= last < count:
-        raise DeLightSAMError(f"--slices {first} {last} is not a range within 0..{count - 1} (the volume has {count} "
-                              f"slices along axis {axis}); FIRST must not exceed LAST")
+        raise DeLightSAMError(
+            f"--slices {first} {last} is not a range within 0..{count - 1} (the volume has {count} "
+            f"slices along axis {axis}); FIRST must not exceed LAST"
+        )
     return first, last
 
 
-def by_modality(predictor, loaded: LoadedImage, modality, *, axis: int = 2, threshold: float = 0.5,
-                window: Optional[Window] = None, batch_size: Optional[int] = None, return_logits: bool = False,
-                progress: Optional[SliceProgress] = None) -> Segmentation:
+def by_modality(
+    predictor,
+    loaded: LoadedImage,
+    modality,
+    *,
+    axis: int = 2,
+    threshold: float = 0.5,
+    window: Optional[Window] = None,
+    batch_size: Optional[int] = None,
+    return_logits: bool = False,
+    progress: Optional[SliceProgress] = None,
+) -> Segmentation:
     """De-LightSAM's mask of ``modality``; a volume's slices are batched (``batch_size`` per network pass)."""
     if loaded.is_2d:
         predictor.set_image(loaded.array, window)
@@ -100,16 +118,32 @@ def by_modality(predictor, loaded: LoadedImage, modality, *, axis: int = 2, thre
     volume = loaded.array
     numpy_axis = 2 - axis
     slices = [np.take(volume, index, axis=numpy_axis) for index in range(volume.shape[numpy_axis])]
-    results = predictor.predict_batch(slices, modality, threshold=threshold, batch_size=batch_size, window=window,
-                                      return_logits=return_logits, progress=progress)
+    results = predictor.predict_batch(
+        slices,
+        modality,
+        threshold=threshold,
+        batch_size=batch_size,
+        window=window,
+        return_logits=return_logits,
+        progress=progress,
+    )
     mask = np.stack([r.mask for r in results], axis=numpy_axis)
     logits = np.stack([r.logits for r in results], axis=numpy_axis) if return_logits else None
     return Segmentation(mask, logits)
 
 
-def by_boxes(predictor, loaded: LoadedImage, boxes: np.ndarray, slice_range: Optional[tuple[int, int]], *,
-             axis: int = 2, threshold: float = 0.5, window: Optional[Window] = None, return_logits: bool = False,
-             progress: Optional[SliceProgress] = None) -> Segmentation:
+def by_boxes(
+    predictor,
+    loaded: LoadedImage,
+    boxes: np.ndarray,
+    slice_range: Optional[tuple[int, int]],
+    *,
+    axis: int = 2,
+    threshold: float = 0.5,
+    window: Optional[Window] = None,
+    return_logits: bool = False,
+    progress: Optional[SliceProgress] = None,
+) -> Segmentation:
     """LiteMedSAM's masks for (N, 4) ``boxes``. 2D: one encoder pass, all boxes decoded together. Volumes: the
     same on every slice of ``slice_range`` (from ``check_boxes``); slices outside it stay 0 (logits -inf there)."""
     if loaded.is_2d:

@@ -182,7 +182,7 @@ def single_output(args: argparse.Namespace, loaded, default: Path) -> Path:
 def single_writer(segmentation, output: Path, loaded, args: argparse.Namespace):
     """How a single-input run writes its labels: a label map as always, or a Slicer segmentation or DICOM SEG."""
     from ..registry import modality_name
-    from .formats import box_segments, output_kind, provenance_for, result_writer, segment_for
+    from .formats import Result, box_segments, output_kind, provenance_for, result_writer, segment_for
 
     if segmentation.boxes is not None:
         segments = box_segments(len(segmentation.boxes))
@@ -192,7 +192,7 @@ def single_writer(segmentation, output: Path, loaded, args: argparse.Namespace):
         segments = [segment_for(name)]
         provenance = provenance_for(args.checkpoint, args.threshold, modality=name)
     dicom_files = _dicom_files(loaded.source) if output_kind(output) == "dicom-seg" else ()
-    return result_writer(segmentation.labels, output, loaded, segments, provenance, dicom_files)[0]
+    return result_writer(Result(segmentation.labels, segments, provenance), output, loaded, dicom_files)[0]
 
 
 def _dicom_files(source: Path) -> tuple[Path, ...]:
@@ -212,8 +212,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
     box = tuple(args.box[0]) if args.box and len(args.box) == 1 else None
     slices = tuple(args.slices) if args.slices else None
-    return Settings(checkpoint=args.checkpoint, modality=args.modality, box=box, slices=slices,
-                    format=None if args.format == "auto" else args.format)
+    return Settings(
+        checkpoint=args.checkpoint,
+        modality=args.modality,
+        box=box,
+        slices=slices,
+        format=None if args.format == "auto" else args.format,
+    )
 
 
 def _output_dir(args: argparse.Namespace) -> Optional[Path]:
@@ -240,8 +245,9 @@ def _check(args: argparse.Namespace, cases: list[Case]) -> None:
         if option:
             raise DeLightSAMError(f"{name} works with one input; run a single input to get that file")
     if args.box and len(args.box) > 1:
-        raise DeLightSAMError("several --box go with one input; for a cohort give one --box, or a box per row of a "
-                              "manifest")
+        raise DeLightSAMError(
+            "several --box go with one input; for a cohort give one --box, or a box per row of a manifest"
+        )
     if args.modality is not None and args.box:
         raise DeLightSAMError("--modality and --box cannot be combined: give one of them (or per manifest row)")
     if args.store_to:

@@ -88,8 +88,10 @@ def segment_for(modality_name: Optional[str]) -> SegmentLabel:
 
 def box_segments(count: int) -> list[SegmentLabel]:
     """Segments "box 1" .. "box N" for the structures in N boxes, coloured as the overlay draws them."""
-    return [SegmentLabel(f"box {number}", TISSUE, TISSUE, PALETTE[(number - 1) % len(PALETTE)])
-            for number in range(1, count + 1)]
+    return [
+        SegmentLabel(f"box {number}", TISSUE, TISSUE, PALETTE[(number - 1) % len(PALETTE)])
+        for number in range(1, count + 1)
+    ]
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,15 @@ class Provenance:
     parameters: dict[str, str] = field(default_factory=dict)  # modality or box, threshold
 
 
-def provenance_for(checkpoint: Optional[str], threshold: float, modality: Optional[str] = None,
-                   boxes: Optional[np.ndarray] = None) -> Provenance:
+def provenance_for(
+    checkpoint: Optional[str], threshold: float, modality: Optional[str] = None, boxes: Optional[np.ndarray] = None
+) -> Provenance:
     """De-LightSAM by ``modality``, or LiteMedSAM by ``boxes``, with ``checkpoint`` (a registry name, or a path:
     its file name; None: the model's default)."""
     checkpoint = checkpoint or (BOX_CHECKPOINT if boxes is not None else OFFICIAL_CHECKPOINT)
-    label = Path(checkpoint).name if ("/" in checkpoint or os.sep in checkpoint or Path(checkpoint).suffix) else checkpoint
+    label = (
+        Path(checkpoint).name if ("/" in checkpoint or os.sep in checkpoint or Path(checkpoint).suffix) else checkpoint
+    )
     parameters = {"threshold": f"{threshold:g}"}
     if modality is not None:
         parameters["modality"] = modality
@@ -146,22 +151,29 @@ def packages_for(kind: str) -> tuple[tuple[str, str], ...]:
     return ()
 
 
-def result_writer(labels: np.ndarray, target: Path, loaded: LoadedImage, segments: Sequence[SegmentLabel],
-                  provenance: Provenance, dicom_files: Sequence[Path] = ()):
+@dataclass
+class Result:
+    """Labels (bool, or 0..N) with what each label is (``segments[i - 1]`` for label i) and what made them."""
+
+    labels: np.ndarray
+    segments: Sequence[SegmentLabel]
+    provenance: Provenance
+
+
+def result_writer(result: Result, target: Path, loaded: LoadedImage, dicom_files: Sequence[Path] = ()):
     """(the Writer for ``target`` in the format its name says, the DICOM SEG dataset or None)."""
     kind = output_kind(target)
     if kind == "labelmap":
-        return mask_writer(labels, target, reference=loaded, labels=len(segments) > 1), None
+        return mask_writer(result.labels, target, reference=loaded, labels=len(result.segments) > 1), None
     if kind == "seg.nrrd":
-        return slicer_writer(labels, loaded, segments), None
-    dataset = dicom_segmentation(labels, dicom_files, segments, provenance, loaded.source)
+        return slicer_writer(result.labels, loaded, result.segments), None
+    dataset = dicom_segmentation(result, dicom_files, loaded.source)
     return dicom_writer(dataset), dataset
 
 
-def write_output(labels: np.ndarray, target: Path, loaded: LoadedImage, segments: Sequence[SegmentLabel],
-                 provenance: Provenance, dicom_files: Sequence[Path] = ()):
+def write_output(result: Result, target: Path, loaded: LoadedImage, dicom_files: Sequence[Path] = ()):
     """Write one result (see ``result_writer``); the DICOM SEG dataset when one was written, else None."""
-    writer, dataset = result_writer(labels, target, loaded, segments, provenance, dicom_files)
+    writer, dataset = result_writer(result, target, loaded, dicom_files)
     write_files([(target, writer)])
     return dataset
 
@@ -206,15 +218,17 @@ def slicer_writer(labels: np.ndarray, loaded: LoadedImage, segments: Sequence[Se
         extent = [0, -1, 0, -1, 0, -1]
         if np.any(voxels == number):
             extent = [int(v) for axis in np.nonzero(voxels == number) for v in (axis.min(), axis.max())]
-        entries.append({
-            "id": f"Segment_{number}",
-            "labelValue": number,
-            "layer": 0,
-            "name": segment.name,
-            "color": [round(c / 255, 6) for c in segment.color],
-            "extent": extent,
-            "terminology": slicer_terminology(segment),
-        })
+        entries.append(
+            {
+                "id": f"Segment_{number}",
+                "labelValue": number,
+                "layer": 0,
+                "name": segment.name,
+                "color": [round(c / 255, 6) for c in segment.color],
+                "extent": extent,
+                "terminology": slicer_terminology(segment),
+            }
+        )
     segmentation = {
         "voxels": voxels,
         "ijkToLPS": ijk_to_lps(loaded),
@@ -231,12 +245,14 @@ def read_dicom_headers(files: Sequence[Path]) -> list:
     return [pydicom.dcmread(str(path), stop_before_pixels=True) for path in files]
 
 
-def dicom_segmentation(labels: np.ndarray, dicom_files: Sequence[Path], segments: Sequence[SegmentLabel],
-                       provenance: Provenance, source: Path):
+def dicom_segmentation(result: Result, dicom_files: Sequence[Path], source: Path):
     """A binary DICOM Segmentation of the series ``dicom_files`` (in slice order: ``labels[k]`` is file k), segment
     i where the labels are i."""
+    labels, segments, provenance = result.labels, result.segments, result.provenance
     if not dicom_files:
-        raise ImageError(f"a DICOM SEG needs DICOM input; {source} is not DICOM: choose --format nrrd, nii.gz or seg.nrrd")
+        raise ImageError(
+            f"a DICOM SEG needs DICOM input; {source} is not DICOM: choose --format nrrd, nii.gz or seg.nrrd"
+        )
     hd = require("highdicom", "DICOM SEG output")
     from pydicom.sr.coding import Code
 
@@ -290,8 +306,10 @@ def dicom_segmentation(labels: np.ndarray, dicom_files: Sequence[Path], segments
             omit_empty_frames=False,
         )
     except (ValueError, AttributeError, TypeError) as error:  # highdicom's checks of the source images
-        raise ImageError(f"cannot make a DICOM SEG for {source} ({str(error).splitlines()[0][:160]}); "
-                         "choose --format nrrd or seg.nrrd") from error
+        raise ImageError(
+            f"cannot make a DICOM SEG for {source} ({str(error).splitlines()[0][:160]}); "
+            "choose --format nrrd or seg.nrrd"
+        ) from error
 
 
 def dicom_writer(dataset) -> Writer:

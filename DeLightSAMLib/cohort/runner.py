@@ -35,7 +35,15 @@ from . import dicomweb
 from .cases import Case
 from .distributed import ProcessGroup, shard
 from .extras import require
-from .formats import box_segments, dicom_segmentation, output_kind, provenance_for, segment_for, write_output
+from .formats import (
+    Result,
+    box_segments,
+    dicom_segmentation,
+    output_kind,
+    provenance_for,
+    segment_for,
+    write_output,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +134,12 @@ def write_summary(result: CohortResult, stem: Path) -> tuple[Path, Path]:
         "processes": result.world,
         "results": rows,
     }
-    write_files([(csv_path, write_csv),
-                 (json_path, lambda temporary: temporary.write_text(json.dumps(summary, indent=1) + "\n"))])
+    write_files(
+        [
+            (csv_path, write_csv),
+            (json_path, lambda temporary: temporary.write_text(json.dumps(summary, indent=1) + "\n")),
+        ]
+    )
     return csv_path, json_path
 
 
@@ -335,15 +347,15 @@ class _Runner:
         try:
             image = loading.result()
             predictor = self.models.get(case.checkpoint)
-            labels, segments, provenance = self._segment(predictor, image.loaded, case)
+            labelled = self._segment(predictor, image.loaded, case)
             dataset = None
             if case.output is not None:
                 case.output.parent.mkdir(parents=True, exist_ok=True)
                 _remove_temporaries(case.output)
-                dataset = write_output(labels, case.output, image.loaded, segments, provenance, image.dicom_files)
+                dataset = write_output(labelled, case.output, image.loaded, image.dicom_files)
             if self._stores(case):
                 if dataset is None:
-                    dataset = dicom_segmentation(labels, image.dicom_files, segments, provenance, image.loaded.source)
+                    dataset = dicom_segmentation(labelled, image.dicom_files, image.loaded.source)
                 dicomweb.store(self.options.store_to, dataset)
         except Exception as error:  # noqa: BLE001 - one case's failure, whatever it is, must not stop the run
             return self._failed(case, start, error)
@@ -354,14 +366,14 @@ class _Runner:
             case,
             "done",
             seconds=time.perf_counter() - start,
-            voxels=int(np.count_nonzero(labels)),
-            total_voxels=int(labels.size),
+            voxels=int(np.count_nonzero(labelled.labels)),
+            total_voxels=int(labelled.labels.size),
         )
         state.record(case, result, stored=self._stores(case))
         return result
 
     def _segment(self, predictor, loaded: LoadedImage, case: Case):
-        """(labels, their segments, provenance) of a case, by modality (De-LightSAM) or by box (LiteMedSAM)."""
+        """A case's labels, by modality (De-LightSAM) or by box (LiteMedSAM)."""
         settings, options = case.settings, self.options
         boxes = np.asarray([settings.box], dtype=np.float64) if settings.box is not None else None
         check_model(predictor, boxes, case.checkpoint)
@@ -375,13 +387,16 @@ class _Runner:
         if boxes is not None:
             slice_range = check_boxes(boxes, loaded, options.axis, settings.slices)
             result = by_boxes(predictor, loaded, boxes, slice_range, **common)
-            return result.labels, box_segments(1), provenance_for(settings.checkpoint, options.threshold, boxes=boxes)
+            return Result(
+                result.labels, box_segments(1), provenance_for(settings.checkpoint, options.threshold, boxes=boxes)
+            )
         if settings.modality is None:
             raise DeLightSAMError(f"no modality for {case.name}; give --modality or a manifest modality column")
         modality_map = predictor.modality_map
         name = modality_name(resolve_modality(settings.modality, modality_map), modality_map)
         result = by_modality(predictor, loaded, settings.modality, batch_size=options.batch_size, **common)
-        return result.labels, [segment_for(name)], provenance_for(settings.checkpoint, options.threshold, modality=name)
+        provenance = provenance_for(settings.checkpoint, options.threshold, modality=name)
+        return Result(result.labels, [segment_for(name)], provenance)
 
 
 def _remove_temporaries(target: Path) -> None:

@@ -65,6 +65,9 @@ def cohort(tmp_path_factory):
     return root
 
 
+TINY_XRAY = ("-m", "xray", "-c", "tiny", "--device", "cpu")  # the tiny test model's xray map, on the CPU
+
+
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -136,9 +139,7 @@ def test_discovery_groups_series_skips_results_and_mirrors_folders(tmp_path, coh
 
 def test_mixed_cohort_one_command_summary_resume_and_corrupt_case(capsys, tmp_path, cohort, tiny):
     out = tmp_path / "out"
-    code, stdout, err = run(
-        capsys, "predict", cohort, "-m", "xray", "-c", "tiny", "--device", "cpu", "--output-dir", out
-    )
+    code, stdout, err = run(capsys, "predict", cohort, *TINY_XRAY, "--output-dir", out)
     assert code == 1, err  # one case failed
     assert "20 cases: 19 done, 0 skipped, 1 failed" in stdout
     failure_lines = [line for line in err.splitlines() if "broken.nii.gz failed:" in line]
@@ -171,7 +172,7 @@ def test_mixed_cohort_one_command_summary_resume_and_corrupt_case(capsys, tmp_pa
 
     # a second run finds everything done; the corrupt case fails again, nothing is rewritten
     stamp = (out / "dicom" / "ct_mask.dcm").stat().st_mtime_ns
-    code, stdout, _ = run(capsys, "predict", cohort, "-m", "xray", "-c", "tiny", "--device", "cpu", "--output-dir", out)
+    code, stdout, _ = run(capsys, "predict", cohort, *TINY_XRAY, "--output-dir", out)
     assert code == 1 and "20 cases: 0 done, 19 skipped, 1 failed" in stdout
     rows, _ = read_summary(out / "delightsam-summary")
     skipped = next(r for r in rows if r["case"].endswith("rgb2.png"))
@@ -183,12 +184,7 @@ def test_mixed_cohort_one_command_summary_resume_and_corrupt_case(capsys, tmp_pa
         "predict",
         cohort / "photos" / "gray0.png",
         cohort / "photos" / "gray1.png",
-        "-m",
-        "xray",
-        "-c",
-        "tiny",
-        "--device",
-        "cpu",
+        *TINY_XRAY,
         "--output-dir",
         out / "photos",
         "--overwrite",
@@ -212,12 +208,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, cohort, one_thread):
             str(program),
             "predict",
             str(cohort),
-            "-m",
-            "xray",
-            "-c",
-            "tiny",
-            "--device",
-            "cpu",
+            *TINY_XRAY,
             "--output-dir",
             str(out),
         ]
@@ -259,12 +250,7 @@ def test_slicer_segmentation_reads_back_with_names_colours_and_terminology(capsy
         "predict",
         volume_path,
         photo_path,
-        "-m",
-        "xray",
-        "-c",
-        "tiny",
-        "--device",
-        "cpu",
+        *TINY_XRAY,
         "--format",
         "seg.nrrd",
         "--output-dir",
@@ -290,9 +276,7 @@ def test_slicer_segmentation_reads_back_with_names_colours_and_terminology(capsy
     # a single input takes --format too, and a DICOM SEG records what made it
     series = tmp_path / "series"
     make_ct_series(series, ct_volume(rng, slices=2))
-    code, stdout, err = run(
-        capsys, "predict", series, "-m", "xray", "-c", "tiny", "--device", "cpu", "--format", "dicom-seg"
-    )
+    code, stdout, err = run(capsys, "predict", series, *TINY_XRAY, "--format", "dicom-seg")
     assert code == 0 and stdout.startswith(str(tmp_path / "series_mask.dcm")), err
     seg = highdicom.seg.segread(str(tmp_path / "series_mask.dcm"))
     description = seg.SegmentSequence[0]
@@ -309,7 +293,7 @@ def test_slicer_segmentation_reads_back_with_names_colours_and_terminology(capsy
 def test_dicom_seg_passes_the_standards_validator(tmp_path):
     """dciodvfy (dicom3tools) checks every attribute the Segmentation IOD requires: no error, no warning, for a
     series and for a one-image DICOM, empty masks included."""
-    from DeLightSAMLib.cohort.formats import provenance_for, segment_for, write_output
+    from DeLightSAMLib.cohort.formats import Result, provenance_for, segment_for, write_output
 
     rng = np.random.default_rng(3)
     for name, volume in (("series", ct_volume(rng, slices=3)), ("single", ct_volume(rng, slices=1))):
@@ -320,7 +304,8 @@ def test_dicom_seg_passes_the_standards_validator(tmp_path):
         mask[..., :2, :] = False
         for label, values in (("mask", mask), ("empty", np.zeros_like(mask))):
             target = tmp_path / f"{name}_{label}.dcm"
-            write_output(values, target, loaded, [segment_for("xray")], provenance_for("tiny", 0.5, modality="xray"), order)
+            result = Result(values, [segment_for("xray")], provenance_for("tiny", 0.5, modality="xray"))
+            write_output(result, target, loaded, order)
             checked = subprocess.run([dicom_validator(), str(target)], capture_output=True, text=True)
             report = (checked.stdout + checked.stderr).strip().splitlines()
             assert checked.returncode == 0 and report == ["Segmentation"], report
@@ -337,9 +322,18 @@ def tinybox(tiny, tmp_path, monkeypatch):
     from DeLightSAMLib.config import TINY_LITEMEDSAM_CONFIG
     from DeLightSAMLib.registry import CheckpointEntry
 
-    monkeypatch.setitem(CHECKPOINTS, "tinybox", CheckpointEntry(
-        name="tinybox", filename="tinybox.pth", urls=(), description="tiny LiteMedSAM", config=TINY_LITEMEDSAM_CONFIG,
-        modality_map={}))
+    monkeypatch.setitem(
+        CHECKPOINTS,
+        "tinybox",
+        CheckpointEntry(
+            name="tinybox",
+            filename="tinybox.pth",
+            urls=(),
+            description="tiny LiteMedSAM",
+            config=TINY_LITEMEDSAM_CONFIG,
+            modality_map={},
+        ),
+    )
     with torch.random.fork_rng():
         torch.manual_seed(0)
         torch.save(build_model(TINY_LITEMEDSAM_CONFIG).state_dict(), tmp_path / "cache" / "tinybox.pth")
@@ -352,9 +346,13 @@ def test_several_boxes_give_one_segment_each_in_dicom_seg_and_slicer_files(capsy
     boxes = ["--box", "2", "3", "20", "25", "--box", "15", "10", "40", "35"]
     code, out, err = run(capsys, "predict", series, *boxes, "-c", "tinybox", "--device", "cpu", "--format", "dicom-seg")
     assert code == 0 and out.startswith(str(tmp_path / "ct_mask.dcm")), err
-    code, out, err = run(capsys, "predict", series, *boxes, "-c", "tinybox", "--device", "cpu", "-o", tmp_path / "ct.seg.nrrd")
+    code, out, err = run(
+        capsys, "predict", series, *boxes, "-c", "tinybox", "--device", "cpu", "-o", tmp_path / "ct.seg.nrrd"
+    )
     assert code == 0, err
-    code, out, err = run(capsys, "predict", series, *boxes, "-c", "tinybox", "--device", "cpu", "-o", tmp_path / "ct.nrrd")
+    code, out, err = run(
+        capsys, "predict", series, *boxes, "-c", "tinybox", "--device", "cpu", "-o", tmp_path / "ct.nrrd"
+    )
     assert code == 0, err
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ct.nrrd")))
     assert set(np.unique(labels)) == {0, 1, 2}  # the label map the box mode always wrote
@@ -383,7 +381,9 @@ def test_manifest_rows_choose_checkpoint_modality_box_format_and_output(capsys, 
     data = tmp_path / "data"
     data.mkdir()
     for name in ("a", "b", "c", "e"):
-        sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 256, (30, 36), dtype=np.uint8)), str(data / f"{name}.png"))
+        sitk.WriteImage(
+            sitk.GetImageFromArray(rng.integers(0, 256, (30, 36), dtype=np.uint8)), str(data / f"{name}.png")
+        )
     volume = ct_volume(rng, slices=3)
     write_volume(data / "d.nrrd", volume)
     other = save_tiny_checkpoint(tmp_path / "other", offset=-180.0)
@@ -414,7 +414,9 @@ def test_manifest_rows_choose_checkpoint_modality_box_format_and_output(capsys, 
     np.testing.assert_array_equal(result_pixels(data / "results" / "a_fundus.png"), tiny.predict("fundus").mask)
     other_predictor = Predictor.from_checkpoint(str(other), config=TINY.config, device="cpu")
     other_predictor.set_image(sitk.GetArrayFromImage(sitk.ReadImage(str(data / "b.png"))))
-    np.testing.assert_array_equal(result_pixels(data / "b_mask.seg.nrrd")[:, :, 0].T, other_predictor.predict("xray").mask)
+    np.testing.assert_array_equal(
+        result_pixels(data / "b_mask.seg.nrrd")[:, :, 0].T, other_predictor.predict("xray").mask
+    )
     box_predictor = tinybox
     box_predictor.set_image(sitk.GetArrayFromImage(sitk.ReadImage(str(data / "c.png"))))
     np.testing.assert_array_equal(result_pixels(data / "c_mask.png"), box_predictor.predict([10, 5, 20, 25]).masks[0])
@@ -423,7 +425,9 @@ def test_manifest_rows_choose_checkpoint_modality_box_format_and_output(capsys, 
     box_predictor.set_image(volume[1], robust_window(volume))
     np.testing.assert_array_equal(labels[1], box_predictor.predict([5, 5, 30, 30]).masks[0])
     rows, _ = read_summary(tmp_path / "run")
-    assert "is a De-LightSAM model, which takes no box" in next(r for r in rows if r["case"].endswith("e.png"))["reason"]
+    assert (
+        "is a De-LightSAM model, which takes no box" in next(r for r in rows if r["case"].endswith("e.png"))["reason"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -460,12 +464,7 @@ def test_cohort_command_mistakes_are_one_line(capsys, tmp_path, tiny, monkeypatc
             capsys,
             "predict",
             *images,
-            "-m",
-            "xray",
-            "-c",
-            "tiny",
-            "--device",
-            "cpu",
+            *TINY_XRAY,
             "--summary",
             tmp_path / "s",
             *extra,
@@ -477,7 +476,7 @@ def test_cohort_command_mistakes_are_one_line(capsys, tmp_path, tiny, monkeypatc
     monkeypatch.setitem(sys.modules, "highdicom", None)  # as if the cohort extra were not installed
     series = tmp_path / "series"
     make_ct_series(series, ct_volume(np.random.default_rng(0), 2))
-    code, _, err = run(capsys, "predict", series, images[0], "-m", "xray", "-c", "tiny", "--device", "cpu")
+    code, _, err = run(capsys, "predict", series, images[0], *TINY_XRAY)
     assert code == 2 and "pip install 'DeLightSAMLib[cohort]'" in err and len(err.strip().splitlines()) == 1
 
 
@@ -485,12 +484,12 @@ def test_single_dicom_folder_still_runs_as_a_single_input(capsys, tmp_path, tiny
     series = tmp_path / "ct"
     make_ct_series(series, ct_volume(np.random.default_rng(4), 2))
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "predict", "ct", "-m", "xray", "-c", "tiny", "--device", "cpu")
+    code, out, err = run(capsys, "predict", "ct", *TINY_XRAY)
     assert code == 0, err
     assert out.startswith("ct_mask.nrrd  (") and "pixels in the mask" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "ct", "ct_mask.nrrd"]  # no summary, no state
     (tmp_path / "empty").mkdir()
-    code, _, err = run(capsys, "predict", "empty", "-m", "xray", "-c", "tiny", "--device", "cpu")
+    code, _, err = run(capsys, "predict", "empty", *TINY_XRAY)
     assert code == 2 and "no DICOM series found in folder empty" in err
 
 
@@ -522,12 +521,7 @@ def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(cap
             capsys,
             "predict",
             f"{address}?StudyInstanceUID={study.StudyInstanceUID}",
-            "-m",
-            "xray",
-            "-c",
-            "tiny",
-            "--device",
-            "cpu",
+            *TINY_XRAY,
             "--summary",
             tmp_path / "run",
             *options,
@@ -595,7 +589,7 @@ def test_torchrun_two_processes_give_the_single_process_outputs(tmp_path, cohort
     script = tmp_path / "delightsam_tiny.py"
     script.write_text(CLI_WITH_TINY)
     env = {**os.environ, "DELIGHTSAM_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    arguments = ["predict", str(cohort), "-m", "xray", "-c", "tiny", "--device", "cpu", "--output-dir"]
+    arguments = ["predict", str(cohort), *TINY_XRAY, "--output-dir"]
     single = subprocess.run(
         [sys.executable, str(script), *arguments, str(tmp_path / "one")],
         env=env,
