@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import __version__
+from .cohort import command as cohort_command
 from .engines import AUTO, ENGINES
 from .errors import DeLightSAMError
 from .registry import BOX_CHECKPOINT, CHECKPOINTS, MODALITIES, OFFICIAL_CHECKPOINT, resolve_modality
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="segment a 2D image or a 3D volume: by modality (De-LightSAM) or by box (LiteMedSAM)",
         description="Give --modality NAME for De-LightSAM's prompt-free segmentation, or --box X0 Y0 X1 Y1 (repeatable) "
                     "for LiteMedSAM's segmentation of the structure in each box.")
-    predict.add_argument("input", help="image file (PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA, DICOM) or DICOM folder")
+    predict.add_argument("input", nargs="+",
+                         help="image file (PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA, DICOM) or DICOM folder; several inputs, "
+                              "a folder of them, a CSV manifest or a dicomweb:// address segment a cohort")
     predict.add_argument("--modality", "-m", default=None, help=f"De-LightSAM: one of {', '.join(MODALITIES)}, or an index")
     predict.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                          help="LiteMedSAM: a box around the structure, in the image's (or slice's) pixels, x along "
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--engine", default=AUTO, choices=[AUTO, *ENGINES],
                          help="De-LightSAM inference path (default auto: the fastest measured for the device): "
                               + "; ".join(f"{engine.name}: {engine.summary}" for engine in ENGINES.values()))
+    cohort_command.add_arguments(predict)
     predict.set_defaults(handler=run_predict)
 
     download = commands.add_parser("download", help="download a checkpoint into the cache (or --to DIR)")
@@ -116,11 +120,15 @@ def default_output(loaded) -> Path:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Check every argument and output path, then load the model, segment, and write all outputs at once."""
-    from .box_predictor import BoxPredictor
     from .imageio import read_image
-    from .intensity import check_window, robust_window
+    from .intensity import check_window
     from .predictor import load_predictor
+    from .segmentation import check_boxes, check_model, volume_window
 
+    cases = cohort_command.cohort_cases(args)
+    if cases is not None:
+        return cohort_command.run(args, cases)
+    (args.input,) = args.input
     boxes = np.asarray(args.box, dtype=np.float64) if args.box else None
     if (args.modality is None) == (boxes is None):
         raise DeLightSAMError(
@@ -140,46 +148,16 @@ def run_predict(args: argparse.Namespace) -> int:
     window = check_window(args.window) if args.window else None
     loaded = read_image(args.input)
     outputs = _check_outputs(args, loaded)
-    if not loaded.is_2d and window is None and loaded.array.dtype != np.uint8:
-        window = robust_window(loaded.array)  # one window for the whole volume, not one per slice
-    if boxes is not None:
-        slice_range = _check_boxes(boxes, loaded, args)
+    window = volume_window(loaded, window)
+    slice_range = check_boxes(boxes, loaded, args.axis, args.slices) if boxes is not None else None
 
     checkpoint = args.checkpoint or (BOX_CHECKPOINT if boxes is not None else OFFICIAL_CHECKPOINT)
     predictor = load_predictor(checkpoint, device=args.device, dtype=args.dtype, engine=args.engine)
-    if boxes is not None and not isinstance(predictor, BoxPredictor):
-        raise DeLightSAMError(f"checkpoint '{checkpoint}' is a De-LightSAM model, which takes no box; use --modality "
-                              f"NAME with it, or --checkpoint {BOX_CHECKPOINT} (or a LiteMedSAM .pth) for boxes")
-    if boxes is None and isinstance(predictor, BoxPredictor):
-        raise DeLightSAMError(f"checkpoint '{checkpoint}' is LiteMedSAM, a box-prompted model: give --box X0 Y0 X1 Y1 "
-                              "instead of --modality, or a De-LightSAM checkpoint for --modality")
-
-    if boxes is None:
-        segmentation = _segment_by_modality(predictor, loaded, args, window)
-    else:
-        segmentation = _segment_by_boxes(predictor, loaded, boxes, slice_range, args, window)
+    check_model(predictor, boxes, checkpoint)
+    segmentation = _segment(predictor, loaded, boxes, slice_range, args, window)
     _write_outputs(outputs, segmentation, loaded, args, window)
     print(f"{outputs['output']}  ({segmentation.summary()})")
     return 0
-
-
-class _Segmentation:
-    """What one run computed: labels (the input's shape: bool, or 0..N for N boxes), logits (input's shape, or
-    (N, ...) for N boxes), boxes as used, IoU estimates, and the slices that were segmented (volumes)."""
-
-    def __init__(self, labels, logits=None, boxes=None, iou=None, slice_range=None):
-        self.labels, self.logits, self.boxes, self.iou, self.slice_range = labels, logits, boxes, iou, slice_range
-
-    def summary(self) -> str:
-        size = self.labels.size
-        if self.boxes is None or len(self.boxes) == 1:
-            text = f"{int(np.count_nonzero(self.labels))} of {size} pixels in the mask"
-        else:
-            counts = ", ".join(f"label {i}: {int(np.count_nonzero(self.labels == i))}" for i in range(1, len(self.boxes) + 1))
-            text = f"pixels of {size} per box: {counts}"
-        if self.iou is not None:
-            text += "; IoU estimate " + ", ".join(f"{value:.3f}" for value in self.iou)
-        return text
 
 
 def _check_outputs(args, loaded) -> dict:
@@ -188,7 +166,10 @@ def _check_outputs(args, loaded) -> dict:
 
     taken = [loaded.source]
     mask_suffixes = (*MASK_SUFFIXES, *VOLUME_MASK_SUFFIXES) if loaded.is_2d else VOLUME_MASK_SUFFIXES
-    output = check_output_path(args.output or default_output(loaded), mask_suffixes, "--output", taken)
+    if loaded.is_dicom:
+        mask_suffixes += (".dcm",)  # DICOM SEG
+    output = cohort_command.single_output(args, loaded, default_output(loaded))
+    output = check_output_path(output, mask_suffixes, "--output", taken)
     taken.append(output)
     logits = check_output_path(args.logits, (".npy",), "--logits", taken) if args.logits else None
     if logits is not None:
@@ -197,71 +178,29 @@ def _check_outputs(args, loaded) -> dict:
     return {"output": output, "logits": logits, "overlay": overlay}
 
 
-def _check_boxes(boxes: np.ndarray, loaded, args) -> Optional[tuple[int, int]]:
-    """Raise on a bad box or slice range before the model is loaded; the slice range (volumes) or None."""
-    from .transforms import clip_boxes
-
-    if loaded.is_2d:
-        if args.slices is not None:
-            raise DeLightSAMError(f"--slices is for 3D volumes; {loaded.source} is a 2D image")
-        clip_boxes(boxes, loaded.array.shape[:2])
-        return None
-    numpy_axis = 2 - args.axis
-    count = loaded.array.shape[numpy_axis]
-    slice_shape = tuple(size for axis, size in enumerate(loaded.array.shape[:3]) if axis != numpy_axis)
-    clip_boxes(boxes, slice_shape)
-    first, last = args.slices if args.slices is not None else (0, count - 1)
-    if not 0 <= first <= last < count:
-        raise DeLightSAMError(f"--slices {first} {last} is not a range within 0..{count - 1} (the volume has {count} "
-                              f"slices along axis {args.axis}); FIRST must not exceed LAST")
-    return first, last
-
-
-def _segment_by_modality(predictor, loaded, args, window) -> _Segmentation:
-    if loaded.is_2d:
-        predictor.set_image(loaded.array, window)
-        prediction = predictor.predict(args.modality, threshold=args.threshold, return_logits=bool(args.logits))
-        return _Segmentation(prediction.mask, prediction.logits)
-    mask, logits = _predict_volume(predictor, loaded.array, args, window)
-    return _Segmentation(mask, logits)
-
-
-def _segment_by_boxes(predictor, loaded, boxes, slice_range, args, window) -> _Segmentation:
-    """2D: one encoder pass, all boxes decoded together. Volumes: the same on every slice of the range; slices
-    outside it stay 0 (logits -inf there)."""
+def _segment(predictor, loaded, boxes, slice_range, args, window):
+    """The segmentation by modality or by boxes, with a progress bar over a volume's slices."""
     from tqdm import tqdm
 
-    if loaded.is_2d:
-        predictor.set_image(loaded.array, window)
-        result = predictor.predict(boxes, threshold=args.threshold, return_logits=True)
-        labels = result.masks[0] if len(boxes) == 1 else result.label_image()
-        logits = (result.logits[0] if len(boxes) == 1 else result.logits) if args.logits else None
-        return _Segmentation(labels, logits, result.boxes, result.iou)
-    volume = loaded.array
-    numpy_axis = 2 - args.axis
-    shape = volume.shape[:3]
-    labels = np.zeros(shape, bool if len(boxes) == 1 else np.uint8)
-    logits = np.full((len(boxes), *shape), -np.inf, np.float32) if args.logits else None
-    first, last = slice_range
-    clipped = None
-    for index in tqdm(range(first, last + 1), unit="slice", desc="delightsam", file=sys.stderr, disable=None):
-        predictor.set_image(np.take(volume, index, axis=numpy_axis), window)
-        result = predictor.predict(boxes, threshold=args.threshold, return_logits=True)
-        clipped = result.boxes
-        np.moveaxis(labels, numpy_axis, 0)[index] = result.masks[0] if len(boxes) == 1 else result.label_image()
-        if logits is not None:
-            np.moveaxis(logits, numpy_axis + 1, 1)[:, index] = result.logits
-    if logits is not None and len(boxes) == 1:
-        logits = logits[0]
-    return _Segmentation(labels, logits, clipped, slice_range=slice_range)
+    from .segmentation import by_boxes, by_modality
+
+    options = dict(axis=args.axis, threshold=args.threshold, window=window, return_logits=bool(args.logits))
+    first, last = slice_range or (0, loaded.array.shape[2 - args.axis] - 1)
+    total = None if loaded.is_2d else last - first + 1
+    with tqdm(total=total, unit="slice", desc="delightsam", file=sys.stderr, disable=True if loaded.is_2d else None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        if boxes is None:
+            return by_modality(predictor, loaded, args.modality, batch_size=args.batch_size, progress=progress, **options)
+        return by_boxes(predictor, loaded, boxes, slice_range, progress=progress, **options)
 
 
-def _write_outputs(outputs: dict, segmentation: _Segmentation, loaded, args, window) -> None:
+def _write_outputs(outputs: dict, segmentation, loaded, args, window) -> None:
     """Mask, logits and overlay written together: all of them or, on any failure, none."""
-    from .imageio import array_writer, mask_writer, rgb_writer, write_files
+    from .imageio import array_writer, rgb_writer, write_files
 
-    several = segmentation.boxes is not None and len(segmentation.boxes) > 1
-    files = [(outputs["output"], mask_writer(segmentation.labels, outputs["output"], reference=loaded, labels=several))]
+    files = [(outputs["output"], cohort_command.single_writer(segmentation, outputs["output"], loaded, args))]
     if outputs["logits"] is not None:
         files.append((outputs["logits"], array_writer(segmentation.logits.astype(np.float32))))
     if outputs["overlay"] is not None:
@@ -269,7 +208,7 @@ def _write_outputs(outputs: dict, segmentation: _Segmentation, loaded, args, win
     write_files(files)
 
 
-def _overlay_picture(segmentation: _Segmentation, loaded, args, window) -> np.ndarray:
+def _overlay_picture(segmentation, loaded, args, window) -> np.ndarray:
     """The 8-bit image the model saw with the result drawn on it; for a volume, the segmented slice with the
     most labelled pixels (the middle of the range when all are empty)."""
     from .intensity import to_rgb8
@@ -285,21 +224,6 @@ def _overlay_picture(segmentation: _Segmentation, loaded, args, window) -> np.nd
         index = first + int(np.argmax(counts)) if max(counts) > 0 else (first + last) // 2
         image, labels = np.take(loaded.array, index, axis=numpy_axis), per_slice[index]
     return render_overlay(to_rgb8(image, window), labels, segmentation.boxes)
-
-
-def _predict_volume(predictor, volume: np.ndarray, args, window):
-    from tqdm import tqdm
-
-    numpy_axis = 2 - args.axis  # image axes (i, j, k) are numpy axes (2, 1, 0)
-    slices = [np.take(volume, index, axis=numpy_axis) for index in range(volume.shape[numpy_axis])]
-    with tqdm(total=len(slices), unit="slice", desc="delightsam", file=sys.stderr, disable=None) as bar:
-        results = predictor.predict_batch(
-            slices, args.modality, threshold=args.threshold, batch_size=args.batch_size, window=window,
-            return_logits=bool(args.logits), progress=lambda done, total: bar.update(done - bar.n),
-        )
-    mask = np.stack([r.mask for r in results], axis=numpy_axis)
-    logits = np.stack([r.logits for r in results], axis=numpy_axis) if args.logits else None
-    return mask, logits
 
 
 def run_download(args: argparse.Namespace) -> int:

@@ -79,6 +79,21 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     return _loaded(sitk.GetArrayFromImage(image), image, path)
 
 
+def read_dicom_series(files: Sequence[Path], source: Path) -> LoadedImage:
+    """Read the DICOM files of one series, in the order given (slice k of the volume is ``files[k]``);
+    ``source`` is the folder the result is named after."""
+    for file in files:
+        check_complete(file)
+    try:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames([str(path) for path in files])
+        image = reader.Execute()
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise ImageError(f"cannot read the DICOM series in {source} ({first[:160]}); check that its files are complete") from error
+    return _loaded(sitk.GetArrayFromImage(image), image, Path(source))
+
+
 def _loaded(array: np.ndarray, image: sitk.Image, path: Path) -> LoadedImage:
     """Check what was read: 2D or 3D, gray (+ alpha), RGB or RGBA, some finite values."""
     components = image.GetNumberOfComponentsPerPixel()

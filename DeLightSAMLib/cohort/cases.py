@@ -1,0 +1,359 @@
+"""What a cohort run segments, and where each result goes.
+
+Inputs are image files, folders (searched recursively), CSV manifests (``*.csv``) and ``dicomweb://`` addresses.
+In a folder, PNG/JPEG/TIFF/BMP, NIfTI, NRRD and MHA files are one case each and DICOM files are grouped into series
+by SeriesInstanceUID (SimpleITK's GDCM, per folder), one case per series; hidden files, results (``*_mask.*``,
+``*.seg.nrrd``), tables and checkpoints are passed over, as are DICOM series that are not images (SEG, SR, ...).
+
+A result goes beside its input (``NAME_mask.SUFFIX``, a DICOM series folder's result beside the folder, as a
+single ``delightsam predict`` does) or, with an output folder, under it with the input folder's layout mirrored.
+The suffix follows the input (DICOM -> DICOM SEG ``.dcm``, photo -> ``.png``, NIfTI/NRRD/MHA -> the same) unless a
+format is chosen.
+
+Manifest: a CSV file with a header; ``input`` is required, ``output``, ``checkpoint`` (or ``model``),
+``modality``, ``box`` ("X0 Y0 X1 Y1", pixels; LiteMedSAM), ``slices`` ("FIRST LAST": a volume's slices for the box)
+and ``format`` are optional per row (empty: the command line's).
+Relative paths are relative to the manifest's folder. A row is an input like any other: a folder or DICOMweb
+address in a row gives all its cases, with the row's settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import SimpleITK as sitk
+
+from ..errors import DeLightSAMError, ImageError
+from ..imageio import PLAIN_IMAGE_SUFFIXES, full_suffix
+from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT, resolve_modality
+from . import FORMATS
+from .dicomweb import NOT_IMAGES, DicomwebSeries, is_dicomweb, list_series
+from .formats import default_suffix
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = ("", ".dcm", ".ima", ".dicom")
+# Never inputs: tables, arrays, checkpoints, notes, logs.
+SKIPPED_SUFFIXES = (".csv", ".json", ".jsonl", ".npy", ".npz", ".pth", ".pt", ".txt", ".md", ".log", ".py", ".zip")
+MANIFEST_COLUMNS = ("input", "output", "checkpoint", "model", "modality", "box", "slices", "format")
+RESULT_NAME = re.compile(r"_mask(\.[A-Za-z0-9.]+)?$")
+
+
+class ManifestError(DeLightSAMError):
+    """A manifest row that cannot be used (the message names the file and row)."""
+
+
+class NoCasesError(ImageError):
+    """A folder with nothing to segment in it."""
+
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a case is segmented with: from the command line, overridden per manifest row."""
+
+    checkpoint: Optional[str] = None  # None: the model's default (De-LightSAM by modality, LiteMedSAM by box)
+    modality: Optional[str] = None
+    box: Optional[Box] = None
+    slices: Optional[tuple[int, int]] = None  # with a box: the volume's slices FIRST..LAST (default: all)
+    format: Optional[str] = None  # a FORMATS key; None: follow the input
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image, volume or DICOM series to segment.
+
+    source: the file, the series folder, or the DICOMweb series. dicom_files: a series' files in slice order
+    (GDCM's), or one DICOM file; empty for other files and for DICOMweb series (fetched when the case runs).
+    output: the result file, or None when the result only goes to a DICOMweb server.
+    """
+
+    name: str
+    source: Union[Path, DicomwebSeries]
+    settings: Settings
+    output: Optional[Path]
+    dicom_files: tuple[Path, ...] = ()
+
+    @property
+    def is_dicom(self) -> bool:
+        return bool(self.dicom_files) or isinstance(self.source, DicomwebSeries)
+
+    @property
+    def checkpoint(self) -> str:
+        """The checkpoint the case is segmented with."""
+        default = BOX_CHECKPOINT if self.settings.box is not None else OFFICIAL_CHECKPOINT
+        return self.settings.checkpoint or default
+
+    @property
+    def key(self) -> str:
+        """Identifies the case across runs (the resume state's key)."""
+        return str(self.output) if self.output is not None else f"{self.source}"
+
+
+def collect_cases(
+    inputs: Sequence[str],
+    settings: Settings,
+    output_dir: Optional[Path] = None,
+    store_only: bool = False,
+    exclude: Sequence[Path] = (),
+) -> list[Case]:
+    """Every case the inputs name, in a stable order (inputs as given, folders sorted), each with its output.
+
+    ``store_only``: results of DICOMweb cases without an output folder are only stored (no file). ``exclude``:
+    folders never searched (the output folder, the run's state). Raises a DeLightSAMError for a missing input, an
+    unusable manifest row, an input that gives no case, or two cases that would write the same file.
+    """
+    finder = _Finder(output_dir, store_only, [Path(p).resolve() for p in exclude], several_roots=len(inputs) > 1)
+    cases: list[Case] = []
+    for text in inputs:
+        cases += finder.cases_for(str(text), settings, Path.cwd())
+    seen: dict[Path, str] = {}
+    for case in cases:
+        if case.output is None:
+            continue
+        other = seen.setdefault(case.output.resolve(), case.name)
+        if other != case.name:
+            raise DeLightSAMError(
+                f"{other} and {case.name} would both write {case.output}; give them different "
+                "outputs (a manifest's output column) or an --output-dir"
+            )
+    return cases
+
+
+def read_manifest(path: Path, settings: Settings) -> list[tuple[int, str, Optional[Path], Settings]]:
+    """(row number, input, output or None, settings) per row of a manifest; a bad row is a ManifestError."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = [c.strip().lower() for c in reader.fieldnames or []]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ManifestError(f"cannot read the manifest {path} ({error}); give a CSV file with a header row") from error
+    unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
+    if "input" not in columns or unknown:
+        raise ManifestError(
+            f"manifest {path}: columns {', '.join(columns) or '(none)'}; expected 'input' and any of "
+            f"{', '.join(MANIFEST_COLUMNS[1:])}" + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    result = []
+    for number, raw in enumerate(rows, start=2):  # row 1 is the header
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+        where = f"manifest {path} row {number}"
+        if not row.get("input"):
+            raise ManifestError(f"{where}: empty input")
+        row_settings = settings
+        checkpoint = row.get("checkpoint") or row.get("model")
+        if checkpoint:
+            resolved = Path(checkpoint).expanduser()
+            looks_like_path = resolved.suffix or "/" in checkpoint or os.sep in checkpoint
+            checkpoint = str(resolved if resolved.is_absolute() or not looks_like_path else path.parent / resolved)
+            row_settings = replace(row_settings, checkpoint=checkpoint)
+        if row.get("modality"):
+            _check_modality(row["modality"], where)
+            row_settings = replace(row_settings, modality=row["modality"], box=None)
+        if row.get("box"):
+            row_settings = replace(row_settings, box=parse_box(row["box"], where), modality=None)
+        if row.get("slices"):
+            row_settings = replace(row_settings, slices=parse_slices(row["slices"], where))
+        if row.get("format"):
+            row_settings = replace(row_settings, format=check_format(row["format"], where))
+        output = Path(row["output"]).expanduser() if row.get("output") else None
+        if output is not None and not output.is_absolute():
+            output = path.parent / output
+        result.append((number, row["input"], output, row_settings))
+    if not result:
+        raise ManifestError(f"manifest {path} has no rows")
+    return result
+
+
+def parse_box(text: str, where: str) -> Box:
+    values = [v for v in re.split(r"[\s,;]+", text.strip()) if v]
+    try:
+        box = tuple(float(v) for v in values)
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise ManifestError(f"{where}: box '{text}' is not four numbers X0 Y0 X1 Y1")
+    return box  # type: ignore[return-value]
+
+
+def parse_slices(text: str, where: str) -> tuple[int, int]:
+    values = [v for v in re.split(r"[\s,;]+", text.strip()) if v]
+    if len(values) != 2 or not all(v.isdigit() for v in values):
+        raise ManifestError(f"{where}: slices '{text}' is not two slice numbers FIRST LAST")
+    return int(values[0]), int(values[1])
+
+
+def check_format(name: str, where: str) -> str:
+    if name not in FORMATS:
+        raise ManifestError(f"{where}: unknown format '{name}'; use one of {', '.join(FORMATS)}")
+    return name
+
+
+def _check_modality(name: str, where: str) -> None:
+    try:
+        resolve_modality(name)
+    except DeLightSAMError as error:
+        raise ManifestError(f"{where}: {error}") from None
+
+
+def is_result_name(path: Path) -> bool:
+    """Files a run writes, or that are never inputs: results (``*_mask.*``, ``*.seg.nrrd``), hidden and temporary
+    files, tables, arrays and checkpoints."""
+    name = path.name
+    lowered = name.lower()
+    if name.startswith(".") or lowered.endswith(FORMATS["seg.nrrd"]) or lowered.endswith(".part"):
+        return True
+    stem = name[: len(name) - len(full_suffix(path))]
+    return stem.endswith("_mask") or full_suffix(path) in SKIPPED_SUFFIXES
+
+
+class _Finder:
+    def __init__(self, output_dir: Optional[Path], store_only: bool, exclude: list[Path], several_roots: bool) -> None:
+        self.output_dir = output_dir
+        self.store_only = store_only
+        self.exclude = exclude + ([output_dir.resolve()] if output_dir else [])
+        self.several_roots = several_roots
+
+    def cases_for(self, text: str, settings: Settings, base: Path, output: Optional[Path] = None) -> list[Case]:
+        if is_dicomweb(text):
+            cases = [self._dicomweb_case(series, settings) for series in list_series(text)]
+        elif text.lower().endswith(".csv"):
+            manifest = _absolute(text, base)
+            if not manifest.is_file():
+                raise ImageError(f"manifest not found: {manifest}")
+            cases = []
+            for number, row_input, row_output, row_settings in read_manifest(manifest, settings):
+                found = self.cases_for(row_input, row_settings, manifest.parent, row_output)
+                if row_output is not None and len(found) != 1:
+                    raise ManifestError(
+                        f"manifest {manifest} row {number}: {row_input} holds {len(found)} cases but "
+                        "the row names one output; leave output empty or name one series"
+                    )
+                cases += found
+            return cases
+        else:
+            path = _absolute(text, base)
+            if not path.exists():
+                raise ImageError(f"input not found: {path}")
+            if path.is_dir():
+                cases = self._folder_cases(path, settings)
+                if not cases:
+                    raise NoCasesError(f"no images, volumes or DICOM series found in {path}")
+            else:
+                cases = [self._file_case(path, path.parent, None, settings)]
+        if output is not None:
+            cases = [replace(case, output=output) for case in cases]
+        return cases
+
+    # ----------------------------------------------------------------------------------- files and folders
+    def _output(
+        self,
+        source: Path,
+        folder: Path,
+        root: Optional[Path],
+        settings: Settings,
+        dicom: Sequence[Path],
+        stem: Optional[str] = None,
+    ) -> Path:
+        """``folder`` holds ``source``; ``root`` is the searched folder whose layout is mirrored under the output
+        folder (None for an input given by name: its result goes straight into the output folder)."""
+        suffix = FORMATS[settings.format] if settings.format else default_suffix(source, bool(dicom))
+        if stem is None:
+            stem = source.name[: len(source.name) - len(full_suffix(source))] if source.is_file() else source.name
+        if self.output_dir is None:
+            return folder / f"{stem}_mask{suffix}"
+        if root is None:
+            return self.output_dir / f"{stem}_mask{suffix}"
+        mirrored = self.output_dir / (root.name if self.several_roots else "") / folder.relative_to(root)
+        return mirrored / f"{stem}_mask{suffix}"
+
+    def _folder_cases(self, root: Path, settings: Settings) -> list[Case]:
+        cases = []
+        for folder, subfolders, files in os.walk(root):
+            here = Path(folder)
+            subfolders[:] = sorted(
+                d for d in subfolders if not d.startswith(".") and (here / d).resolve() not in self.exclude
+            )
+            candidates = sorted(here / name for name in files if not is_result_name(here / name))
+            in_series: set[Path] = set()
+            if any(full_suffix(p) not in PLAIN_IMAGE_SUFFIXES + VOLUME_SUFFIXES for p in candidates):
+                found = _dicom_series(here)
+                several = sum(len(files_of_series) > 1 for files_of_series in found) > 1
+                for files_of_series in found:
+                    in_series.update(files_of_series)
+                    if len(files_of_series) == 1:  # one image (a radiograph): named after its file
+                        cases.append(self._file_case(files_of_series[0], here, root, settings))
+                    else:  # named after its folder and written beside it, as a single predict does
+                        cases.append(self._series_case(here, root, files_of_series, settings, several))
+            for path in candidates:
+                suffix = full_suffix(path)
+                # a .dcm in no series is unreadable: it becomes a case that fails and says so
+                if path not in in_series and suffix in PLAIN_IMAGE_SUFFIXES + VOLUME_SUFFIXES + DICOM_SUFFIXES[1:]:
+                    cases.append(self._file_case(path, here, root, settings))
+        return sorted(cases, key=lambda c: c.name)
+
+    def _file_case(self, path: Path, folder: Path, root: Optional[Path], settings: Settings) -> Case:
+        dicom = (path,) if path.suffix.lower() in DICOM_SUFFIXES else ()
+        return Case(str(path), path, settings, self._output(path, folder, root, settings, dicom), dicom)
+
+    def _series_case(self, folder: Path, root: Path, files: list[Path], settings: Settings, several: bool) -> Case:
+        parent_root = root if folder != root else folder.parent
+        name, stem = str(folder), folder.name
+        if several:  # series sharing a folder are told apart by their number
+            label = _series_label(files[0])
+            name, stem = f"{folder} [series {label}]", f"{folder.name}_{label}"
+        return Case(
+            name,
+            folder,
+            settings,
+            self._output(folder, folder.parent, parent_root, settings, files, stem),
+            tuple(files),
+        )
+
+    def _dicomweb_case(self, series: DicomwebSeries, settings: Settings) -> Case:
+        if self.output_dir is None and not self.store_only:
+            raise DeLightSAMError("DICOMweb input needs --output-dir DIR (files) or --store-to URL (back to a server)")
+        settings = settings if settings.format else replace(settings, format="dicom-seg")
+        output = None
+        if self.output_dir is not None:
+            output = self.output_dir / series.study / f"{series.series}_mask{FORMATS[settings.format]}"
+        return Case(f"{series.study}/{series.series}", series, settings, output)
+
+
+def _absolute(text: str, base: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _dicom_series(folder: Path) -> list[list[Path]]:
+    """The image series in ``folder`` (not its subfolders), each as its files in slice order."""
+    reader = sitk.ImageSeriesReader()
+    series = []
+    for uid in reader.GetGDCMSeriesIDs(str(folder)):
+        files = [Path(name) for name in reader.GetGDCMSeriesFileNames(str(folder), uid)]
+        files = [f for f in files if not is_result_name(f)]
+        if files and _dicom_tag(files[0], "0008|0060").upper() not in NOT_IMAGES:
+            series.append(files)
+    return series
+
+
+def _dicom_tag(path: Path, tag: str) -> str:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return ""
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+
+
+def _series_label(path: Path) -> str:
+    number = _dicom_tag(path, "0020|0011")
+    return f"S{number}" if number else _dicom_tag(path, "0020|000e")[-12:]

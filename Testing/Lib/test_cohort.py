@@ -1,0 +1,675 @@
+"""Cohort runs of `delightsam predict`: discovery, one run over a mixed cohort, resuming after a kill, a corrupt case,
+DICOM SEG and Slicer .seg.nrrd outputs read back by highdicom and slicerio, manifests, a real Orthanc DICOMweb
+server, and torchrun sharding."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import highdicom
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import slicerio
+import torch
+
+from cohort_data import (
+    CLI_WITH_TINY,
+    KILL_AT_RENAME,
+    TINY,
+    ct_volume,
+    dicom_validator,
+    make_ct_series,
+    make_mixed_cohort,
+    save_tiny_checkpoint,
+    start_orthanc,
+    stop_orthanc,
+    write_volume,
+)
+from DeLightSAMLib.cli import main
+from DeLightSAMLib.cohort.cases import Settings, collect_cases
+from DeLightSAMLib.imageio import read_image
+from DeLightSAMLib.predictor import Predictor
+from DeLightSAMLib.segmentation import by_modality, volume_window
+from DeLightSAMLib.registry import CHECKPOINTS
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread: the tiny model's runs are short and a busy shared machine makes two threads wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def tiny(tmp_path, monkeypatch, one_thread):
+    """Checkpoint 'tiny' (a TINY_CONFIG model) in the test's checkpoint cache; returns its predictor."""
+    monkeypatch.setitem(CHECKPOINTS, "tiny", TINY)
+    path = save_tiny_checkpoint(tmp_path / "cache")
+    return Predictor.from_checkpoint(str(path), config=TINY.config, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort") / "data"
+    make_mixed_cohort(root)
+    return root
+
+
+TINY_XRAY = ("-m", "xray", "-c", "tiny", "--device", "cpu")  # the tiny test model's xray map, on the CPU
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def read_summary(stem: Path) -> tuple[list[dict], dict]:
+    with open(f"{stem}.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return rows, json.loads(Path(f"{stem}.json").read_text())
+
+
+def expected_mask(predictor, path: Path, modality: str = "xray") -> np.ndarray:
+    """The mask a single run computes for a file or series folder."""
+    loaded = read_image(path)
+    if loaded.is_2d:
+        predictor.set_image(loaded.array)
+        mask = predictor.predict(modality).mask
+    else:
+        mask = by_modality(predictor, loaded, modality, window=volume_window(loaded, None)).labels
+    assert 0.05 < mask.mean() < 0.95, f"the test model's mask of {path} is almost constant: equality would prove little"
+    return mask
+
+
+def seg_pixels(seg, source_files) -> np.ndarray:
+    """The SEG's segment 1 as (slices, rows, columns) bool, in the order of ``source_files``."""
+    uids = [pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID for f in source_files]
+    return seg.get_pixels_by_source_instance(uids, segment_numbers=[1])[..., 0] > 0
+
+
+def result_pixels(path: Path) -> np.ndarray:
+    """Any result file as a bool array (label maps, .seg.nrrd, DICOM SEG frames)."""
+    name = path.name
+    if name.endswith(".dcm"):
+        return highdicom.seg.segread(str(path)).pixel_array > 0
+    if name.endswith(".seg.nrrd"):
+        return slicerio.read_segmentation(str(path))["voxels"] > 0
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
+
+
+def test_discovery_groups_series_skips_results_and_mirrors_folders(tmp_path, cohort):
+    out = tmp_path / "out"
+    cases = collect_cases([str(cohort)], Settings(modality="xray"), output_dir=out)
+    assert len(cases) == 20
+    by_name = {Path(c.name).relative_to(cohort).as_posix() if "[" not in c.name else c.name: c for c in cases}
+    ct = by_name["dicom/ct"]
+    assert len(ct.dicom_files) == 3 and ct.output == out / "dicom" / "ct_mask.dcm"
+    # slice order is the patient position's (GDCM), not the file names'
+    assert [f.name for f in ct.dicom_files] == ["IM0003.dcm", "IM0002.dcm", "IM0001.dcm"]
+    assert by_name["dicom/radiograph/DX1.dcm"].output == out / "dicom" / "radiograph" / "DX1_mask.dcm"
+    assert by_name["dicom/nested/chest"].output == out / "dicom" / "nested" / "chest_mask.dcm"
+    assert by_name["photos/photo.jpg"].output == out / "photos" / "photo_mask.png"
+    assert by_name["volumes/nifti/ct0.nii.gz"].output == out / "volumes" / "nifti" / "ct0_mask.nii.gz"
+    assert by_name["volumes/scan.mha"].output == out / "volumes" / "scan_mask.mha"
+    assert "photos/old_mask.png" not in by_name and "notes.txt" not in by_name
+    # without an output folder results go beside their inputs; --format picks the suffix
+    beside = collect_cases([str(cohort / "volumes")], Settings(modality="xray", format="seg.nrrd"))
+    assert {c.output for c in beside} >= {cohort / "volumes" / "scan0_mask.seg.nrrd"}
+
+    # two series in one folder are two cases, told apart by series number
+    mixed = tmp_path / "two"
+    rng = np.random.default_rng(0)
+    make_ct_series(mixed, ct_volume(rng, 2), series_number=4, names=["a1.dcm", "a2.dcm"])
+    make_ct_series(mixed, ct_volume(rng, 3), series_number=9, names=["b1.dcm", "b2.dcm", "b3.dcm"])
+    two = collect_cases([str(mixed)], Settings(modality="xray"))
+    assert sorted(c.output.name for c in two) == ["two_S4_mask.dcm", "two_S9_mask.dcm"]
+    assert sorted(len(c.dicom_files) for c in two) == [2, 3]
+
+
+def test_mixed_cohort_one_command_summary_resume_and_corrupt_case(capsys, tmp_path, cohort, tiny):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "predict", cohort, *TINY_XRAY, "--output-dir", out)
+    assert code == 1, err  # one case failed
+    assert "20 cases: 19 done, 0 skipped, 1 failed" in stdout
+    failure_lines = [line for line in err.splitlines() if "broken.nii.gz failed:" in line]
+    assert len(failure_lines) == 1 and "cannot read" in failure_lines[0]
+    rows, summary = read_summary(out / "delightsam-summary")
+    assert len(rows) == 20 and summary["done"] == 19 and summary["failed"] == 1 and summary["cases_per_minute"] > 0
+    assert {row["status"] for row in rows if "broken" not in row["case"]} == {"done"}
+    broken = next(row for row in rows if "broken" in row["case"])
+    assert broken["status"] == "failed" and "cannot read" in broken["reason"] and broken["voxels"] == ""
+    assert not (out / "volumes" / "broken_mask.nii.gz").exists()
+
+    # outputs equal what a single run computes, in the format that follows the input
+    png = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "photos" / "rgb2_mask.png")))
+    assert set(np.unique(png)) <= {0, 255}
+    np.testing.assert_array_equal(png == 255, expected_mask(tiny, cohort / "photos" / "rgb2.png"))
+    row = next(r for r in rows if r["case"].endswith("rgb2.png"))
+    assert int(row["voxels"]) == int((png == 255).sum()) and int(row["total_voxels"]) == png.size
+    volume_out = sitk.ReadImage(str(out / "volumes" / "nifti" / "ct2_mask.nii.gz"))
+    volume_in = sitk.ReadImage(str(cohort / "volumes" / "nifti" / "ct2.nii.gz"))
+    assert np.allclose(volume_out.GetDirection(), volume_in.GetDirection())
+    assert np.allclose(volume_out.GetOrigin(), volume_in.GetOrigin())
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(volume_out) > 0, expected_mask(tiny, cohort / "volumes" / "nifti" / "ct2.nii.gz")
+    )
+    seg = highdicom.seg.segread(str(out / "dicom" / "ct_mask.dcm"))
+    case = next(c for c in collect_cases([str(cohort)], Settings(modality="xray")) if c.name.endswith("dicom/ct"))
+    np.testing.assert_array_equal(seg_pixels(seg, case.dicom_files), expected_mask(tiny, cohort / "dicom" / "ct"))
+    radiograph = highdicom.seg.segread(str(out / "dicom" / "radiograph" / "DX1_mask.dcm"))
+    assert radiograph.pixel_array.shape[-2:] == (36, 30)
+
+    # a second run finds everything done; the corrupt case fails again, nothing is rewritten
+    stamp = (out / "dicom" / "ct_mask.dcm").stat().st_mtime_ns
+    code, stdout, _ = run(capsys, "predict", cohort, *TINY_XRAY, "--output-dir", out)
+    assert code == 1 and "20 cases: 0 done, 19 skipped, 1 failed" in stdout
+    rows, _ = read_summary(out / "delightsam-summary")
+    skipped = next(r for r in rows if r["case"].endswith("rgb2.png"))
+    assert skipped["status"] == "skipped" and int(skipped["voxels"]) == int((png == 255).sum())
+    assert (out / "dicom" / "ct_mask.dcm").stat().st_mtime_ns == stamp
+    # --overwrite redoes one case's result
+    code, stdout, _ = run(
+        capsys,
+        "predict",
+        cohort / "photos" / "gray0.png",
+        cohort / "photos" / "gray1.png",
+        *TINY_XRAY,
+        "--output-dir",
+        out / "photos",
+        "--overwrite",
+    )
+    assert code == 0 and "2 cases: 2 done" in stdout
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path, cohort, one_thread):
+    """A run killed (SIGKILL) while renaming its fifth result into place, then the same command again: finished
+    cases are skipped, the rest done, no temporary file is left, and every result equals an uninterrupted run's."""
+    save_tiny_checkpoint(tmp_path / "cache")
+    script = tmp_path / "delightsam_tiny.py"
+    script.write_text(CLI_WITH_TINY)
+    killed_script = tmp_path / "delightsam_killed.py"
+    killed_script.write_text(KILL_AT_RENAME.format(number=5) + CLI_WITH_TINY)
+    env = {**os.environ, "DELIGHTSAM_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+    def command(program: Path, out: Path) -> list[str]:
+        return [
+            sys.executable,
+            str(program),
+            "predict",
+            str(cohort),
+            *TINY_XRAY,
+            "--output-dir",
+            str(out),
+        ]
+
+    reference = subprocess.run(command(script, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 1, reference.stderr[-2000:]
+
+    out = tmp_path / "out"
+    killed = subprocess.run(command(killed_script, out), env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    results = sorted(p.relative_to(out) for p in out.rglob("*_mask.*") if not p.name.startswith("."))
+    assert len(results) == 4
+    assert len(list(out.rglob(".*.part*"))) == 1  # the fifth result, complete but never renamed into place
+    state = out / "delightsam-summary.state"
+    assert sum(len(p.read_text().splitlines()) for p in state.glob("rank-*.jsonl")) == 4
+
+    resumed = subprocess.run(command(script, out), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 1, resumed.stderr[-2000:]
+    summary = json.loads((out / "delightsam-summary.json").read_text())
+    assert (summary["skipped"], summary["done"], summary["failed"]) == (4, 15, 1)
+    assert not list(out.rglob(".*.part*"))
+    expected = sorted(p.relative_to(tmp_path / "ref") for p in (tmp_path / "ref").rglob("*_mask.*"))
+    assert sorted(p.relative_to(out) for p in out.rglob("*_mask.*")) == expected and len(expected) == 19
+    for relative in expected:
+        np.testing.assert_array_equal(
+            result_pixels(out / relative), result_pixels(tmp_path / "ref" / relative), err_msg=str(relative)
+        )
+
+
+def test_slicer_segmentation_reads_back_with_names_colours_and_terminology(capsys, tmp_path, tiny):
+    rng = np.random.default_rng(1)
+    volume_path = write_volume(tmp_path / "in" / "ct.nrrd", ct_volume(rng, slices=3))
+    photo_path = tmp_path / "in" / "skin.png"
+    sitk.WriteImage(
+        sitk.GetImageFromArray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), isVector=True), str(photo_path)
+    )
+    code, stdout, err = run(
+        capsys,
+        "predict",
+        volume_path,
+        photo_path,
+        *TINY_XRAY,
+        "--format",
+        "seg.nrrd",
+        "--output-dir",
+        tmp_path / "out",
+    )
+    assert code == 0, err
+    segmentation = slicerio.read_segmentation(str(tmp_path / "out" / "ct_mask.seg.nrrd"))
+    (segment,) = segmentation["segments"]
+    assert segment["name"] == "lung" and segment["labelValue"] == 1
+    assert np.allclose(segment["color"], np.array([197, 165, 145]) / 255, atol=1e-5)
+    assert segment["terminology"]["category"] == ["SCT", "91723000", "Anatomical Structure"]
+    assert segment["terminology"]["type"] == ["SCT", "39607008", "Lung"]
+    voxels = np.transpose(segmentation["voxels"], (2, 1, 0)) > 0  # (i, j, k) -> [k, j, i]
+    np.testing.assert_array_equal(voxels, expected_mask(tiny, volume_path))
+    image = sitk.ReadImage(str(volume_path))
+    ijk_to_lps = np.asarray(segmentation["ijkToLPS"])
+    assert np.allclose(ijk_to_lps[:3, 3], image.GetOrigin())
+    assert np.allclose(ijk_to_lps[:3, :3], np.reshape(image.GetDirection(), (3, 3)) * image.GetSpacing())
+    photo = slicerio.read_segmentation(str(tmp_path / "out" / "skin_mask.seg.nrrd"))
+    assert photo["voxels"].shape == (40, 30, 1)
+    np.testing.assert_array_equal(photo["voxels"][:, :, 0].T > 0, expected_mask(tiny, photo_path))
+
+    # a single input takes --format too, and a DICOM SEG records what made it
+    series = tmp_path / "series"
+    make_ct_series(series, ct_volume(rng, slices=2))
+    code, stdout, err = run(capsys, "predict", series, *TINY_XRAY, "--format", "dicom-seg")
+    assert code == 0 and stdout.startswith(str(tmp_path / "series_mask.dcm")), err
+    seg = highdicom.seg.segread(str(tmp_path / "series_mask.dcm"))
+    description = seg.SegmentSequence[0]
+    assert description.SegmentLabel == "lung" and description.SegmentAlgorithmType == "AUTOMATIC"
+    algorithm = description.SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "De-LightSAM"
+    assert "tiny" in str(algorithm.AlgorithmParameters) and "xray" in str(algorithm.AlgorithmParameters)
+    assert list(description.RecommendedDisplayCIELabValue)  # a colour
+    source = pydicom.dcmread(str(sorted(series.iterdir())[0]), stop_before_pixels=True)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+
+
+def test_dicom_seg_passes_the_standards_validator(tmp_path):
+    """dciodvfy (dicom3tools) checks every attribute the Segmentation IOD requires: no error, no warning, for a
+    series and for a one-image DICOM, empty masks included."""
+    from DeLightSAMLib.cohort.formats import Result, provenance_for, segment_for, write_output
+
+    rng = np.random.default_rng(3)
+    for name, volume in (("series", ct_volume(rng, slices=3)), ("single", ct_volume(rng, slices=1))):
+        files = make_ct_series(tmp_path / name, volume)
+        order = collect_cases([str(tmp_path / name)], Settings(modality="xray"))[0].dicom_files
+        loaded = read_image(tmp_path / name) if len(files) > 1 else read_image(files[0])
+        mask = loaded.array > 300
+        mask[..., :2, :] = False
+        for label, values in (("mask", mask), ("empty", np.zeros_like(mask))):
+            target = tmp_path / f"{name}_{label}.dcm"
+            result = Result(values, [segment_for("xray")], provenance_for("tiny", 0.5, modality="xray"))
+            write_output(result, target, loaded, order)
+            checked = subprocess.run([dicom_validator(), str(target)], capture_output=True, text=True)
+            report = (checked.stdout + checked.stderr).strip().splitlines()
+            assert checked.returncode == 0 and report == ["Segmentation"], report
+            np.testing.assert_array_equal(
+                seg_pixels(highdicom.seg.segread(str(target)), order), values if values.ndim == 3 else values[None]
+            )
+
+
+@pytest.fixture()
+def tinybox(tiny, tmp_path, monkeypatch):
+    """Checkpoint 'tinybox' (a TINY_LITEMEDSAM_CONFIG LiteMedSAM) in the test's checkpoint cache; its predictor."""
+    from DeLightSAMLib.box_predictor import BoxPredictor
+    from DeLightSAMLib.build import build_model
+    from DeLightSAMLib.config import TINY_LITEMEDSAM_CONFIG
+    from DeLightSAMLib.registry import CheckpointEntry
+
+    monkeypatch.setitem(
+        CHECKPOINTS,
+        "tinybox",
+        CheckpointEntry(
+            name="tinybox",
+            filename="tinybox.pth",
+            urls=(),
+            description="tiny LiteMedSAM",
+            config=TINY_LITEMEDSAM_CONFIG,
+            modality_map={},
+        ),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.save(build_model(TINY_LITEMEDSAM_CONFIG).state_dict(), tmp_path / "cache" / "tinybox.pth")
+    return BoxPredictor.from_checkpoint("tinybox", device="cpu")
+
+
+def test_several_boxes_give_one_segment_each_in_dicom_seg_and_slicer_files(capsys, tmp_path, tinybox):
+    series = tmp_path / "ct"
+    make_ct_series(series, ct_volume(np.random.default_rng(8), slices=2))
+    boxes = ["--box", "2", "3", "20", "25", "--box", "15", "10", "40", "35"]
+    code, out, err = run(capsys, "predict", series, *boxes, "-c", "tinybox", "--device", "cpu", "--format", "dicom-seg")
+    assert code == 0 and out.startswith(str(tmp_path / "ct_mask.dcm")), err
+    code, out, err = run(
+        capsys, "predict", series, *boxes, "-c", "tinybox", "--device", "cpu", "-o", tmp_path / "ct.seg.nrrd"
+    )
+    assert code == 0, err
+    code, out, err = run(
+        capsys, "predict", series, *boxes, "-c", "tinybox", "--device", "cpu", "-o", tmp_path / "ct.nrrd"
+    )
+    assert code == 0, err
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ct.nrrd")))
+    assert set(np.unique(labels)) == {0, 1, 2}  # the label map the box mode always wrote
+
+    order = collect_cases([str(series)], Settings(box=(0, 0, 1, 1)))[0].dicom_files
+    seg = highdicom.seg.segread(str(tmp_path / "ct_mask.dcm"))
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == ["box 1", "box 2"]
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "LiteMedSAM" and "2 3 20 25; 15 10 40 35" in str(algorithm.AlgorithmParameters)
+    uids = [pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID for f in order]
+    for number in (1, 2):
+        pixels = seg.get_pixels_by_source_instance(uids, segment_numbers=[number])[..., 0] > 0
+        np.testing.assert_array_equal(pixels, labels == number, err_msg=f"segment {number}")
+    checked = subprocess.run([dicom_validator(), str(tmp_path / "ct_mask.dcm")], capture_output=True, text=True)
+    assert (checked.stdout + checked.stderr).strip().splitlines() == ["Segmentation"]
+    segmentation = slicerio.read_segmentation(str(tmp_path / "ct.seg.nrrd"))
+    assert [(s["name"], s["labelValue"]) for s in segmentation["segments"]] == [("box 1", 1), ("box 2", 2)]
+    np.testing.assert_array_equal(np.transpose(segmentation["voxels"], (2, 1, 0)), labels)
+
+
+def test_manifest_rows_choose_checkpoint_modality_box_format_and_output(capsys, tmp_path, tiny, tinybox, monkeypatch):
+    import DeLightSAMLib.predictor as predictor_module
+    from DeLightSAMLib.intensity import robust_window
+
+    rng = np.random.default_rng(2)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a", "b", "c", "e"):
+        sitk.WriteImage(
+            sitk.GetImageFromArray(rng.integers(0, 256, (30, 36), dtype=np.uint8)), str(data / f"{name}.png")
+        )
+    volume = ct_volume(rng, slices=3)
+    write_volume(data / "d.nrrd", volume)
+    other = save_tiny_checkpoint(tmp_path / "other", offset=-180.0)
+    manifest = data / "cohort.csv"
+    manifest.write_text(
+        "input,output,checkpoint,modality,box,slices,format\n"
+        "a.png,results/a_fundus.png,,fundus,,,\n"
+        f"b.png,,{other},xray,,,seg.nrrd\n"
+        "c.png,,tinybox,,10 5 20 25,,\n"
+        "d.nrrd,,tinybox,,5 5 30 30,1 1,\n"
+        "e.png,,,,10 5 20 25,,\n"  # a box for the command line's De-LightSAM checkpoint: refused
+    )
+    loads = []
+    real = predictor_module.load_predictor
+
+    def counting(checkpoint=None, **kwargs):
+        loads.append(str(checkpoint))
+        if str(checkpoint) == str(other):  # a path: the file does not say it is the tiny variant
+            return Predictor.from_checkpoint(checkpoint, config=TINY.config, **kwargs)
+        return real(checkpoint, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "load_predictor", counting)
+    (data / "results").mkdir()
+    code, stdout, err = run(capsys, "predict", manifest, "-c", "tiny", "--device", "cpu", "--summary", tmp_path / "run")
+    assert code == 1 and "5 cases: 4 done, 0 skipped, 1 failed" in stdout, err
+    assert sorted(loads) == sorted(["tiny", str(other), "tinybox"])  # each checkpoint loaded once
+    tiny.set_image(sitk.GetArrayFromImage(sitk.ReadImage(str(data / "a.png"))))
+    np.testing.assert_array_equal(result_pixels(data / "results" / "a_fundus.png"), tiny.predict("fundus").mask)
+    other_predictor = Predictor.from_checkpoint(str(other), config=TINY.config, device="cpu")
+    other_predictor.set_image(sitk.GetArrayFromImage(sitk.ReadImage(str(data / "b.png"))))
+    np.testing.assert_array_equal(
+        result_pixels(data / "b_mask.seg.nrrd")[:, :, 0].T, other_predictor.predict("xray").mask
+    )
+    box_predictor = tinybox
+    box_predictor.set_image(sitk.GetArrayFromImage(sitk.ReadImage(str(data / "c.png"))))
+    np.testing.assert_array_equal(result_pixels(data / "c_mask.png"), box_predictor.predict([10, 5, 20, 25]).masks[0])
+    labels = result_pixels(data / "d_mask.nrrd")
+    assert labels[1].any() and not labels[0].any() and not labels[2].any()  # only slice 1 was asked for
+    box_predictor.set_image(volume[1], robust_window(volume))
+    np.testing.assert_array_equal(labels[1], box_predictor.predict([5, 5, 30, 30]).masks[0])
+    rows, _ = read_summary(tmp_path / "run")
+    assert (
+        "is a De-LightSAM model, which takes no box" in next(r for r in rows if r["case"].endswith("e.png"))["reason"]
+    )
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("input,modality\nmissing.png,xray\n", "input not found"),
+        ("input,modality\na.png,brain\n", "row 2: unknown modality 'brain'"),
+        ("image,modality\na.png,xray\n", "expected 'input'"),
+        ("input,box\na.png,1 2 3\n", "row 2: box '1 2 3' is not four numbers"),
+        ("input,format\na.png,jpeg\n", "row 2: unknown format 'jpeg'"),
+    ],
+)
+def test_bad_manifest_is_one_line_and_writes_nothing(capsys, tmp_path, content, message):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 8), np.uint8)), str(tmp_path / "a.png"))
+    (tmp_path / "m.csv").write_text(content)
+    before = sorted(tmp_path.iterdir())
+    code, _, err = run(capsys, "predict", tmp_path / "m.csv", "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_cohort_command_mistakes_are_one_line(capsys, tmp_path, tiny, monkeypatch):
+    for name in ("a", "b"):
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 8), np.uint8)), str(tmp_path / f"{name}.png"))
+    images = [tmp_path / "a.png", tmp_path / "b.png"]
+    cases = [
+        (["--output", tmp_path / "x.png"], "use --output-dir"),
+        (["--logits", tmp_path / "x.npy"], "--logits works with one input"),
+        (["--store-to", "ftp://server"], "not a DICOMweb address"),
+        (["--format", "dicom-seg"], "a.png is not DICOM"),
+    ]
+    for extra, message in cases:
+        code, out, err = run(
+            capsys,
+            "predict",
+            *images,
+            *TINY_XRAY,
+            "--summary",
+            tmp_path / "s",
+            *extra,
+        )
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not list(tmp_path.glob("s*"))
+    code, _, err = run(capsys, "predict", *images, "-c", "tiny", "--device", "cpu")
+    assert code == 2 and "no modality for" in err
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # as if the cohort extra were not installed
+    series = tmp_path / "series"
+    make_ct_series(series, ct_volume(np.random.default_rng(0), 2))
+    code, _, err = run(capsys, "predict", series, images[0], *TINY_XRAY)
+    assert code == 2 and "pip install 'DeLightSAMLib[cohort]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_single_dicom_folder_still_runs_as_a_single_input(capsys, tmp_path, tiny, monkeypatch):
+    series = tmp_path / "ct"
+    make_ct_series(series, ct_volume(np.random.default_rng(4), 2))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "predict", "ct", *TINY_XRAY)
+    assert code == 0, err
+    assert out.startswith("ct_mask.nrrd  (") and "pixels in the mask" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "ct", "ct_mask.nrrd"]  # no summary, no state
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "predict", "empty", *TINY_XRAY)
+    assert code == 2 and "no DICOM series found in folder empty" in err
+
+
+# ---------------------------------------------------------------------------------------------- DICOMweb
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    process, url = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield url
+    stop_orthanc(process)
+
+
+def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(capsys, tmp_path, tiny, orthanc):
+    from dicomweb_client import DICOMwebClient
+
+    client = DICOMwebClient(orthanc)
+    address = orthanc.replace("http://", "dicomweb://")
+    studies = []
+    for number in (1, 2):
+        files = make_ct_series(tmp_path / f"ct{number}", ct_volume(np.random.default_rng(number), slices=2 + number))
+        client.store_instances([pydicom.dcmread(str(f)) for f in files])
+        studies.append(pydicom.dcmread(str(files[0]), stop_before_pixels=True))
+
+    def segs(study) -> list:
+        found = client.search_for_series(study.StudyInstanceUID, search_filters={"Modality": "SEG"})
+        return [client.retrieve_series(study.StudyInstanceUID, item["0020000E"]["Value"][0])[0] for item in found]
+
+    def predict(study, *options):
+        return run(
+            capsys,
+            "predict",
+            f"{address}?StudyInstanceUID={study.StudyInstanceUID}",
+            *TINY_XRAY,
+            "--summary",
+            tmp_path / "run",
+            *options,
+        )
+
+    # study 1: segmented through DICOMweb, the SEG stored back to the server only
+    first = studies[0]
+    code, stdout, err = predict(first, "--store-to", address)
+    assert code == 0 and "1 cases: 1 done" in stdout, err
+    (stored,) = segs(first)
+    seg = highdicom.seg.Segmentation.from_dataset(stored)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
+    assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.PatientID == first.PatientID
+    order = collect_cases([str(tmp_path / "ct1")], Settings(modality="xray"))[0].dicom_files
+    np.testing.assert_array_equal(seg_pixels(seg, order), expected_mask(tiny, tmp_path / "ct1"))
+    assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "De-LightSAM"
+    # again: the run's state remembers the stored result, and the SEG series on the server is not a case
+    code, stdout, err = predict(first, "--store-to", address)
+    assert code == 0 and "1 cases: 0 done, 1 skipped" in stdout, err
+    assert len(segs(first)) == 1
+
+    # study 2: into files first; then --store-to stores the file already written, without segmenting again
+    second = studies[1]
+    code, stdout, err = predict(second, "--output-dir", tmp_path / "files")
+    assert code == 0, err
+    written = tmp_path / "files" / second.StudyInstanceUID / f"{second.SeriesInstanceUID}_mask.dcm"
+    order = collect_cases([str(tmp_path / "ct2")], Settings(modality="xray"))[0].dicom_files
+    np.testing.assert_array_equal(
+        seg_pixels(highdicom.seg.segread(str(written)), order), expected_mask(tiny, tmp_path / "ct2")
+    )
+    assert segs(second) == []
+    code, stdout, err = predict(second, "--output-dir", tmp_path / "files", "--store-to", address)
+    assert code == 0 and "1 cases: 1 done" in stdout, err
+    rows, _ = read_summary(tmp_path / "run")
+    assert rows[0]["reason"] == "stored the existing result"
+    (stored,) = segs(second)
+    assert stored.SOPInstanceUID == pydicom.dcmread(str(written)).SOPInstanceUID
+
+    # without a study: every image series on the server that matches the filters
+    cases = collect_cases([f"{address}?Modality=CT"], Settings(modality="xray"), output_dir=tmp_path / "all")
+    assert sorted(case.source.series for case in cases) == sorted(s.SeriesInstanceUID for s in studies)
+
+
+def test_unreachable_dicomweb_server_is_one_line(capsys, tmp_path, tiny):
+    from cohort_data import free_port
+
+    code, _, err = run(
+        capsys,
+        "predict",
+        f"dicomweb://127.0.0.1:{free_port()}/dicom-web?StudyInstanceUID=1.2.3",
+        "-m",
+        "xray",
+        "-c",
+        "tiny",
+        "--output-dir",
+        tmp_path / "out",
+    )
+    assert code == 2 and "cannot reach the DICOMweb server" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+def test_torchrun_two_processes_give_the_single_process_outputs(tmp_path, cohort, one_thread):
+    save_tiny_checkpoint(tmp_path / "cache")
+    script = tmp_path / "delightsam_tiny.py"
+    script.write_text(CLI_WITH_TINY)
+    env = {**os.environ, "DELIGHTSAM_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    arguments = ["predict", str(cohort), *TINY_XRAY, "--output-dir"]
+    single = subprocess.run(
+        [sys.executable, str(script), *arguments, str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert single.returncode == 1, single.stderr[-2000:]
+    sharded = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            *arguments,
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert sharded.returncode != 0 and "20 cases: 19 done, 0 skipped, 1 failed" in sharded.stdout, sharded.stderr[
+        -2000:
+    ]
+    assert sharded.stdout.count("20 cases:") == 1  # rank 0 alone reports and writes the summary
+    rows, summary = read_summary(tmp_path / "two" / "delightsam-summary")
+    assert summary["processes"] == 2 and {row["rank"] for row in rows} == {"0", "1"}
+    one_rows, _ = read_summary(tmp_path / "one" / "delightsam-summary")
+    assert [(r["case"], r["status"], r["voxels"]) for r in rows] == [
+        (r["case"], r["status"], r["voxels"]) for r in one_rows
+    ]
+    expected = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*_mask.*"))
+    assert sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*_mask.*")) == expected
+    for relative in expected:
+        np.testing.assert_array_equal(
+            result_pixels(tmp_path / "two" / relative), result_pixels(tmp_path / "one" / relative)
+        )
+
+
+def test_torchrun_module_entry_point_with_reference_weights(
+    tmp_path, reference_image_path, reference_weights_path, reference_outputs
+):
+    """`torchrun -m DeLightSAMLib predict` as documented: two ranks, one image each, each mask the reference's."""
+    for name in ("first", "second"):
+        (tmp_path / f"{name}.png").write_bytes(reference_image_path.read_bytes())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "DeLightSAMLib",
+            "predict",
+            str(tmp_path / "first.png"),
+            str(tmp_path / "second.png"),
+            "-m",
+            "dermoscopy",
+            "-c",
+            str(reference_weights_path),
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows, _ = read_summary(tmp_path / "out" / "delightsam-summary")
+    assert sorted(row["rank"] for row in rows) == ["0", "1"]
+    logits = reference_outputs["mask_logits_1024_modality0"]
+    decided = np.abs(logits) > 1e-4
+    for name in ("first", "second"):
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{name}_mask.png"))) == 255
+        np.testing.assert_array_equal(mask[decided], (logits >= 0)[decided])
