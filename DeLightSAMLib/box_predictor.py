@@ -13,11 +13,13 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 from .checkpoint import load_model
 from .config import LiteMedSAMConfig
 from .device import select_device, select_dtype
-from .errors import CheckpointError
+from .engines import AUTO, get_engine
+from .errors import CheckpointError, UnknownNameError
 from .modeling import LiteMedSAM
 from .registry import BOX_CHECKPOINT
 from .transforms import LongestSideTransform, Window, clip_boxes
@@ -71,30 +73,36 @@ class BoxPredictor:
         result = predictor.predict([[10, 20, 90, 80], [100, 40, 160, 120]], return_logits=True)
     """
 
-    engine = "eager"  # LiteMedSAM runs its PyTorch modules as they are
-
     def __init__(self, model: LiteMedSAM, *, device: str | torch.device = "auto",
-                 dtype: str | torch.dtype = "float32") -> None:
+                 dtype: str | torch.dtype = "float32", engine: str = AUTO) -> None:
         if not isinstance(model, LiteMedSAM):
             raise CheckpointError(f"BoxPredictor needs a LiteMedSAM model, got {type(model).__name__}; "
                                   "use Predictor for De-LightSAM")
         self.device = select_device(device)
         self.dtype = select_dtype(dtype, self.device)
+        self.engine = get_engine(engine, self.device.type)
+        if not self.engine.any_module:
+            raise UnknownNameError(f"engine '{self.engine.name}' runs De-LightSAM only; for LiteMedSAM use auto, "
+                                   "eager, fused, fast or compiled")
         self.model = model.to(self.device).eval()
+        # The image encoder is the costly part and runs on the engine (a container, so that engines that swap
+        # modules find it as a child); the prompt encoder and decoder run as written, once per box.
+        self.encoder = self.engine.build(nn.Sequential(self.model.image_encoder))
         self.transform = LongestSideTransform(model.image_size)
         self.reset_image()
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Optional[str] = None, *, device: str | torch.device = "auto",
-                        dtype: str | torch.dtype = "float32", config: Optional[LiteMedSAMConfig] = None) -> "BoxPredictor":
+                        dtype: str | torch.dtype = "float32", config: Optional[LiteMedSAMConfig] = None,
+                        engine: str = AUTO) -> "BoxPredictor":
         """Load a registry checkpoint (default: ``litemedsam``) or a .pth path."""
         model, _ = load_model(BOX_CHECKPOINT if checkpoint is None else checkpoint, config)
-        return cls(model, device=device, dtype=dtype)
+        return cls(model, device=device, dtype=dtype, engine=engine)
 
     @property
     def description(self) -> str:
         """Device, precision and engine, for status lines."""
-        return f"{self.device.type} {str(self.dtype).replace('torch.', '')} {self.engine}"
+        return f"{self.device.type} {str(self.dtype).replace('torch.', '')} {self.engine.name}"
 
     def reset_image(self) -> None:
         self._embedding: Optional[torch.Tensor] = None  # (1, C, h, w) on the model's device
@@ -118,7 +126,7 @@ class BoxPredictor:
         self.reset_image()
         net_input = self.transform.prepare(image, window, device=self.device)
         with self._autocast():
-            self._embedding = self.model.encode(net_input)
+            self._embedding = self.encoder(net_input)
         self.original_size = tuple(np.asarray(image).shape[:2])
 
     @torch.inference_mode()

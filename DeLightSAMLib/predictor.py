@@ -242,6 +242,6 @@ def load_predictor(
 
     model, entry = load_model(checkpoint)
     if isinstance(model, LiteMedSAM):
-        return BoxPredictor(model, device=device, dtype=dtype)
+        return BoxPredictor(model, device=device, dtype=dtype, engine=engine)
     return Predictor(model, device=device, dtype=dtype, modality_map=entry.modality_map if entry else None,
                      engine=engine)

@@ -37,6 +37,8 @@ class Engine:
     default_for: device types (``"cpu"``, ``"cuda"``, ``"mps"``) on which ``auto`` picks this engine.
     fixed_batch: the runner is built for one input shape: callers keep every batch at one size (the predictor
     repeats the last image to fill a short batch).
+    any_module: the builder takes any module built from the project's layers (LiteMedSAM's image encoder as
+    well as the whole De-LightSAM network); False where it is written for De-LightSAM's outputs only.
     """
 
     name: str
@@ -44,6 +46,7 @@ class Engine:
     builder: str
     default_for: tuple[str, ...] = ()
     fixed_batch: bool = False
+    any_module: bool = True
 
     def build(self, model: Any) -> Callable:
         module_name, function = self.builder.split(":")
@@ -66,7 +69,12 @@ ENGINES: dict[str, Engine] = {
             "fast:fast_model",
             default_for=("cpu",),
         ),
-        Engine("onnx", "fused, exported to ONNX, run by onnxruntime (pip install onnx onnxruntime)", "onnx:OnnxRunner"),
+        Engine(
+            "onnx",
+            "fused, exported to ONNX, run by onnxruntime (pip install onnx onnxruntime; De-LightSAM only)",
+            "onnx:OnnxRunner",
+            any_module=False,
+        ),
         Engine(
             "compiled",
             "fused through torch.compile (GPUs; minutes to compile on a CPU)",

@@ -192,12 +192,12 @@ def test_boxes_partly_outside_are_clipped_to_the_image():
 
 
 # ------------------------------------------------------------------------------------------------ predictor
-def test_predictor_matches_reference_and_encodes_once(litemedsam_predictor, litemedsam_reference, monkeypatch):
+def test_predictor_matches_reference_and_encodes_once(litemedsam_model, litemedsam_reference, monkeypatch):
     ref = litemedsam_reference
-    predictor = litemedsam_predictor
+    predictor = BoxPredictor(litemedsam_model, device="cpu", engine="eager")  # the faithful path, under 1e-4
     calls = []
-    encode = predictor.model.encode
-    monkeypatch.setattr(predictor.model, "encode", lambda images: calls.append(1) or encode(images))
+    encoder = predictor.encoder
+    monkeypatch.setattr(predictor, "encoder", lambda images: calls.append(1) or encoder(images))
     predictor.set_image(ref["image_2"])
     single = predictor.predict(ref["box_2"], return_logits=True)
     several = predictor.predict([ref["box_2"], [10, 10, 120, 90], [-20, 200, 100, 400]], return_logits=True)
@@ -211,6 +211,34 @@ def test_predictor_matches_reference_and_encodes_once(litemedsam_predictor, lite
     assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 3}
     winner = np.argmax(np.where(several.masks, several.logits, -np.inf), axis=0) + 1
     np.testing.assert_array_equal(labels[several.mask], winner[several.mask])
+
+
+def test_default_cpu_engine_runs_the_same_function_as_eager(litemedsam_model, litemedsam_predictor,
+                                                           litemedsam_reference):
+    """The box model's encoder runs on the project's engines (``fast`` on a CPU by default): the same function
+    within float32 rounding of logits that reach +-50, and the same masks wherever a mask is decided."""
+    eager = BoxPredictor(litemedsam_model, device="cpu", engine="eager")
+    assert litemedsam_predictor.engine.name == "fast" and "FastImageEncoder" in repr(litemedsam_predictor.encoder)
+    for case in CASES:
+        image, box = litemedsam_reference[f"image_{case}"], litemedsam_reference[f"box_{case}"]
+        results = []
+        for predictor in (eager, litemedsam_predictor):
+            predictor.set_image(image)
+            results.append(predictor.predict(box, return_logits=True))
+        difference = np.abs(results[1].logits - results[0].logits).max()
+        assert difference < 5e-4  # measured: up to 1.3e-4 (|logits| up to ~50)
+        decided = np.abs(results[0].logits) > difference + 1e-6
+        np.testing.assert_array_equal(results[1].masks[decided], results[0].masks[decided])
+        assert results[1].iou == pytest.approx(results[0].iou, abs=1e-5)
+
+
+def test_box_predictor_refuses_an_engine_written_for_de_lightsam_only(litemedsam_model):
+    from DeLightSAMLib.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="runs De-LightSAM only"):
+        BoxPredictor(litemedsam_model, device="cpu", engine="onnx")
+    with pytest.raises(UnknownNameError, match="unknown engine"):
+        BoxPredictor(litemedsam_model, device="cpu", engine="turbo")
 
 
 def test_predictor_order_and_threshold(litemedsam_predictor, litemedsam_reference):
