@@ -231,6 +231,8 @@ def test_two_processes_with_torchrun(disks, tmp_path):
     whole network, and with the decoder side on cached embeddings."""
     script = tmp_path / "ddp.py"
     script.write_text(f"""
+import os
+
 import torch
 from DeLightSAMLib.build import build_model
 from DeLightSAMLib.config import TINY_CONFIG
@@ -241,7 +243,7 @@ for name, groups in (("ddp", ["adapters", "queries", "prompt", "decoder"]), ("dd
     model = build_model(TINY_CONFIG)
     settings = engine.TrainSettings(modality=1, epochs=2, batch_size=2, trainable=groups, out_dir={str(tmp_path)!r} + "/" + name)
     result = engine.train(model, open_dataset({str(disks)!r}, "train"), None, settings, torch.device("cpu"))
-    print(f"RANK_DONE {{name}} {{len(result['history'])}}", flush=True)  # one write: the ranks share the pipe
+    os.write(1, f"RANK_DONE {{name}} {{len(result['history'])}}\\n".encode())  # one write(2): the ranks share the pipe
 """)
     completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
                                capture_output=True, text=True, timeout=300)
