@@ -22,7 +22,7 @@ from .engines import AUTO, get_engine
 from .errors import CheckpointError, UnknownNameError
 from .modeling import LiteMedSAM
 from .registry import BOX_CHECKPOINT
-from .transforms import LongestSideTransform, Window, clip_boxes
+from .transforms import LongestSideTransform, Window, check_threshold, clip_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ class BoxPredictor:
         The mask is ``sigmoid(logits) > threshold``, as the released pipeline."""
         if not self.is_image_set:
             raise RuntimeError("call set_image(image) before predict(boxes)")
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+        check_threshold(threshold)
         clipped = clip_boxes(boxes, self.original_size)
         input_boxes = self.transform.boxes_to_input(clipped, self.original_size).to(self.device)
         logits, iou = [], []

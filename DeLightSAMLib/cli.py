@@ -125,6 +125,11 @@ def run_predict(args: argparse.Namespace) -> int:
     from .predictor import load_predictor
     from .segmentation import check_boxes, check_model, volume_window
 
+    if not 0.0 < args.threshold < 1.0:
+        raise DeLightSAMError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise DeLightSAMError(f"--batch-size must be at least 1, got {args.batch_size}")
+    window = check_window(args.window) if args.window else None
     cases = cohort_command.cohort_cases(args)
     if cases is not None:
         return cohort_command.run(args, cases)
@@ -135,17 +140,12 @@ def run_predict(args: argparse.Namespace) -> int:
             ("--modality and --box cannot be combined" if boxes is not None else "nothing to segment by")
             + ": give --modality NAME (De-LightSAM, the whole image, no prompt) or --box X0 Y0 X1 Y1 "
             "(LiteMedSAM, the structure inside the box)")
-    if not 0.0 < args.threshold < 1.0:
-        raise DeLightSAMError(f"--threshold must be between 0 and 1, got {args.threshold}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise DeLightSAMError(f"--batch-size must be at least 1, got {args.batch_size}")
     if boxes is None:
         resolve_modality(args.modality)  # fail on a typo before loading anything
         if args.slices is not None:
             raise DeLightSAMError("--slices goes with --box; with --modality every slice of a volume is segmented")
     elif len(boxes) > 255:
         raise DeLightSAMError(f"at most 255 boxes at once (labels are 8-bit), got {len(boxes)}")
-    window = check_window(args.window) if args.window else None
     loaded = read_image(args.input)
     outputs = _check_outputs(args, loaded)
     window = volume_window(loaded, window)
@@ -185,8 +185,11 @@ def _segment(predictor, loaded, boxes, slice_range, args, window):
     from .segmentation import by_boxes, by_modality
 
     options = dict(axis=args.axis, threshold=args.threshold, window=window, return_logits=bool(args.logits))
-    first, last = slice_range or (0, loaded.array.shape[2 - args.axis] - 1)
-    total = None if loaded.is_2d else last - first + 1
+    if loaded.is_2d:
+        total = None
+    else:
+        first, last = slice_range or (0, loaded.array.shape[2 - args.axis] - 1)
+        total = last - first + 1
     with tqdm(total=total, unit="slice", desc="delightsam", file=sys.stderr, disable=True if loaded.is_2d else None) as bar:
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)

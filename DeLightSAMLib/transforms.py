@@ -67,10 +67,16 @@ class ImageTransform:
         return resize_bilinear(full, tuple(original_size))
 
 
-def threshold_logits(logits: torch.Tensor | np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Boolean mask ``sigmoid(logits) >= threshold`` computed in float32, as the released evaluation does."""
+def check_threshold(threshold: float) -> float:
+    """``threshold`` if it is a number strictly between 0 and 1, else ArgumentError."""
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 < threshold < 1.0:
         raise ArgumentError(f"threshold must be a number between 0 and 1 (exclusive), got {threshold!r}")
+    return threshold
+
+
+def threshold_logits(logits: torch.Tensor | np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Boolean mask ``sigmoid(logits) >= threshold`` computed in float32, as the released evaluation does."""
+    check_threshold(threshold)
     logits = torch.as_tensor(logits).float()
     return (torch.sigmoid(logits) >= threshold).cpu().numpy()
 

@@ -232,6 +232,24 @@ def test_malformed_options_are_one_line(capsys, work_image, reference_weights_pa
 
 
 @pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--threshold", "2"], "--threshold must be between 0 and 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--window", "40", "-400"], "window width must not be negative"),
+    ],
+)
+def test_malformed_options_fail_a_cohort_before_any_case(capsys, monkeypatch, work_image, extra, message):
+    (work_image.parent / "second.png").write_bytes(work_image.read_bytes())
+    before = sorted(p.name for p in work_image.parent.iterdir())
+    _fails_before_the_network(monkeypatch)
+    code, _, err = run(capsys, "predict", work_image.parent, "-m", "xray", "--output-dir", work_image.parent / "out",
+                       *extra)
+    _one_line_error(code, err, message)
+    assert sorted(p.name for p in work_image.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize(
     "case, message",
     [
         ("unknown-extension", "unsupported file type '.xyz'"),
@@ -291,9 +309,9 @@ def test_gray_and_alpha_png_is_segmented_as_gray(capsys, tmp_path, reference_ima
     sitk.WriteImage(sitk.GetImageFromArray(np.stack([gray, np.full_like(gray, 255)], -1), isVector=True),
                     str(tmp_path / "ga.png"))
     sitk.WriteImage(sitk.GetImageFromArray(gray), str(tmp_path / "g.png"))
-    for name in ("ga", "g"):
+    for name, extra in (("ga", []), ("g", ["--axis", "0"])):  # an image has no slices: --axis changes nothing
         code, _, err = run(capsys, "predict", tmp_path / f"{name}.png", "-m", "dermoscopy", "-c",
-                           reference_weights_path, "--device", "cpu", "--logits", tmp_path / f"{name}.npy")
+                           reference_weights_path, "--device", "cpu", "--logits", tmp_path / f"{name}.npy", *extra)
         assert code == 0, err
     np.testing.assert_array_equal(np.load(tmp_path / "ga.npy"), np.load(tmp_path / "g.npy"))
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ga_mask.png"))).shape == gray.shape

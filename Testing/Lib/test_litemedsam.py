@@ -13,7 +13,7 @@ from conftest import reference_file
 from DeLightSAMLib.box_predictor import BoxPredictor
 from DeLightSAMLib.build import build_model, expected_shapes
 from DeLightSAMLib.config import LITEMEDSAM_CONFIG, TINY_LITEMEDSAM_CONFIG
-from DeLightSAMLib.errors import BoxError
+from DeLightSAMLib.errors import ArgumentError, BoxError
 from DeLightSAMLib.predictor import Predictor, load_predictor
 from DeLightSAMLib.transforms import LongestSideTransform, clip_boxes, resize_area
 
@@ -251,6 +251,9 @@ def test_predictor_order_and_threshold(litemedsam_predictor, litemedsam_referenc
     assert strict.sum() < loose.sum() and not (strict & ~loose).any()
     with pytest.raises(BoxError, match="empty or inverted"):
         predictor.predict([50, 50, 40, 60])
+    for threshold in (0.0, 1.0, 1.5, True):
+        with pytest.raises(ArgumentError, match="threshold must be a number between 0 and 1"):
+            predictor.predict(litemedsam_reference["box_2"], threshold=threshold)
 
 
 def test_factory_picks_the_predictor_from_the_checkpoint(litemedsam_weights_path, reference_weights_path):
