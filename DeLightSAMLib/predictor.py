@@ -11,11 +11,11 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import load_model
+from .checkpoint import load_delightsam, load_model
 from .config import DEFAULT_CONFIG, ModelConfig
 from .device import select_device, select_dtype
 from .engines import AUTO, get_engine
-from .errors import ArgumentError, DeLightSAMError
+from .errors import ArgumentError
 from .intensity import check_window
 from .modeling import DeLightSAM, binarize_patch_logits
 from .progress import ProgressCallback
@@ -78,10 +78,7 @@ class Predictor:
         engine: str = AUTO,
     ) -> "Predictor":
         """Load a registry checkpoint (default: the official one) or a .pth path."""
-        model, entry = load_model(checkpoint, config)
-        if not isinstance(model, DeLightSAM):  # LiteMedSAM: see load_predictor
-            raise DeLightSAMError(f"checkpoint '{checkpoint}' is LiteMedSAM, a box-prompted model: use "
-                                  "box_predictor.BoxPredictor (or predictor.load_predictor) with boxes")
+        model, entry = load_delightsam(checkpoint, config, purpose="segmenting by modality")
         return cls(model, device=device, dtype=dtype, modality_map=entry.modality_map if entry else None,
                    engine=engine)
 

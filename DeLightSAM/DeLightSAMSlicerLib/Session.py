@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 from DeLightSAMLib.checkpoint import cached_path, checkpoint_origin, download_checkpoint, remote_size, resolve_checkpoint
-from DeLightSAMLib.errors import CheckpointError, DeLightSAMError, DownloadError
+from DeLightSAMLib.errors import CheckpointError, DeLightSAMError, DownloadCancelled, DownloadError
 from DeLightSAMLib.registry import CHECKPOINTS, MODALITIES, get_checkpoint_entry
 from DeLightSAMSlicerLib.i18n import tr as _
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, DEFAULT_CHECKPOINTS, MODELS, ReusedEncoding, isCheckpointFor, modelTitle
@@ -301,6 +301,8 @@ class DeLightSAMSession:
             return download_checkpoint(entry.name, progress=progress)
         try:
             return download_checkpoint(entry.name, progress=progress, urls=others)
+        except DownloadCancelled:
+            raise
         except DownloadError as error:
             if not self._installDownloader(confirm, after=str(error)):
                 raise

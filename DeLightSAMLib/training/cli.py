@@ -63,7 +63,7 @@ def report(message: str, level: int) -> None:
 
 
 def run_training(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
+    from ..checkpoint import load_delightsam
     from ..device import select_device
     from . import engine
     from .data import open_dataset
@@ -74,7 +74,7 @@ def run_training(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.INFO)
     if args.command == "evaluate":
         dataset = open_dataset(args.data, args.split, **where)
-        model, _ = load_model(args.checkpoint)
+        model, _ = load_delightsam(args.checkpoint, purpose=args.command)
         try:
             result = engine.evaluate(model, dataset, modality, device, Path(args.out), args.overlays, args.threshold)
         except KeyboardInterrupt:
@@ -88,7 +88,7 @@ def run_training(args: argparse.Namespace) -> int:
     train_set = open_dataset(args.data, "train", **where)
     settings = engine.TrainSettings(modality=modality, epochs=args.epochs, batch_size=args.batch_size,
                                     learning_rate=args.lr, num_workers=args.workers, out_dir=args.out)
-    model, _ = load_model(args.checkpoint)
+    model, _ = load_delightsam(args.checkpoint, purpose=args.command)
     try:
         if args.command == "distill":
             from .teachers import load_teacher

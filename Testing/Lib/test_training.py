@@ -155,6 +155,18 @@ def test_all_empty_masks_and_cli_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "case1.png is missing" in err
 
 
+@pytest.mark.parametrize("command", ["evaluate", "train", "distill"])
+def test_a_litemedsam_checkpoint_is_refused_in_one_line(tmp_path, capsys, litemedsam_weights_path, command):
+    root = make_folder_dataset(tmp_path / "data", count=4)
+    extra = {"evaluate": ["--modality", "xray", "--split", "train"], "train": ["--modality", "xray", "--epochs", "1"],
+             "distill": ["--teacher", "mobilesam", "--teacher-checkpoint", str(tmp_path / "never-read.pt")]}[command]
+    code = main([command, "--data", str(root), "--checkpoint", str(litemedsam_weights_path),
+                 "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is LiteMedSAM, a box-prompted model" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
 def _write_volume(path: Path, array: np.ndarray) -> None:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((0.8, 0.8, 2.0))
