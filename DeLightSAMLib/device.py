@@ -9,7 +9,6 @@ import torch
 from .errors import DeLightSAMError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEVICE_TYPES = ("cpu", "cuda", "mps")
 _DEVICE = re.compile(r"(cpu|cuda|mps)(?::([0-9]+))?", re.ASCII)
 
 

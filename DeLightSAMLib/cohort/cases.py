@@ -29,18 +29,15 @@ from typing import Optional, Sequence, Union
 import SimpleITK as sitk
 
 from ..errors import DeLightSAMError, ImageError
-from ..imageio import PLAIN_IMAGE_SUFFIXES, full_suffix
+from ..imageio import DICOM_SUFFIXES, PLAIN_IMAGE_SUFFIXES, VOLUME_SUFFIXES, full_suffix
 from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT, resolve_modality
 from . import FORMATS
 from .dicomweb import NOT_IMAGES, DicomwebSeries, is_dicomweb, list_series
 from .formats import default_suffix
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-DICOM_SUFFIXES = ("", ".dcm", ".ima", ".dicom")
 # Never inputs: tables, arrays, checkpoints, notes, logs.
 SKIPPED_SUFFIXES = (".csv", ".json", ".jsonl", ".npy", ".npz", ".pth", ".pt", ".txt", ".md", ".log", ".py", ".zip")
 MANIFEST_COLUMNS = ("input", "output", "checkpoint", "model", "modality", "box", "slices", "format")
-RESULT_NAME = re.compile(r"_mask(\.[A-Za-z0-9.]+)?$")
 
 
 class ManifestError(DeLightSAMError):

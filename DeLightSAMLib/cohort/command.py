@@ -191,20 +191,8 @@ def single_writer(segmentation, output: Path, loaded, args: argparse.Namespace):
         name = modality_name(resolve_modality(args.modality))
         segments = [segment_for(name)]
         provenance = provenance_for(args.checkpoint, args.threshold, modality=name)
-    dicom_files = _dicom_files(loaded.source) if output_kind(output) == "dicom-seg" else ()
+    dicom_files = loaded.dicom_files if output_kind(output) == "dicom-seg" else ()
     return result_writer(Result(segmentation.labels, segments, provenance), output, loaded, dicom_files)[0]
-
-
-def _dicom_files(source: Path) -> tuple[Path, ...]:
-    """The files ``imageio.read_image`` read for a DICOM input, in slice order (a folder: its first series)."""
-    if not source.is_dir():
-        return (source,)
-    import SimpleITK as sitk
-
-    reader = sitk.ImageSeriesReader()
-    return tuple(
-        Path(name) for name in reader.GetGDCMSeriesFileNames(str(source), reader.GetGDCMSeriesIDs(str(source))[0])
-    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -19,7 +19,15 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ImageError
-from ..imageio import PLAIN_IMAGE_SUFFIXES, LoadedImage, Writer, full_suffix, mask_writer, write_files
+from ..imageio import (
+    PLAIN_IMAGE_SUFFIXES,
+    VOLUME_MASK_SUFFIXES,
+    LoadedImage,
+    Writer,
+    full_suffix,
+    mask_writer,
+    write_files,
+)
 from ..overlay import PALETTE
 from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT
 from . import FORMATS
@@ -122,11 +130,13 @@ def provenance_for(
 
 def default_suffix(source: Path, is_dicom: bool) -> str:
     """The output suffix that follows the input: DICOM -> DICOM SEG, a PNG/JPEG/... photo -> PNG, a NIfTI/NRRD/MHA
-    file -> a label map in the same format."""
+    file -> a label map in the same format, a detached header (.nhdr, .mhd) -> NRRD (see VOLUME_MASK_SUFFIXES)."""
     if is_dicom:
         return DICOM_SEG_SUFFIX
     suffix = full_suffix(source)
-    return ".png" if suffix in PLAIN_IMAGE_SUFFIXES else suffix
+    if suffix in PLAIN_IMAGE_SUFFIXES:
+        return ".png"
+    return suffix if suffix in VOLUME_MASK_SUFFIXES else ".nrrd"
 
 
 def output_kind(target: Path) -> str:

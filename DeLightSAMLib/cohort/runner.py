@@ -162,7 +162,10 @@ class RunState:
                     continue
                 self.records[record["key"]] = record
         folder.mkdir(parents=True, exist_ok=True)
-        self._file = open(folder / f"rank-{rank}.jsonl", "a")
+        path = folder / f"rank-{rank}.jsonl"
+        self._file = open(path, "a")
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):  # a kill cut the last record short
+            self._file.write("\n")
 
     def get(self, case: Case) -> Optional[dict]:
         return self.records.get(case.key)
@@ -234,14 +237,14 @@ class _Models:
         self.load = load
         self.key: object = object()
         self.predictor = None
-        self.error: Optional[DeLightSAMError] = None
+        self.error: Optional[Exception] = None
 
     def get(self, checkpoint: Optional[str]):
         if checkpoint != self.key:
             self.key, self.predictor, self.error = checkpoint, None, None
             try:
                 self.predictor = self.load(checkpoint)
-            except DeLightSAMError as error:
+            except Exception as error:  # also out of memory or a failed export: every case of it gets the reason
                 self.error = error
         if self.error is not None:
             raise self.error

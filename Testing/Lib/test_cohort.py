@@ -673,3 +673,49 @@ def test_torchrun_module_entry_point_with_reference_weights(
     for name in ("first", "second"):
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{name}_mask.png"))) == 255
         np.testing.assert_array_equal(mask[decided], (logits >= 0)[decided])
+
+
+def test_resume_state_keeps_the_records_after_a_line_cut_short(tmp_path):
+    from DeLightSAMLib.cohort.cases import Case
+    from DeLightSAMLib.cohort.runner import CaseResult, RunState
+
+    cases = [Case(name=f"c{index}", source=tmp_path / f"c{index}.png", settings=Settings(modality="xray"),
+                  output=tmp_path / f"c{index}_mask.png") for index in range(3)]
+    state = RunState(tmp_path / "state", 0)
+    state.record(cases[0], CaseResult(case="c0", status="done", voxels=5), stored=False)
+    state.close()
+    with open(tmp_path / "state" / "rank-0.jsonl", "a") as handle:
+        handle.write('{"key": "cut short by a ki')  # the process was killed mid-write
+    state = RunState(tmp_path / "state", 0)
+    state.record(cases[1], CaseResult(case="c1", status="done", voxels=7), stored=True)
+    state.close()
+    again = RunState(tmp_path / "state", 0)
+    again.close()
+    assert again.get(cases[0])["voxels"] == 5 and again.get(cases[1])["stored"] is True and again.get(cases[2]) is None
+
+
+def test_a_checkpoint_that_fails_to_load_fails_each_of_its_cases_with_the_reason():
+    from DeLightSAMLib.cohort.runner import _Models
+
+    calls = []
+
+    def load(checkpoint):
+        calls.append(checkpoint)
+        raise RuntimeError("CUDA out of memory")
+
+    models = _Models(load)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="CUDA out of memory"):
+            models.get("big.pth")
+    assert calls == ["big.pth"]  # loaded once, the reason kept for the next case
+
+
+@pytest.mark.parametrize(
+    "name, is_dicom, suffix",
+    [("a.png", False, ".png"), ("a.jpg", False, ".png"), ("a.nii.gz", False, ".nii.gz"), ("a.mha", False, ".mha"),
+     ("a.nhdr", False, ".nrrd"), ("a.mhd", False, ".nrrd"), ("series", True, ".dcm")],
+)
+def test_default_result_format_follows_the_input_as_one_file(name, is_dicom, suffix):
+    from DeLightSAMLib.cohort.formats import default_suffix
+
+    assert default_suffix(Path(name), is_dicom) == suffix
