@@ -129,16 +129,28 @@ def timed(function, repeats: int, warm: bool = True) -> list[float]:
 
 
 def machine() -> str:
+    """The CPU (with its family, model and clock where /proc/cpuinfo says: one cloud "AMD EPYC" can be a Zen 1 with
+    half another's float32 FMA width), a measured float32 GEMM rate, torch, threads and any GPU."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as info:
-            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
+            fields = dict(line.split(":", 1) for line in info.read().split("\n\n")[0].splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        model = f"{fields['model name']} (family {fields['cpu family']} model {fields['model']}, {float(fields['cpu MHz']):.0f} MHz)"
+    except (OSError, KeyError, ValueError):
         pass
-    text = f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    text = (f"{model}, {os.cpu_count()} cores, float32 GEMM {gemm_gflops():.0f} GFLOP/s, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)")
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
     return text
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Best float32 matrix-product rate of this CPU on torch's threads: what the compute-bound paths scale with."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = min(timed(lambda: torch.mm(a, b), repeats))
+    return 2 * size**3 / best / 1e9
 
 
 # ---------------------------------------------------------------------------------------------- benchmark
