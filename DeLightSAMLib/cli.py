@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="intensity window for non-8-bit data (default: 0.5-99.5 percentile range)")
     predict.add_argument("--batch-size", type=int, default=None, help="slices per network pass for volumes (default: 1 on CPU, 8 on GPU)")
     predict.add_argument("--engine", default=AUTO, choices=[AUTO, *ENGINES],
-                         help="image-encoder inference path (default auto: the fastest measured for the device): "
+                         help="image-encoder inference path (default auto: the fastest measured for the device; for "
+                              "LiteMedSAM on a CPU, eager, for parity with the released pipeline): "
                               + "; ".join(f"{engine.name}: {engine.summary}" for engine in ENGINES.values()))
     cohort_command.add_arguments(predict)
     predict.set_defaults(handler=run_predict)
