@@ -154,17 +154,21 @@ class RunState:
         self._file = None
         if folder is None:
             return
+        own = folder / f"rank-{rank}.jsonl"
+        cut_short = False
         for path in sorted(folder.glob("rank-*.jsonl")):
-            for line in path.read_text(errors="replace").splitlines():
+            text = path.read_text(errors="replace")
+            for line in text.splitlines():
                 try:
                     record = json.loads(line)
                 except ValueError:  # a line cut short by a kill
                     continue
                 self.records[record["key"]] = record
+            if path == own:
+                cut_short = bool(text) and not text.endswith("\n")
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"rank-{rank}.jsonl"
-        self._file = open(path, "a")
-        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):  # a kill cut the last record short
+        self._file = open(own, "a")
+        if cut_short:  # end the partial record's line, so that the next record gets a line of its own
             self._file.write("\n")
 
     def get(self, case: Case) -> Optional[dict]:
@@ -193,8 +197,7 @@ class RunState:
 # ---------------------------------------------------------------------------------------------- loading
 @dataclass
 class CaseImage:
-    loaded: LoadedImage
-    dicom_files: tuple[Path, ...]
+    loaded: LoadedImage  # its dicom_files: the series' files in slice order, for DICOM SEG
     scratch: Optional[tempfile.TemporaryDirectory] = None  # a fetched DICOMweb series
 
     def close(self) -> None:
@@ -208,13 +211,13 @@ def load_case(case: Case) -> CaseImage:
         scratch = tempfile.TemporaryDirectory(prefix="delightsam-dicomweb-")
         try:
             files = _gdcm_order(dicomweb.retrieve(case.source, Path(scratch.name)))
-            return CaseImage(read_dicom_series(files, Path(scratch.name)), tuple(files), scratch)
+            return CaseImage(read_dicom_series(files, Path(scratch.name)), scratch)
         except BaseException:
             scratch.cleanup()
             raise
     if len(case.dicom_files) > 1:
-        return CaseImage(read_dicom_series(case.dicom_files, case.source), case.dicom_files)
-    return CaseImage(read_image(case.source), case.dicom_files)
+        return CaseImage(read_dicom_series(case.dicom_files, case.source))
+    return CaseImage(read_image(case.source))
 
 
 def _gdcm_order(files: list[Path]) -> list[Path]:
@@ -355,10 +358,10 @@ class _Runner:
             if case.output is not None:
                 case.output.parent.mkdir(parents=True, exist_ok=True)
                 _remove_temporaries(case.output)
-                dataset = write_output(labelled, case.output, image.loaded, image.dicom_files)
+                dataset = write_output(labelled, case.output, image.loaded, image.loaded.dicom_files)
             if self._stores(case):
                 if dataset is None:
-                    dataset = dicom_segmentation(labelled, image.dicom_files, image.loaded.source)
+                    dataset = dicom_segmentation(labelled, image.loaded.dicom_files, image.loaded.source)
                 dicomweb.store(self.options.store_to, dataset)
         except Exception as error:  # noqa: BLE001 - one case's failure, whatever it is, must not stop the run
             return self._failed(case, start, error)
