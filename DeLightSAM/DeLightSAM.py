@@ -10,14 +10,36 @@ importable when Slicer runs the module from a source checkout.
 """
 
 import contextlib
+import importlib.util
 import logging
+import os
+import sys
 import traceback
 
 import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+
+
+def addSourceCheckoutOfTheLogicToPath(moduleFile):
+    """From a source checkout Slicer puts only this module's folder on sys.path; the MRML logic both front ends share
+    (DeLightSAMSlicerLib) sits one folder up, beside the library. A built extension installs both into
+    qt-scripted-modules, which is on sys.path already. Runs before the imports below (and before the effect's)."""
+    if importlib.util.find_spec("DeLightSAMSlicerLib") is not None:
+        return
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(moduleFile)))
+    if os.path.isfile(os.path.join(checkout, "DeLightSAMSlicerLib", "__init__.py")) and checkout not in sys.path:
+        sys.path.append(checkout)
+        importlib.invalidate_caches()
+
+
+addSourceCheckoutOfTheLogicToPath(__file__)
 
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, MODELS, modelTitle
 from DeLightSAMSlicerLib.Session import DEVICES, LOCAL_FILE, DeLightSAMSession
@@ -105,8 +127,12 @@ class DeLightSAMWidget(ScriptedLoadableModuleWidget):
         self.statusLabel.text = self.session.environmentStatus() or _("PyTorch and the Python packages are installed.")
 
     def onBrowse(self, model):
-        path = qt.QFileDialog.getOpenFileName(self.parent, _("{model} checkpoint").format(model=modelTitle(model)), "",
-                                              _("PyTorch checkpoints") + " (*.pth *.pt);;" + _("All files") + " (*)")
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent,
+            _("{model} checkpoint").format(model=modelTitle(model)),
+            "",
+            _("PyTorch checkpoints") + " (*.pth *.pt);;" + _("All files") + " (*)",
+        )
         if path:
             self.weights[model].checkpointPath.text = path
             self.updateSessionFromGUI(model)
@@ -239,8 +265,13 @@ class DownloadProgressDialog(ProgressDialog):
         self.model = model
 
     def report(self, done, total):
-        self.update(done, total, _("Downloading the {model} weights: {megabytes} MB").format(
-            model=modelTitle(self.model), megabytes=f"{done / 1e6:.1f}"))
+        self.update(
+            done,
+            total,
+            _("Downloading the {model} weights: {megabytes} MB").format(
+                model=modelTitle(self.model), megabytes=f"{done / 1e6:.1f}"
+            ),
+        )
 
 
 @contextlib.contextmanager

@@ -73,11 +73,18 @@ class BoxPredictor:
         result = predictor.predict([[10, 20, 90, 80], [100, 40, 160, 120]], return_logits=True)
     """
 
-    def __init__(self, model: LiteMedSAM, *, device: str | torch.device = "auto",
-                 dtype: str | torch.dtype = "float32", engine: str = AUTO) -> None:
+    def __init__(
+        self,
+        model: LiteMedSAM,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+        engine: str = AUTO,
+    ) -> None:
         if not isinstance(model, LiteMedSAM):
-            raise CheckpointError(f"BoxPredictor needs a LiteMedSAM model, got {type(model).__name__}; "
-                                  "use Predictor for De-LightSAM")
+            raise CheckpointError(
+                f"BoxPredictor needs a LiteMedSAM model, got {type(model).__name__}; use Predictor for De-LightSAM"
+            )
         self.device = select_device(device)
         self.dtype = select_dtype(dtype, self.device)
         if engine == AUTO and self.device.type == "cpu":
@@ -86,8 +93,10 @@ class BoxPredictor:
             engine = "eager"
         self.engine = get_engine(engine, self.device.type)
         if not self.engine.any_module:
-            raise UnknownNameError(f"engine '{self.engine.name}' runs De-LightSAM only; for LiteMedSAM use auto, "
-                                   "eager, fused, fast or compiled")
+            raise UnknownNameError(
+                f"engine '{self.engine.name}' runs De-LightSAM only; for LiteMedSAM use auto, "
+                "eager, fused, fast or compiled"
+            )
         self.model = model.to(self.device).eval()
         # The image encoder is the costly part and runs on the engine (a container, so that engines that swap
         # modules find it as a child); the prompt encoder and decoder run as written, once per box.
@@ -96,9 +105,15 @@ class BoxPredictor:
         self.reset_image()
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Optional[str] = None, *, device: str | torch.device = "auto",
-                        dtype: str | torch.dtype = "float32", config: Optional[LiteMedSAMConfig] = None,
-                        engine: str = AUTO) -> "BoxPredictor":
+    def from_checkpoint(
+        cls,
+        checkpoint: Optional[str] = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+        config: Optional[LiteMedSAMConfig] = None,
+        engine: str = AUTO,
+    ) -> "BoxPredictor":
         """Load a registry checkpoint (default: ``litemedsam``) or a .pth path."""
         model, _ = load_model(BOX_CHECKPOINT if checkpoint is None else checkpoint, config)
         return cls(model, device=device, dtype=dtype, engine=engine)
@@ -134,8 +149,9 @@ class BoxPredictor:
         self.original_size = tuple(np.asarray(image).shape[:2])
 
     @torch.inference_mode()
-    def predict(self, boxes, *, threshold: float = 0.5, return_logits: bool = False,
-                batch_size: int = 16) -> BoxPrediction:
+    def predict(
+        self, boxes, *, threshold: float = 0.5, return_logits: bool = False, batch_size: int = 16
+    ) -> BoxPrediction:
         """Masks for boxes (x0, y0, x1, y1) in the image's pixel coordinates: x along columns, y along rows,
         shape (4,) or (N, 4). A box partly outside the image is clipped; an empty, inverted, non-finite or wholly
         outside box raises BoxError. Each box costs one prompt-encoder and decoder pass (``batch_size`` at once).

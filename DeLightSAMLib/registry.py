@@ -111,7 +111,9 @@ def resolve_modality(modality: str | int, modality_map: dict[str, int] | None = 
         index = int(modality)
         if 0 <= index < count:
             return index
-        raise UnknownNameError(f"modality index {index} is out of range; use 0..{count - 1} or a name: {_names(modality_map)}")
+        raise UnknownNameError(
+            f"modality index {index} is out of range; use 0..{count - 1} or a name: {_names(modality_map)}"
+        )
     if not isinstance(modality, str):
         raise UnknownNameError(f"modality must be a name or an index, not {modality!r}")
     key = _compact(modality)
@@ -136,4 +138,3 @@ def _compact(word: str) -> str:
 
 def _names(modality_map: dict[str, int]) -> str:
     return ", ".join(sorted(modality_map, key=modality_map.get))
-

@@ -45,7 +45,9 @@ class ImageTransform:
     def __init__(self, image_size: int = 1024) -> None:
         self.image_size = image_size
 
-    def prepare(self, image: np.ndarray, window: Optional[Window] = None, device: str | torch.device = "cpu") -> torch.Tensor:
+    def prepare(
+        self, image: np.ndarray, window: Optional[Window] = None, device: str | torch.device = "cpu"
+    ) -> torch.Tensor:
         """A 2D image (any supported type) -> (1, 3, S, S) float32 normalised network input."""
         rgb = torch.from_numpy(to_rgb8(image, window)).to(device)
         return self.prepare_rgb8(rgb)
@@ -97,7 +99,9 @@ class LongestSideTransform:
         scale = self.image_size / max(height, width)
         return int(height * scale + 0.5), int(width * scale + 0.5)
 
-    def prepare(self, image: np.ndarray, window: Optional[Window] = None, device: str | torch.device = "cpu") -> torch.Tensor:
+    def prepare(
+        self, image: np.ndarray, window: Optional[Window] = None, device: str | torch.device = "cpu"
+    ) -> torch.Tensor:
         """A 2D image (any supported type) -> (1, 3, S, S) float32 network input."""
         rgb = to_rgb8(image, window)
         resized = resize_area(rgb, self.resized_size(rgb.shape[:2]))
@@ -145,13 +149,21 @@ def clip_boxes(boxes, image_size: tuple[int, int]) -> np.ndarray:
         if not np.all(np.isfinite([x0, y0, x1, y1])):
             raise BoxError(f"{label} has a coordinate that is not a finite number")
         if x1 <= x0 or y1 <= y0:
-            raise BoxError(f"{label} is empty or inverted: it needs x0 < x1 and y0 < y1 (x0 y0 is the top-left corner, "
-                           "x along columns, y along rows, in pixels)")
-        clipped[number - 1] = (min(max(x0, 0.0), width), min(max(y0, 0.0), height),
-                               min(max(x1, 0.0), width), min(max(y1, 0.0), height))
+            raise BoxError(
+                f"{label} is empty or inverted: it needs x0 < x1 and y0 < y1 (x0 y0 is the top-left corner, "
+                "x along columns, y along rows, in pixels)"
+            )
+        clipped[number - 1] = (
+            min(max(x0, 0.0), width),
+            min(max(y0, 0.0), height),
+            min(max(x1, 0.0), width),
+            min(max(y1, 0.0), height),
+        )
         if clipped[number - 1, 2] <= clipped[number - 1, 0] or clipped[number - 1, 3] <= clipped[number - 1, 1]:
-            raise BoxError(f"{label} lies wholly outside the image of {width} x {height} pixels (width x height); "
-                           "give it in the image's pixel coordinates")
+            raise BoxError(
+                f"{label} lies wholly outside the image of {width} x {height} pixels (width x height); "
+                "give it in the image's pixel coordinates"
+            )
     return clipped
 
 
@@ -260,8 +272,9 @@ def _enlarge_area(image: np.ndarray, out_height: int, out_width: int) -> np.ndar
     source = image.astype(np.int64)
     x_left, x_right, x_weight = _enlarge_coefficients(width, out_width)
     y_top, y_bottom, y_weight = _enlarge_coefficients(height, out_height)
-    rows = (source[:, x_left] * x_weight[:, 0].reshape(1, out_width, *channel_axes)
-            + source[:, x_right] * x_weight[:, 1].reshape(1, out_width, *channel_axes))
+    rows = source[:, x_left] * x_weight[:, 0].reshape(1, out_width, *channel_axes) + source[:, x_right] * x_weight[
+        :, 1
+    ].reshape(1, out_width, *channel_axes)
     top = y_weight[:, 0].reshape(out_height, 1, *channel_axes)
     bottom = y_weight[:, 1].reshape(out_height, 1, *channel_axes)
     # OpenCV's vectorised vertical pass: drop 4 bits, keep the high 16 bits of each product, round the last 2.

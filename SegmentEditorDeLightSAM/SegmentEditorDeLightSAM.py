@@ -109,7 +109,9 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
             expected[2, :5, :6] = 1  # axial view of this geometry: i runs rightwards, j downwards
             np.testing.assert_array_equal(written, expected)
             labelmap = slicer.vtkOrientedImageData()
-            slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation, segmentId, labelmap, False)
+            slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+                segmentation, segmentId, labelmap, False
+            )
             self.assertAlmostEqual(labelmap.GetSpacing()[0], 0.8 / oversampling)  # written in the editor's geometry
             editorWidget.undo()
             self.assertEqual(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume).sum(), 0)
@@ -130,14 +132,20 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
         xyToRAS = slicer.util.arrayFromVTKMatrix(sliceNode.GetXYToRAS())
         ijkToRAS = np.array(self.IJK_TO_RAS)
         # the screen positions of two points of slice k = 2, between voxel centres
-        first, last = (np.rint((np.linalg.inv(xyToRAS) @ ijkToRAS @ [i, j, 2, 1])[:2]).astype(int)
-                       for i, j in ((2.4, 1.3), (7.6, 6.7)))
+        first, last = (
+            np.rint((np.linalg.inv(xyToRAS) @ ijkToRAS @ [i, j, 2, 1])[:2]).astype(int)
+            for i, j in ((2.4, 1.3), (7.6, 6.7))
+        )
         boxModel = BoxAsMask()
         with DeLightSAMSession.shared().temporaryPredictor(boxModel, BOX):
             effect = self._effect(editorWidget)
             effect.setParameter("BoxMode", "1")
-            for eventId, xy in ((vtk.vtkCommand.LeftButtonPressEvent, first), (vtk.vtkCommand.MouseMoveEvent, (first + last) // 2),
-                                (vtk.vtkCommand.MouseMoveEvent, last), (vtk.vtkCommand.LeftButtonReleaseEvent, last)):
+            for eventId, xy in (
+                (vtk.vtkCommand.LeftButtonPressEvent, first),
+                (vtk.vtkCommand.MouseMoveEvent, (first + last) // 2),
+                (vtk.vtkCommand.MouseMoveEvent, last),
+                (vtk.vtkCommand.LeftButtonReleaseEvent, last),
+            ):
                 interactor.SetEventPosition(int(xy[0]), int(xy[1]))
                 self.assertTrue(effect.self().processInteractionEvents(interactor, eventId, sliceWidget))
                 if eventId == vtk.vtkCommand.MouseMoveEvent:
@@ -178,9 +186,13 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
             self.assertEqual(boxModel.boxes, [(4.0, 3.0, 7.0, 7.0)])
             expected = blob.copy()
             expected[2, 3:7, 4:7] = 1  # the slice became the box's mask
-            np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume), expected)
+            np.testing.assert_array_equal(
+                slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume), expected
+            )
             editorWidget.undo()
-            np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume), blob)
+            np.testing.assert_array_equal(
+                slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume), blob
+            )
         self.delayDisplay("De-LightSAM box from segment test passed")
 
 

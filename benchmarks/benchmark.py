@@ -49,13 +49,18 @@ def synthetic_images(seed: int = 0) -> dict[str, np.ndarray]:
     skin[blob] = (120, 70, 55)
     dermoscopy = np.clip(skin + rng.normal(0, 8, skin.shape), 0, 255).astype(np.uint8)
     rows, cols = np.mgrid[0:512, 0:512]
-    lungs = (((rows - 260) / 170) ** 2 + ((cols - 160) / 80) ** 2 < 1) | (((rows - 260) / 170) ** 2 + ((cols - 352) / 80) ** 2 < 1)
+    lungs = (((rows - 260) / 170) ** 2 + ((cols - 160) / 80) ** 2 < 1) | (
+        ((rows - 260) / 170) ** 2 + ((cols - 352) / 80) ** 2 < 1
+    )
     xray = (2600 + 600 * rows / 512 - 1500 * lungs + rng.normal(0, 60, lungs.shape)).astype(np.uint16)
     rows, cols = np.mgrid[0:400, 0:500]
     cyst = ((rows - 200) / 60) ** 2 + ((cols - 250) / 90) ** 2 < 1
     ultrasound = np.clip(rng.rayleigh(60, cyst.shape) * np.where(cyst, 0.2, 1.0), 0, 255).astype(np.uint8)
-    return {"dermoscopy-like 600x450 RGB": dermoscopy, "x-ray-like 512x512 uint16": xray,
-            "ultrasound-like 500x400": ultrasound}
+    return {
+        "dermoscopy-like 600x450 RGB": dermoscopy,
+        "x-ray-like 512x512 uint16": xray,
+        "ultrasound-like 500x400": ultrasound,
+    }
 
 
 def reference_image() -> np.ndarray:
@@ -139,8 +144,10 @@ def machine() -> str:
         model = f"{fields['model name']} (family {fields['cpu family']} model {fields['model']}, {float(fields['cpu MHz']):.0f} MHz)"
     except (OSError, KeyError, ValueError):
         pass
-    text = (f"{model}, {os.cpu_count()} cores, float32 GEMM {gemm_gflops():.0f} GFLOP/s, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads)")
+    text = (
+        f"{model}, {os.cpu_count()} cores, float32 GEMM {gemm_gflops():.0f} GFLOP/s, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+    )
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
     return text
@@ -157,19 +164,31 @@ def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     reference_weights = REFERENCE / "reference_weights_seed1234.pth"
-    parser.add_argument("--checkpoint", default=str(reference_weights) if reference_weights.is_file() else "random",
-                        help="a .pth file, or 'random' (default where ../shared/reference is not at hand)")
+    parser.add_argument(
+        "--checkpoint",
+        default=str(reference_weights) if reference_weights.is_file() else "random",
+        help="a .pth file, or 'random' (default where ../shared/reference is not at hand)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--onnx", action="store_true", help="also time the onnxruntime engine (needs onnx, onnxruntime)")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also time the onnxruntime engine (needs onnx, onnxruntime)"
+    )
     parser.add_argument("--int8", action="store_true", help="also time dynamic int8 quantisation")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes on a CPU)")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="glibc only: keep freed memory in the process, so that no path pays for fresh pages "
-                             "(shows how much of each path's time is page faults; not what users get by default)")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc only: keep freed memory in the process, so that no path pays for fresh pages "
+        "(shows how much of each path's time is page faults; not what users get by default)",
+    )
     parser.add_argument("--volume-slices", type=int, default=16)
     parser.add_argument("--batches", default="8,32", help="GPU only: batch sizes for the throughput table")
-    parser.add_argument("--load", default="", help="CPU only: numbers of busy processes to time eager and the default "
-                                                    "engine beside, e.g. 0,1,2 (--repeats alternating runs each)")
+    parser.add_argument(
+        "--load",
+        default="",
+        help="CPU only: numbers of busy processes to time eager and the default "
+        "engine beside, e.g. 0,1,2 (--repeats alternating runs each)",
+    )
     parser.add_argument("--load-only", action="store_true", help="with --load: only the load table")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "latest"))
     args = parser.parse_args()
@@ -187,18 +206,32 @@ def main() -> int:
     if device.type == "cpu":
         paths.append(("fast", "float32", lambda m: build_runner(m, "fast")))
     else:
-        paths += [("fused", "bfloat16", lambda m: build_runner(m, "fused")), ("fused", "float16", lambda m: build_runner(m, "fused"))]
+        paths += [
+            ("fused", "bfloat16", lambda m: build_runner(m, "fused")),
+            ("fused", "float16", lambda m: build_runner(m, "fused")),
+        ]
     if args.compile:
-        paths.append(("compiled", "bfloat16" if device.type == "cuda" else "float32", lambda m: build_runner(m, "compiled")))
+        paths.append(
+            ("compiled", "bfloat16" if device.type == "cuda" else "float32", lambda m: build_runner(m, "compiled"))
+        )
     if args.int8 and device.type == "cpu":
         from torch.ao.quantization import quantize_dynamic
 
-        paths.append(("int8-dynamic", "int8", lambda m: quantize_dynamic(build_runner(m, "fused"), {torch.nn.Linear}, dtype=torch.qint8)))
+        paths.append(
+            (
+                "int8-dynamic",
+                "int8",
+                lambda m: quantize_dynamic(build_runner(m, "fused"), {torch.nn.Linear}, dtype=torch.qint8),
+            )
+        )
     if args.onnx and device.type == "cpu":
         paths.append(("onnx", "float32", lambda m: build_runner(m, "onnx")))
 
     def logits_of(runner, net_input, dtype):
-        with torch.inference_mode(), torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype in ("bfloat16", "float16")):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype in ("bfloat16", "float16")),
+        ):
             output = runner(net_input)
         return (output if isinstance(output, torch.Tensor) else output.modality_logits).float().cpu()
 
@@ -216,7 +249,9 @@ def main() -> int:
         # Each timed run of a path is paired with a run of eager right before it, so that the ratio compares
         # the two under the same machine conditions (this shared VM's speed drifts by 20-30% over minutes).
         call = lambda: logits_of(runner, reference_input, dtype)  # noqa: E731
-        first_call = timed(call, 1, warm=False)[0]  # warm-up (compilation, export); its peak memory is this path's alone
+        first_call = timed(call, 1, warm=False)[
+            0
+        ]  # warm-up (compilation, export); its peak memory is this path's alone
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
         times, eager_times, faults = [], [], 0
         for _ in range(args.repeats):
@@ -237,12 +272,29 @@ def main() -> int:
             agree += int(((torch.sigmoid(mine) >= 0.5) == (torch.sigmoid(base) >= 0.5)).sum())
             total += mine.numel()
         median, eager_median = statistics.median(times), statistics.median(eager_times)
-        rows.append({"path": name, "dtype": dtype, "device": device.type, "batch": 1, "median_s": median,
-                     "min_s": min(times), "max_s": max(times), "eager_median_s": eager_median,
-                     "ratio": median / eager_median, "max_logit_diff": largest, "mask_agreement": agree / total,
-                     "peak_memory_mb": peak, "page_faults_per_run": faults / args.repeats, "first_call_s": first_call})
-        print(f"{name:>12} {dtype:>8}: {median:.3f} s median (eager alongside {eager_median:.3f} s), ratio "
-              f"{median / eager_median:.2f}, |dlogit| {largest:.1e}, masks {100 * agree / total:.4f}%", flush=True)
+        rows.append(
+            {
+                "path": name,
+                "dtype": dtype,
+                "device": device.type,
+                "batch": 1,
+                "median_s": median,
+                "min_s": min(times),
+                "max_s": max(times),
+                "eager_median_s": eager_median,
+                "ratio": median / eager_median,
+                "max_logit_diff": largest,
+                "mask_agreement": agree / total,
+                "peak_memory_mb": peak,
+                "page_faults_per_run": faults / args.repeats,
+                "first_call_s": first_call,
+            }
+        )
+        print(
+            f"{name:>12} {dtype:>8}: {median:.3f} s median (eager alongside {eager_median:.3f} s), ratio "
+            f"{median / eager_median:.2f}, |dlogit| {largest:.1e}, masks {100 * agree / total:.4f}%",
+            flush=True,
+        )
         runner = None  # free it before the next path is built
 
     throughput = gpu_throughput(model, paths[1:], reference_input, args, logits_of) if device.type == "cuda" else []
@@ -266,8 +318,16 @@ def gpu_throughput(model, paths, reference_input, args, logits_of) -> list[dict]
             batch_input = reference_input.expand(batch, -1, -1, -1).contiguous()
             times = timed(lambda: logits_of(runner, batch_input, dtype), args.repeats)
             median = statistics.median(times)
-            rows.append({"path": name, "dtype": dtype, "batch": batch, "median_s": median,
-                         "images_per_s": batch / median, "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20})
+            rows.append(
+                {
+                    "path": name,
+                    "dtype": dtype,
+                    "batch": batch,
+                    "median_s": median,
+                    "images_per_s": batch / median,
+                    "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20,
+                }
+            )
         runner = None
     return rows
 
@@ -302,9 +362,14 @@ def interaction_timings(model, device, image, args) -> dict:
         eager.set_image(image_slice, window)
         eager.predict("xray")
     one_by_one = time.perf_counter() - start
-    return {"modality_switch_ms": 1000 * statistics.median(switch), "threshold_change_ms": 1000 * statistics.median(threshold),
-            "volume_slices": len(slices), "volume_default_slices_per_s": len(slices) / batched,
-            "volume_eager_slices_per_s": len(slices) / one_by_one, "default_engine": predictor.engine.name}
+    return {
+        "modality_switch_ms": 1000 * statistics.median(switch),
+        "threshold_change_ms": 1000 * statistics.median(threshold),
+        "volume_slices": len(slices),
+        "volume_default_slices_per_s": len(slices) / batched,
+        "volume_eager_slices_per_s": len(slices) / one_by_one,
+        "default_engine": predictor.engine.name,
+    }
 
 
 def load_timings(model, net_input, loads, repeats, logits_of) -> list[dict]:
@@ -332,52 +397,88 @@ def load_timings(model, net_input, loads, repeats, logits_of) -> list[dict]:
         eager_median, eager_max = statistics.median(times["eager"]), max(times["eager"])
         for name in runners:
             median, largest = statistics.median(times[name]), max(times[name])
-            rows.append({"busy": busy, "path": name, "median_s": median, "max_s": largest, "times_s": times[name],
-                         "cpu_s": statistics.median(cpu[name]), "median_ratio": median / eager_median,
-                         "max_ratio": largest / eager_max})
-            print(f"{busy} busy: {name:>6} median {median:.2f} s, max {largest:.2f} s ({median / eager_median:.2f} and "
-                  f"{largest / eager_max:.2f} of eager's), CPU {statistics.median(cpu[name]):.2f} s per run", flush=True)
+            rows.append(
+                {
+                    "busy": busy,
+                    "path": name,
+                    "median_s": median,
+                    "max_s": largest,
+                    "times_s": times[name],
+                    "cpu_s": statistics.median(cpu[name]),
+                    "median_ratio": median / eager_median,
+                    "max_ratio": largest / eager_max,
+                }
+            )
+            print(
+                f"{busy} busy: {name:>6} median {median:.2f} s, max {largest:.2f} s ({median / eager_median:.2f} and "
+                f"{largest / eager_max:.2f} of eager's), CPU {statistics.median(cpu[name]):.2f} s per run",
+                flush=True,
+            )
     return rows
 
 
 def render(rows, extra, machine_text, args) -> str:
     lines = [f"Machine: {machine_text}. Weights: {Path(args.checkpoint).name}."]
     if rows:
-        lines += [f"{args.repeats} timed runs after one warm-up, one 1024² image per run, each paired with an eager "
-                  "run just before it (the ratio is of the two medians)."
-                  + (" Run with --keep-freed-memory (glibc keeps freed buffers: no path pays for fresh pages)."
-                     if args.keep_freed_memory else ""), "",
-                  "| path | dtype | device | batch | median s | min s | max s | eager alongside, median s | ratio to eager | max abs logit diff | mask agreement | peak memory MB | page faults per run | first call s |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"{args.repeats} timed runs after one warm-up, one 1024² image per run, each paired with an eager "
+            "run just before it (the ratio is of the two medians)."
+            + (
+                " Run with --keep-freed-memory (glibc keeps freed buffers: no path pays for fresh pages)."
+                if args.keep_freed_memory
+                else ""
+            ),
+            "",
+            "| path | dtype | device | batch | median s | min s | max s | eager alongside, median s | ratio to eager | max abs logit diff | mask agreement | peak memory MB | page faults per run | first call s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
     for r in rows:
-        lines.append(f"| {r['path']} | {r['dtype']} | {r['device']} | {r['batch']} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
-                     f"{r['max_s']:.3f} | {r['eager_median_s']:.3f} | {r['ratio']:.2f} | {r['max_logit_diff']:.1e} | "
-                     f"{100 * r['mask_agreement']:.4f}% | {r['peak_memory_mb']:.0f} | {r['page_faults_per_run']:,.0f} | "
-                     f"{r['first_call_s']:.2f} |")
+        lines.append(
+            f"| {r['path']} | {r['dtype']} | {r['device']} | {r['batch']} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
+            f"{r['max_s']:.3f} | {r['eager_median_s']:.3f} | {r['ratio']:.2f} | {r['max_logit_diff']:.1e} | "
+            f"{100 * r['mask_agreement']:.4f}% | {r['peak_memory_mb']:.0f} | {r['page_faults_per_run']:,.0f} | "
+            f"{r['first_call_s']:.2f} |"
+        )
     if "default_engine" in extra:
-        lines += ["", f"Default engine: {extra['default_engine']}. Changing modality on a predicted 1024² slice: "
-                  f"{extra['modality_switch_ms']:.1f} ms (median, first time per modality); changing the threshold: "
-                  f"{extra['threshold_change_ms']:.1f} ms.",
-                  f"Volume of {extra['volume_slices']} slices of 512² (a quarter blank): {extra['volume_default_slices_per_s']:.2f} "
-                  f"slices/s batched with the default engine, {extra['volume_eager_slices_per_s']:.2f} slices/s eager one by one.",
-                  "Mask agreement: thresholded masks at each image's size, all six modalities, reference image and three "
-                  "synthetic ones, against the eager path. Peak memory: process peak RSS on the CPU, peak allocated on a GPU. "
-                  "Page faults: minor faults of the process per timed run (each is a fresh 4 KiB page the kernel zeroes; "
-                  "buffers over the allocator's mmap threshold are returned to the system when freed and faulted in again "
-                  "on the next run). First call: the warm-up run, with any compilation or export."]
+        lines += [
+            "",
+            f"Default engine: {extra['default_engine']}. Changing modality on a predicted 1024² slice: "
+            f"{extra['modality_switch_ms']:.1f} ms (median, first time per modality); changing the threshold: "
+            f"{extra['threshold_change_ms']:.1f} ms.",
+            f"Volume of {extra['volume_slices']} slices of 512² (a quarter blank): {extra['volume_default_slices_per_s']:.2f} "
+            f"slices/s batched with the default engine, {extra['volume_eager_slices_per_s']:.2f} slices/s eager one by one.",
+            "Mask agreement: thresholded masks at each image's size, all six modalities, reference image and three "
+            "synthetic ones, against the eager path. Peak memory: process peak RSS on the CPU, peak allocated on a GPU. "
+            "Page faults: minor faults of the process per timed run (each is a fresh 4 KiB page the kernel zeroes; "
+            "buffers over the allocator's mmap threshold are returned to the system when freed and faulted in again "
+            "on the next run). First call: the warm-up run, with any compilation or export.",
+        ]
     if extra["load"]:
-        lines += ["", f"Under load: eager and the default engine alternating, {args.repeats} runs each after one warm-up, "
-                  "beside busy processes (`python -c \"while True: pass\"`, started and killed by the benchmark).", "",
-                  "| busy processes | path | median s | max s | runs (s) | CPU s per run, median | median / eager's | max / eager's |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"Under load: eager and the default engine alternating, {args.repeats} runs each after one warm-up, "
+            'beside busy processes (`python -c "while True: pass"`, started and killed by the benchmark).',
+            "",
+            "| busy processes | path | median s | max s | runs (s) | CPU s per run, median | median / eager's | max / eager's |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in extra["load"]:
-            lines.append(f"| {r['busy']} | {r['path']} | {r['median_s']:.2f} | {r['max_s']:.2f} | "
-                         f"{', '.join(f'{t:.2f}' for t in r['times_s'])} | {r['cpu_s']:.2f} | {r['median_ratio']:.2f} | "
-                         f"{r['max_ratio']:.2f} |")
+            lines.append(
+                f"| {r['busy']} | {r['path']} | {r['median_s']:.2f} | {r['max_s']:.2f} | "
+                f"{', '.join(f'{t:.2f}' for t in r['times_s'])} | {r['cpu_s']:.2f} | {r['median_ratio']:.2f} | "
+                f"{r['max_ratio']:.2f} |"
+            )
     if extra["throughput"]:
-        lines += ["", "| path | dtype | batch | median s per batch | images/s | peak memory MB |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['path']} | {r['dtype']} | {r['batch']} | {r['median_s']:.4f} | {r['images_per_s']:.0f} | "
-                  f"{r['peak_memory_mb']:.0f} |" for r in extra["throughput"]]
+        lines += [
+            "",
+            "| path | dtype | batch | median s per batch | images/s | peak memory MB |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['path']} | {r['dtype']} | {r['batch']} | {r['median_s']:.4f} | {r['images_per_s']:.0f} | "
+            f"{r['peak_memory_mb']:.0f} |"
+            for r in extra["throughput"]
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -36,8 +36,18 @@ class Conv2dBN(nn.Sequential):
         """A biased ``Conv2d`` computing this module in eval mode (BatchNorm with its running statistics folded
         into the weights); a new module, this one is left as it is."""
         conv, bn = self.c, self.bn
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                          conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=True,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
@@ -94,14 +104,22 @@ def window_partition(tokens: torch.Tensor, window: int, out: Optional[torch.Tens
     for top, bottom, row_windows, window_rows in _window_spans(height, window):
         for left, right, col_windows, window_cols in _window_spans(width, window):
             first_row, first_col = top // window, left // window
-            grid[:, first_row : first_row + row_windows, :window_rows, first_col : first_col + col_windows, :window_cols] = (
-                tokens[:, top:bottom, left:right].unflatten(1, (row_windows, window_rows)).unflatten(3, (col_windows, window_cols))
+            grid[
+                :, first_row : first_row + row_windows, :window_rows, first_col : first_col + col_windows, :window_cols
+            ] = (
+                tokens[:, top:bottom, left:right]
+                .unflatten(1, (row_windows, window_rows))
+                .unflatten(3, (col_windows, window_cols))
             )
     return out
 
 
-def window_unpartition(windows: torch.Tensor, size: tuple[int, int], out: Optional[torch.Tensor] = None,
-                       residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+def window_unpartition(
+    windows: torch.Tensor,
+    size: tuple[int, int],
+    out: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """The inverse of :func:`window_partition`: (B, rows, cols, window_h, window_w, C) windows -> (B, H, W, C)
     tokens of ``size`` (H, W), the padding cropped; with ``residual`` (B, H, W, C), ``residual + tokens``.
 
@@ -117,12 +135,22 @@ def window_unpartition(windows: torch.Tensor, size: tuple[int, int], out: Option
     for top, bottom, row_windows, window_rows in _window_spans(height, window_h):
         for left, right, col_windows, window_cols in _window_spans(width, window_w):
             first_row, first_col = top // window_h, left // window_w
-            source = grid[:, first_row : first_row + row_windows, :window_rows, first_col : first_col + col_windows, :window_cols]
-            target = out[:, top:bottom, left:right].unflatten(1, (row_windows, window_rows)).unflatten(3, (col_windows, window_cols))
+            source = grid[
+                :, first_row : first_row + row_windows, :window_rows, first_col : first_col + col_windows, :window_cols
+            ]
+            target = (
+                out[:, top:bottom, left:right]
+                .unflatten(1, (row_windows, window_rows))
+                .unflatten(3, (col_windows, window_cols))
+            )
             if residual is None:
                 target.copy_(source)
             else:
-                part = residual[:, top:bottom, left:right].unflatten(1, (row_windows, window_rows)).unflatten(3, (col_windows, window_cols))
+                part = (
+                    residual[:, top:bottom, left:right]
+                    .unflatten(1, (row_windows, window_rows))
+                    .unflatten(3, (col_windows, window_cols))
+                )
                 torch.add(part, source, out=target)
     return out
 

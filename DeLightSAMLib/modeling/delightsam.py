@@ -60,7 +60,9 @@ class DeLightSAM(nn.Module):
         """Run the whole network; pass ``self_prompt`` (B, 1, h/2, w/2) to override the generated prompt."""
         return self.forward_from_embeddings(self.SemiTViT(images), self_prompt)
 
-    def forward_from_embeddings(self, image_embeddings: torch.Tensor, self_prompt: Optional[torch.Tensor] = None) -> DeLightSAMOutput:
+    def forward_from_embeddings(
+        self, image_embeddings: torch.Tensor, self_prompt: Optional[torch.Tensor] = None
+    ) -> DeLightSAMOutput:
         """Everything after the image encoder, from (B, C, h, w) image embeddings (e.g. a frozen encoder's, cached)."""
         patch_logits = self.patch_decoder(image_embeddings)
         if self_prompt is None:

@@ -187,7 +187,9 @@ class TransformerStage(nn.Module):
         adapters: bool = True,
     ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(TinyViTBlock(dim, num_heads, window_size, mlp_ratio, adapters) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            TinyViTBlock(dim, num_heads, window_size, mlp_ratio, adapters) for _ in range(depth)
+        )
         self.downsample = PatchMerging(dim, out_dim, stride) if out_dim is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

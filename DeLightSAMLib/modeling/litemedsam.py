@@ -32,7 +32,11 @@ class LiteMedSAM(nn.Module):
     """
 
     def __init__(
-        self, *, image_encoder: ImageEncoder, prompt_encoder: PromptEncoder, mask_decoder: PromptMaskDecoder,
+        self,
+        *,
+        image_encoder: ImageEncoder,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: PromptMaskDecoder,
         image_size: int,
     ) -> None:
         super().__init__()

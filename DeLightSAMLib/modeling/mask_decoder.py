@@ -26,9 +26,7 @@ class ModalityMaskDecoder(nn.Module):
         self.num_modalities = num_modalities
         self.transformer = transformer
         self.output_upscaling = output_upscaling(transformer_dim)
-        self.output_hypernetworks_mlps = nn.ModuleList(
-            [MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)]
-        )
+        self.output_hypernetworks_mlps = nn.ModuleList([MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)])
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = image.shape

@@ -96,7 +96,12 @@ class TwoWayTransformer(nn.Module):
     """image (B, C, H, W), image_pe (1 or B, C, H, W), queries (B, Nq, C) -> queries (B, Nq, C), keys (B, HW, C)."""
 
     def __init__(
-        self, *, depth: int = 2, embedding_dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048,
+        self,
+        *,
+        depth: int = 2,
+        embedding_dim: int = 256,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
         attention_downsample_rate: int = 2,
     ) -> None:
         super().__init__()

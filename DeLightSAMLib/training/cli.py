@@ -13,38 +13,80 @@ from pathlib import Path
 from ..registry import MODALITIES, resolve_modality
 
 EXIT_INTERRUPTED = 130
-TRAINABLE_HELP = ("comma-separated groups: adapters, queries, prompt, decoder, encoder (default: %(default)s). Without "
-                  "adapters and encoder the encoder is frozen and each image is encoded only once")
+TRAINABLE_HELP = (
+    "comma-separated groups: adapters, queries, prompt, decoder, encoder (default: %(default)s). Without "
+    "adapters and encoder the encoder is frozen and each image is encoded only once"
+)
 
 
 def add_commands(commands) -> None:
     """Add train, distill and evaluate to the ``delightsam`` subcommands."""
-    for name, help_text in (("train", "fine-tune on your own data"), ("distill", "distil a teacher encoder into the adapters"),
-                            ("evaluate", "Dice, IoU, HD95, precision, recall on a dataset split")):
+    for name, help_text in (
+        ("train", "fine-tune on your own data"),
+        ("distill", "distil a teacher encoder into the adapters"),
+        ("evaluate", "Dice, IoU, HD95, precision, recall on a dataset split"),
+    ):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--data", required=True, help="dataset folder: image_1024/ + mask_1024/, or images/ + labels/")
-        sub.add_argument("--split-file", default=None, help="JSON with train/valid/test lists (default: the one .json in DATA)")
-        sub.add_argument("--checkpoint", "-c", default=None, help="starting weights, registry name or .pth (default: the official one)")
-        sub.add_argument("--out", default=f"runs/{name}", help="output folder: checkpoints, log, metrics (default: %(default)s)")
+        sub.add_argument(
+            "--split-file", default=None, help="JSON with train/valid/test lists (default: the one .json in DATA)"
+        )
+        sub.add_argument(
+            "--checkpoint",
+            "-c",
+            default=None,
+            help="starting weights, registry name or .pth (default: the official one)",
+        )
+        sub.add_argument(
+            "--out", default=f"runs/{name}", help="output folder: checkpoints, log, metrics (default: %(default)s)"
+        )
         sub.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default: %(default)s)")
-        sub.add_argument("--axis", type=int, default=2, choices=[0, 1, 2], help="slicing axis for volume datasets (default: %(default)s)")
-        sub.add_argument("--label", type=int, default=None, help="label value for volume datasets (default: any non-zero)")
+        sub.add_argument(
+            "--axis",
+            type=int,
+            default=2,
+            choices=[0, 1, 2],
+            help="slicing axis for volume datasets (default: %(default)s)",
+        )
+        sub.add_argument(
+            "--label", type=int, default=None, help="label value for volume datasets (default: any non-zero)"
+        )
         if name != "distill":
             sub.add_argument("--modality", "-m", required=True, help=f"one of {', '.join(MODALITIES)}, or an index")
         if name == "evaluate":
             sub.add_argument("--split", default="test", help="which list of the split file (default: %(default)s)")
-            sub.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
-            sub.add_argument("--overlays", action="store_true", help="write overlay PNGs (prediction yellow, reference outline green)")
+            sub.add_argument(
+                "--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)"
+            )
+            sub.add_argument(
+                "--overlays",
+                action="store_true",
+                help="write overlay PNGs (prediction yellow, reference outline green)",
+            )
         else:
-            sub.add_argument("--epochs", type=int, default=20, help="epochs to train, in all when resuming (default: %(default)s)")
+            sub.add_argument(
+                "--epochs", type=int, default=20, help="epochs to train, in all when resuming (default: %(default)s)"
+            )
             sub.add_argument("--batch-size", type=int, default=4, help="images per step (default: %(default)s)")
-            sub.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW, warm-up then cosine (default: %(default)s)")
+            sub.add_argument(
+                "--lr",
+                type=float,
+                default=1e-4,
+                help="peak learning rate of AdamW, warm-up then cosine (default: %(default)s)",
+            )
             sub.add_argument("--workers", type=int, default=2, help="data loading processes (default: %(default)s)")
         if name == "train":
             sub.add_argument("--trainable", default="adapters,queries,prompt,decoder", help=TRAINABLE_HELP)
-            sub.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pth (refused if there is none)")
-            sub.add_argument("--no-embedding-cache", action="store_true",
-                             help="with a frozen encoder, encode every image in every epoch anyway")
+            sub.add_argument(
+                "--resume",
+                action="store_true",
+                help="continue the run in OUT from OUT/last.pth (refused if there is none)",
+            )
+            sub.add_argument(
+                "--no-embedding-cache",
+                action="store_true",
+                help="with a frozen encoder, encode every image in every epoch anyway",
+            )
         if name == "distill":
             sub.add_argument("--teacher", required=True, help="mobilesam, sam_vit_b, sam_vit_l or sam_vit_h")
             sub.add_argument("--teacher-checkpoint", required=True, help="the teacher's published checkpoint")
@@ -78,39 +120,60 @@ def run_training(args: argparse.Namespace) -> int:
         try:
             result = engine.evaluate(model, dataset, modality, device, Path(args.out), args.overlays, args.threshold)
         except KeyboardInterrupt:
-            print(f"delightsam: interrupted; no metrics written (per-image lines so far: {Path(args.out) / 'evaluate.log'})",
-                  file=sys.stderr)
+            print(
+                f"delightsam: interrupted; no metrics written (per-image lines so far: {Path(args.out) / 'evaluate.log'})",
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
         summary = result["summary"]
-        print(f"{summary['images']} images: Dice {summary['dice']['mean']:.4f}, IoU {summary['iou']['mean']:.4f}, "
-              f"HD95 {summary['hd95']['mean']:.2f} px, {summary['images_per_second']:.2f} images/s -> {args.out}")
+        print(
+            f"{summary['images']} images: Dice {summary['dice']['mean']:.4f}, IoU {summary['iou']['mean']:.4f}, "
+            f"HD95 {summary['hd95']['mean']:.2f} px, {summary['images_per_second']:.2f} images/s -> {args.out}"
+        )
         return 0
     train_set = open_dataset(args.data, "train", **where)
-    settings = engine.TrainSettings(modality=modality, epochs=args.epochs, batch_size=args.batch_size,
-                                    learning_rate=args.lr, num_workers=args.workers, out_dir=args.out)
+    settings = engine.TrainSettings(
+        modality=modality,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        num_workers=args.workers,
+        out_dir=args.out,
+    )
     model, _ = load_delightsam(args.checkpoint, purpose=args.command)
     try:
         if args.command == "distill":
             from .teachers import load_teacher
 
-            result = engine.distill(model, load_teacher(args.teacher, args.teacher_checkpoint), train_set, settings,
-                                    device, report)
+            result = engine.distill(
+                model, load_teacher(args.teacher, args.teacher_checkpoint), train_set, settings, device, report
+            )
             print(f"distilled weights: {result['checkpoint']}")
             return 0
         settings.trainable = [group.strip() for group in args.trainable.split(",") if group.strip()]
         settings.resume = args.resume
         settings.embedding_cache = not args.no_embedding_cache
-        valid_set = open_dataset(args.data, "valid", optional=True, **where) \
-            if args.split_file or (Path(args.data) / "image_1024").is_dir() else None
+        valid_set = (
+            open_dataset(args.data, "valid", optional=True, **where)
+            if args.split_file or (Path(args.data) / "image_1024").is_dir()
+            else None
+        )
         result = engine.train(model, train_set, valid_set, settings, device, report)
     except engine.TrainingInterrupted as interrupted:
-        follow_up = ("to continue, rerun the same command with --resume" if args.command == "train" else
-                     "distill has no --resume; --checkpoint with the kept file starts a new run from it")
+        follow_up = (
+            "to continue, rerun the same command with --resume"
+            if args.command == "train"
+            else "distill has no --resume; --checkpoint with the kept file starts a new run from it"
+        )
         print(f"delightsam: {interrupted}; {follow_up}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if result["best_valid_dice"] is None:
-        print(f"best checkpoint: {result['best_checkpoint']} (epoch {result['best_epoch']}, the last; no validation set)")
+        print(
+            f"best checkpoint: {result['best_checkpoint']} (epoch {result['best_epoch']}, the last; no validation set)"
+        )
     else:
-        print(f"best checkpoint: {result['best_checkpoint']} (epoch {result['best_epoch']}, "
-              f"validation Dice {result['best_valid_dice']:.4f})")
+        print(
+            f"best checkpoint: {result['best_checkpoint']} (epoch {result['best_epoch']}, "
+            f"validation Dice {result['best_valid_dice']:.4f})"
+        )
     return 0

@@ -42,7 +42,9 @@ def _binary(mask: np.ndarray, path: Path) -> np.ndarray:
     values = np.unique(mask)
     if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
         shown = ", ".join(str(v) for v in values[:6]) + (" ..." if len(values) > 6 else "")
-        raise DataError(f"{path} is not a binary mask (values {shown}); save it with 0 for background and 1 or 255 for the object")
+        raise DataError(
+            f"{path} is not a binary mask (values {shown}); save it with 0 for background and 1 or 255 for the object"
+        )
     return mask > 0
 
 
@@ -100,8 +102,10 @@ class FolderDataset(torch.utils.data.Dataset):
         image_path, mask_path = self.items[index]
         image, mask = _read(image_path), _binary(_read(mask_path), mask_path)
         if image.shape[:2] != mask.shape:
-            raise DataError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
-                            f"{image.shape[1]}x{image.shape[0]}; masks must match their images")
+            raise DataError(
+                f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+                f"{image.shape[1]}x{image.shape[0]}; masks must match their images"
+            )
         return to_rgb8(image), mask, image_path.stem
 
 
@@ -115,8 +119,9 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
 
     augments = False  # see FolderDataset.augments
 
-    def __init__(self, root: str | Path, axis: int = 2, label: Optional[int] = None,
-                 names: Optional[Sequence[str]] = None) -> None:
+    def __init__(
+        self, root: str | Path, axis: int = 2, label: Optional[int] = None, names: Optional[Sequence[str]] = None
+    ) -> None:
         self.root, self.axis, self.label = Path(root), axis, label
         images, labels = self.root / "images", self.root / "labels"
         for folder in (images, labels):
@@ -141,7 +146,11 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
             numpy_axis = 2 - axis
             has = foreground.any(axis=tuple(a for a in range(3) if a != numpy_axis))
             with_fg, without = np.flatnonzero(has), np.flatnonzero(~has)
-            keep = without[np.linspace(0, len(without) - 1, min(len(with_fg), len(without))).astype(int)] if len(without) else without
+            keep = (
+                without[np.linspace(0, len(without) - 1, min(len(with_fg), len(without))).astype(int)]
+                if len(without)
+                else without
+            )
             self.slices += [(len(self.volumes) - 1, int(s)) for s in sorted(set(with_fg) | set(keep.tolist()))]
 
     def __len__(self) -> int:
@@ -166,7 +175,9 @@ def _stem(path: Path) -> str:
 def check_not_all_empty(dataset) -> None:
     """Refuse a training set whose masks are all empty: there would be nothing to learn."""
     if not any(dataset[i][1].any() for i in range(len(dataset))):
-        raise DataError(f"every mask in {getattr(dataset, 'root', 'the dataset')} is empty; check the mask folder or the label value")
+        raise DataError(
+            f"every mask in {getattr(dataset, 'root', 'the dataset')} is empty; check the mask folder or the label value"
+        )
 
 
 def to_tensors(batch, transform: ImageTransform, patch_grid: int):
@@ -174,16 +185,31 @@ def to_tensors(batch, transform: ImageTransform, patch_grid: int):
     (B, 1, g, g): 1 where any mask pixel falls in the patch, names)."""
     images = torch.cat([transform.prepare(image) for image, _, _ in batch])
     size = transform.image_size
-    masks = torch.cat([
-        F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=(size, size), mode="bilinear",
-                      align_corners=False) >= 0.5
-        for _, mask, _ in batch]).float()
+    masks = torch.cat(
+        [
+            F.interpolate(
+                torch.from_numpy(mask.astype(np.float32))[None, None],
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
+            )
+            >= 0.5
+            for _, mask, _ in batch
+        ]
+    ).float()
     patches = F.adaptive_max_pool2d(masks, patch_grid)
     return images, masks, patches, [name for _, _, name in batch]
 
 
-def open_dataset(root: str | Path, split: str, *, split_file: Optional[str | Path] = None, axis: int = 2,
-                 label: Optional[int] = None, optional: bool = False):
+def open_dataset(
+    root: str | Path,
+    split: str,
+    *,
+    split_file: Optional[str | Path] = None,
+    axis: int = 2,
+    label: Optional[int] = None,
+    optional: bool = False,
+):
     """A FolderDataset (``image_1024``/``mask_1024``) or VolumeSliceDataset (``images``/``labels``) for ``split``.
 
     For volumes the split file (optional) lists volume names per split; without one every volume is used.

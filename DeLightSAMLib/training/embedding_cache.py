@@ -56,8 +56,16 @@ class EmbeddingCache:
     """Call with (B, 3, S, S) network inputs (CPU); returns the encoder's (B, C, h, w) embeddings on ``device``,
     running the encoder only for the images it has not seen with the current encoder state."""
 
-    def __init__(self, encoder: torch.nn.Module, device: torch.device, folder: Path, memory_bytes: int, *,
-                 precision: str = "float32", autocast: Callable = contextlib.nullcontext) -> None:
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        device: torch.device,
+        folder: Path,
+        memory_bytes: int,
+        *,
+        precision: str = "float32",
+        autocast: Callable = contextlib.nullcontext,
+    ) -> None:
         """``precision`` names what ``autocast()`` (a context manager factory) computes in; it is part of the key."""
         self.encoder, self.device, self.precision, self.autocast = encoder, device, precision, autocast
         self.folder, self.memory_bytes = Path(folder), memory_bytes
@@ -75,8 +83,10 @@ class EmbeddingCache:
         self._encoder_key = key
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        keys = [tensor_digest([image], hashlib.blake2b(self._encoder_key.encode(), digest_size=20)).hexdigest()
-                for image in images]
+        keys = [
+            tensor_digest([image], hashlib.blake2b(self._encoder_key.encode(), digest_size=20)).hexdigest()
+            for image in images
+        ]
         embeddings = [self._get(key) for key in keys]
         missing = [index for index, embedding in enumerate(embeddings) if embedding is None]
         if missing:

@@ -105,7 +105,9 @@ def distributed() -> tuple[int, int, int]:
 def select_trainable(model: DeLightSAM, groups: Sequence[str]) -> list[torch.nn.Parameter]:
     unknown = set(groups) - set(TRAINABLE_GROUPS)
     if unknown:
-        raise DeLightSAMError(f"unknown parameter group(s) {', '.join(sorted(unknown))}; choose from {', '.join(TRAINABLE_GROUPS)}")
+        raise DeLightSAMError(
+            f"unknown parameter group(s) {', '.join(sorted(unknown))}; choose from {', '.join(TRAINABLE_GROUPS)}"
+        )
     chosen = []
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(any(TRAINABLE_GROUPS[group](name) for group in groups))
@@ -129,7 +131,10 @@ def mask_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 def _schedule(optimizer, total_steps: int, warmup_fraction: float):
     warmup = max(1, int(total_steps * warmup_fraction))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        optimizer,
+        lambda step: (
+            min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        ),
     )
 
 
@@ -161,11 +166,17 @@ def save_official(model: torch.nn.Module, path: Path) -> None:
         torch.save({k: v.detach().cpu() for k, v in inner.state_dict().items()}, temporary)
 
 
-def _loader(dataset, settings: TrainSettings, transform: ImageTransform, grid: int, shuffle: bool, world: int, rank: int):
+def _loader(
+    dataset, settings: TrainSettings, transform: ImageTransform, grid: int, shuffle: bool, world: int, rank: int
+):
     sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle) if world > 1 else None
     return torch.utils.data.DataLoader(
-        dataset, batch_size=settings.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=settings.num_workers, collate_fn=functools.partial(to_tensors, transform=transform, patch_grid=grid),
+        dataset,
+        batch_size=settings.batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=settings.num_workers,
+        collate_fn=functools.partial(to_tensors, transform=transform, patch_grid=grid),
         generator=torch.Generator().manual_seed(settings.seed),
     ), sampler
 
@@ -199,8 +210,14 @@ class _DecoderSide(torch.nn.Module):
         return self.model.forward_from_embeddings(image_embeddings)
 
 
-def train(model: DeLightSAM, train_set, valid_set, settings: TrainSettings, device: torch.device,
-          report: Optional[Report] = None) -> dict:
+def train(
+    model: DeLightSAM,
+    train_set,
+    valid_set,
+    settings: TrainSettings,
+    device: torch.device,
+    report: Optional[Report] = None,
+) -> dict:
     """Fine-tune ``model`` on ``train_set`` for ``settings.modality``; keeps ``best.pth`` (validation Dice,
     official key format, loads in Slicer as is) and ``last.pth`` (with optimizer state, for ``resume``).
 
@@ -229,24 +246,38 @@ def train(model: DeLightSAM, train_set, valid_set, settings: TrainSettings, devi
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         progress.resume(resumed)
-        say.info(f"resuming from {last_path}: epochs 1-{progress.completed} of {settings.epochs} are done; "
-                 f"continuing with epoch {progress.completed + 1}" if progress.completed < settings.epochs else
-                 f"{last_path} already holds all {settings.epochs} epochs; give more epochs to train longer")
+        say.info(
+            f"resuming from {last_path}: epochs 1-{progress.completed} of {settings.epochs} are done; "
+            f"continuing with epoch {progress.completed + 1}"
+            if progress.completed < settings.epochs
+            else f"{last_path} already holds all {settings.epochs} epochs; give more epochs to train longer"
+        )
     mixed = _mixed_precision(device, settings.mixed_precision)
     autocast = functools.partial(_autocast, device, settings.mixed_precision)
     why_not_cached = _cache_plan(model, train_set, settings)
     cache = None
     if why_not_cached is None:
-        cache = EmbeddingCache(model.SemiTViT, device, out_dir / "embedding_cache", settings.embedding_cache_memory_mb * 2**20,
-                               precision="bfloat16" if mixed else "float32", autocast=autocast)
-        say.info(f"encoder frozen: each image is encoded once and its embedding reused in later epochs "
-                 f"(in memory up to {settings.embedding_cache_memory_mb} MB, then in {cache.folder})")
+        cache = EmbeddingCache(
+            model.SemiTViT,
+            device,
+            out_dir / "embedding_cache",
+            settings.embedding_cache_memory_mb * 2**20,
+            precision="bfloat16" if mixed else "float32",
+            autocast=autocast,
+        )
+        say.info(
+            f"encoder frozen: each image is encoded once and its embedding reused in later epochs "
+            f"(in memory up to {settings.embedding_cache_memory_mb} MB, then in {cache.folder})"
+        )
     else:
         say.info(f"embedding cache off: {why_not_cached}; the encoder runs for every image in every epoch")
     network = _DecoderSide(model) if cache is not None else model
     wrapped = torch.nn.parallel.DistributedDataParallel(network) if world > 1 else network
-    valid_embed = _embedder(model, device, cache if cache is not None and valid_set is not None
-                            and not getattr(valid_set, "augments", True) else None)
+    valid_embed = _embedder(
+        model,
+        device,
+        cache if cache is not None and valid_set is not None and not getattr(valid_set, "augments", True) else None,
+    )
     try:
         for epoch in range(progress.completed, settings.epochs):
             started = time.perf_counter()
@@ -255,7 +286,9 @@ def train(model: DeLightSAM, train_set, valid_set, settings: TrainSettings, devi
             if cache is not None:
                 cache.refresh()  # the encoder is frozen, but should anything change it, no stale entry is used
             losses = []
-            with tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=rank != 0, leave=True) as bar:
+            with tqdm(
+                loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=rank != 0, leave=True
+            ) as bar:
                 for batch in bar:
                     losses.append(_step(wrapped, batch, cache, optimizer, scheduler, settings, device, autocast))
                     bar.set_postfix(loss=f"{np.mean(losses):.4f}", refresh=False)  # the epoch's running mean
@@ -264,7 +297,8 @@ def train(model: DeLightSAM, train_set, valid_set, settings: TrainSettings, devi
                 continue
             if valid_set is not None and len(valid_set):
                 entry["valid_dice"], entry["valid_empty"] = _validate(
-                    model, valid_set, settings, valid_embed, autocast, run_log, epoch + 1)
+                    model, valid_set, settings, valid_embed, autocast, run_log, epoch + 1
+                )
             improved = progress.record(entry)
             if improved:
                 save_official(model, best_path)
@@ -272,10 +306,19 @@ def train(model: DeLightSAM, train_set, valid_set, settings: TrainSettings, devi
             entry["seconds"] = round(time.perf_counter() - started, 1)
             run_log.info(json.dumps(entry))
             with atomic_file(last_path) as temporary:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch, "best": progress.best,
-                            "best_epoch": progress.best_epoch, "history": json.dumps(progress.history),
-                            "settings": json.dumps(asdict(settings))}, temporary)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "best": progress.best,
+                        "best_epoch": progress.best_epoch,
+                        "history": json.dumps(progress.history),
+                        "settings": json.dumps(asdict(settings)),
+                    },
+                    temporary,
+                )
             progress.completed = epoch + 1
             say.info(progress.epoch_line(entry, improved))
     except KeyboardInterrupt as interrupt:
@@ -289,12 +332,25 @@ def train(model: DeLightSAM, train_set, valid_set, settings: TrainSettings, devi
     warnings = progress.warnings(valid_set, settings) if rank == 0 else []
     for warning in warnings:
         say.warning(warning)
-    return {"history": progress.history, "best_valid_dice": progress.best if progress.best >= 0 else None,
-            "best_epoch": progress.best_epoch, "best_checkpoint": str(best_path), "warnings": warnings}
+    return {
+        "history": progress.history,
+        "best_valid_dice": progress.best if progress.best >= 0 else None,
+        "best_epoch": progress.best_epoch,
+        "best_checkpoint": str(best_path),
+        "warnings": warnings,
+    }
 
 
-def _step(wrapped, batch, cache: Optional[EmbeddingCache], optimizer, scheduler, settings: TrainSettings,
-          device: torch.device, autocast) -> float:
+def _step(
+    wrapped,
+    batch,
+    cache: Optional[EmbeddingCache],
+    optimizer,
+    scheduler,
+    settings: TrainSettings,
+    device: torch.device,
+    autocast,
+) -> float:
     """One optimisation step on an (images, masks, patch targets, names) batch; returns its loss."""
     images, masks, patches, _ = batch
     inputs = cache(images) if cache is not None else images.to(device)  # embeddings, or images for the whole network
@@ -302,7 +358,9 @@ def _step(wrapped, batch, cache: Optional[EmbeddingCache], optimizer, scheduler,
     with autocast():
         output = wrapped(inputs)
         loss = mask_loss(output.modality_logits[:, settings.modality : settings.modality + 1].float(), masks)
-        loss = loss + settings.patch_loss_weight * F.binary_cross_entropy_with_logits(output.patch_logits.float(), patches)
+        loss = loss + settings.patch_loss_weight * F.binary_cross_entropy_with_logits(
+            output.patch_logits.float(), patches
+        )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -313,14 +371,18 @@ def _step(wrapped, batch, cache: Optional[EmbeddingCache], optimizer, scheduler,
 def _read_resume_state(last_path: Path, settings: TrainSettings) -> dict:
     """``last.pth``, refused (before anything is written) when missing or saved with other trainable groups."""
     if not last_path.is_file():
-        raise DeLightSAMError(f"cannot resume: {last_path} does not exist; give --out the folder of the run to "
-                              f"continue, or start a new run without --resume")
+        raise DeLightSAMError(
+            f"cannot resume: {last_path} does not exist; give --out the folder of the run to "
+            f"continue, or start a new run without --resume"
+        )
     state = torch.load(last_path, map_location="cpu", weights_only=True)
     saved = json.loads(state.get("settings", "{}"))
     for name in ("trainable", "modality"):
         if name in saved and _comparable(saved[name]) != _comparable(getattr(settings, name)):
-            raise DeLightSAMError(f"cannot resume: {last_path} was trained with {name} {saved[name]}, not "
-                                  f"{getattr(settings, name)}; use the same {name} or a new --out folder")
+            raise DeLightSAMError(
+                f"cannot resume: {last_path} was trained with {name} {saved[name]}, not "
+                f"{getattr(settings, name)}; use the same {name} or a new --out folder"
+            )
     return state
 
 
@@ -338,8 +400,12 @@ class _Progress:
     def resume(self, state: dict) -> None:
         self.completed, self.best = state["epoch"] + 1, state["best"]
         self.history = json.loads(state["history"])
-        self.best_epoch = state.get("best_epoch") or max(  # last.pth files written before best_epoch was saved
-            self.history, key=lambda entry: entry.get("valid_dice", entry["epoch"]))["epoch"]
+        self.best_epoch = (
+            state.get("best_epoch")
+            or max(  # last.pth files written before best_epoch was saved
+                self.history, key=lambda entry: entry.get("valid_dice", entry["epoch"])
+            )["epoch"]
+        )
 
     def record(self, entry: dict) -> bool:
         """Add an epoch's entry; True when it is the best so far (with no validation set: every epoch)."""
@@ -361,20 +427,27 @@ class _Progress:
             return f"{where}; no epoch had finished, so no checkpoint was kept"
         validated = any("valid_dice" in entry for entry in self.history)
         best = f"validation Dice {self.best:.4f}" if validated else "no validation set: the latest epoch"
-        return (f"{where}; kept {last_path} (after epoch {self.completed}: weights, optimizer, schedule) and "
-                f"{best_path} (epoch {self.best_epoch}, {best})")
+        return (
+            f"{where}; kept {last_path} (after epoch {self.completed}: weights, optimizer, schedule) and "
+            f"{best_path} (epoch {self.best_epoch}, {best})"
+        )
 
     def warnings(self, valid_set, settings: TrainSettings) -> list[str]:
         dices = [entry["valid_dice"] for entry in self.history if "valid_dice" in entry]
         if not dices or any(dice > 0 for dice in dices):
             return []
         everywhere = all(entry.get("valid_empty") == len(valid_set) for entry in self.history if "valid_dice" in entry)
-        what = ("the model predicts background everywhere" if everywhere
-                else "the predicted masks never overlap the reference masks")
-        return [f"validation Dice was 0 in every epoch: {what}, and best.pth (epoch {self.best_epoch}) is no better. "
-                f"Check the learning rate (--lr, {settings.learning_rate:g} here), the trainable groups (--trainable, "
-                f"{','.join(settings.trainable)} here) and the starting weights (--checkpoint): weights whose encoder "
-                f"ignores the image, such as the shared reference test weights, cannot learn"]
+        what = (
+            "the model predicts background everywhere"
+            if everywhere
+            else "the predicted masks never overlap the reference masks"
+        )
+        return [
+            f"validation Dice was 0 in every epoch: {what}, and best.pth (epoch {self.best_epoch}) is no better. "
+            f"Check the learning rate (--lr, {settings.learning_rate:g} here), the trainable groups (--trainable, "
+            f"{','.join(settings.trainable)} here) and the starting weights (--checkpoint): weights whose encoder "
+            f"ignores the image, such as the shared reference test weights, cannot learn"
+        ]
 
 
 def _embedder(model: DeLightSAM, device: torch.device, cache: Optional[EmbeddingCache]):
@@ -382,8 +455,9 @@ def _embedder(model: DeLightSAM, device: torch.device, cache: Optional[Embedding
     return cache if cache is not None else (lambda inputs: model.SemiTViT(inputs.to(device)))
 
 
-def _validate(model: DeLightSAM, dataset, settings: TrainSettings, embed, autocast, run_log: logging.Logger,
-              epoch: int) -> tuple[float, int]:
+def _validate(
+    model: DeLightSAM, dataset, settings: TrainSettings, embed, autocast, run_log: logging.Logger, epoch: int
+) -> tuple[float, int]:
     """Mean Dice over ``dataset`` (each mask at its image's size, thresholded as ``evaluate`` does) and how many
     predicted masks were empty. Per-image scores go to the run's log file only."""
     transform = ImageTransform(model.config.image_size)
@@ -394,7 +468,9 @@ def _validate(model: DeLightSAM, dataset, settings: TrainSettings, embed, autoca
             inputs = torch.cat([transform.prepare(image) for image, _, _ in items])
             with autocast():
                 logits = model.forward_from_embeddings(embed(inputs)).modality_logits
-            for (_, reference, name), item_logits in zip(items, logits[:, settings.modality : settings.modality + 1].float().cpu()):
+            for (_, reference, name), item_logits in zip(
+                items, logits[:, settings.modality : settings.modality + 1].float().cpu()
+            ):
                 mask = threshold_logits(transform.logits_to_image(item_logits[None], reference.shape)[0, 0])
                 rows.append(score(mask, reference))
                 empty += not mask.any()
@@ -404,8 +480,14 @@ def _validate(model: DeLightSAM, dataset, settings: TrainSettings, embed, autoca
 
 
 # ---------------------------------------------------------------------------------------------- distillation
-def distill(model: DeLightSAM, teacher: torch.nn.Module, train_set, settings: TrainSettings, device: torch.device,
-            report: Optional[Report] = None) -> dict:
+def distill(
+    model: DeLightSAM,
+    teacher: torch.nn.Module,
+    train_set,
+    settings: TrainSettings,
+    device: torch.device,
+    report: Optional[Report] = None,
+) -> dict:
     """Modality-decoupled distillation: the frozen ``teacher`` encoder's embedding supervises the student
     encoder by mean-squared error; only the ``med`` adapters train (the paper's recipe). Saves ``distilled.pth``
     after every epoch; progress as in :func:`train`."""
@@ -429,7 +511,9 @@ def distill(model: DeLightSAM, teacher: torch.nn.Module, train_set, settings: Tr
             if sampler is not None:
                 sampler.set_epoch(epoch)
             losses = []
-            with tqdm(loader, desc=f"distill {epoch + 1}/{settings.epochs}", unit="batch", disable=rank != 0, leave=True) as bar:
+            with tqdm(
+                loader, desc=f"distill {epoch + 1}/{settings.epochs}", unit="batch", disable=rank != 0, leave=True
+            ) as bar:
                 for images, _, _, _ in bar:
                     images = images.to(device)
                     with torch.no_grad(), _autocast(device, settings.mixed_precision):
@@ -437,7 +521,9 @@ def distill(model: DeLightSAM, teacher: torch.nn.Module, train_set, settings: Tr
                     with _autocast(device, settings.mixed_precision):
                         embedding = wrapped(images).float()
                     if embedding.shape != target.shape:
-                        raise DeLightSAMError(f"teacher embedding {tuple(target.shape[1:])} does not match the student's {tuple(embedding.shape[1:])}")
+                        raise DeLightSAMError(
+                            f"teacher embedding {tuple(target.shape[1:])} does not match the student's {tuple(embedding.shape[1:])}"
+                        )
                     loss = F.mse_loss(embedding, target)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -445,21 +531,38 @@ def distill(model: DeLightSAM, teacher: torch.nn.Module, train_set, settings: Tr
                     scheduler.step()
                     losses.append(loss.item())
                     bar.set_postfix(mse=f"{np.mean(losses):.3g}", refresh=False)
-            entry = {"epoch": epoch + 1, "mse": float(np.mean(losses)), "seconds": round(time.perf_counter() - started, 1)}
+            entry = {
+                "epoch": epoch + 1,
+                "mse": float(np.mean(losses)),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
             history.append(entry)
             if rank == 0:
                 run_log.info(json.dumps(entry))
                 save_official(model, checkpoint)
-                say.info(f"epoch {epoch + 1}/{settings.epochs}  embedding MSE {entry['mse']:.4g}  {entry['seconds']:.1f} s")
+                say.info(
+                    f"epoch {epoch + 1}/{settings.epochs}  embedding MSE {entry['mse']:.4g}  {entry['seconds']:.1f} s"
+                )
     except KeyboardInterrupt as interrupt:
-        kept = f"kept {checkpoint} (after epoch {len(history)})" if history else "no epoch had finished, so nothing was kept"
+        kept = (
+            f"kept {checkpoint} (after epoch {len(history)})"
+            if history
+            else "no epoch had finished, so nothing was kept"
+        )
         raise TrainingInterrupted(f"interrupted in epoch {len(history) + 1}/{settings.epochs}; {kept}") from interrupt
     return {"history": history, "checkpoint": str(checkpoint)}
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def evaluate(model_or_predictor, dataset, modality: int, device: torch.device, out_dir: Optional[Path] = None,
-             overlays: bool = False, threshold: float = 0.5) -> dict:
+def evaluate(
+    model_or_predictor,
+    dataset,
+    modality: int,
+    device: torch.device,
+    out_dir: Optional[Path] = None,
+    overlays: bool = False,
+    threshold: float = 0.5,
+) -> dict:
     """Per-image Dice, IoU, HD95, precision, recall (and seconds) plus a summary with images per second.
 
     Writes ``metrics.csv``, ``summary.json`` and ``evaluate.log`` (per-image lines; they are not shown on the
@@ -468,7 +571,11 @@ def evaluate(model_or_predictor, dataset, modality: int, device: torch.device, o
     """
     from ..predictor import Predictor
 
-    predictor = model_or_predictor if isinstance(model_or_predictor, Predictor) else Predictor(model_or_predictor, device=device)
+    predictor = (
+        model_or_predictor
+        if isinstance(model_or_predictor, Predictor)
+        else Predictor(model_or_predictor, device=device)
+    )
     run_log = _file_logger(Path(out_dir), "evaluate") if out_dir is not None else None
     rows, names, seconds = [], [], []
     with tqdm(total=len(dataset), desc="evaluate", unit="image", leave=True) as bar:

@@ -65,8 +65,9 @@ def _boundary_and_distance(mask: np.ndarray, spacing) -> tuple[np.ndarray, np.nd
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.SetSpacing(tuple(float(s) for s in spacing[::-1]))  # numpy (row, col) -> ITK (x, y)
     boundary = sitk.BinaryContour(image, fullyConnected=True)
-    distance = sitk.SignedMaurerDistanceMap(boundary, insideIsPositive=False, squaredDistance=False,
-                                            useImageSpacing=True)
+    distance = sitk.SignedMaurerDistanceMap(
+        boundary, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+    )
     return sitk.GetArrayFromImage(boundary).astype(bool), np.abs(sitk.GetArrayFromImage(distance))
 
 

@@ -27,9 +27,18 @@ from ..modeling.image_encoder import ImageEncoder
 class ViTImageEncoder(nn.Module):
     """SAM's ViT encoder: 16-pixel patches, absolute position embedding, windowed/global blocks, neck."""
 
-    def __init__(self, *, image_size: int = 1024, patch_size: int = 16, embed_dim: int = 768, depth: int = 12,
-                 num_heads: int = 12, global_blocks: Sequence[int] = (2, 5, 8, 11), window_size: int = 14,
-                 out_chans: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        image_size: int = 1024,
+        patch_size: int = 16,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        global_blocks: Sequence[int] = (2, 5, 8, 11),
+        window_size: int = 14,
+        out_chans: int = 256,
+    ) -> None:
         super().__init__()
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, embed_dim, patch_size, patch_size)
@@ -62,7 +71,9 @@ class ViTBlock(nn.Module):
         x = self.norm1(x)
         if self.window_size:
             windows = window_partition(x, self.window_size)
-            x = window_unpartition(self.attn(windows.flatten(0, 2)).view(windows.shape), x.shape[1:3], residual=shortcut)
+            x = window_unpartition(
+                self.attn(windows.flatten(0, 2)).view(windows.shape), x.shape[1:3], residual=shortcut
+            )
         else:
             x = shortcut + self.attn(x)
         return x + self.mlp.lin2(F.gelu(self.mlp.lin1(self.norm2(x))))
@@ -88,7 +99,7 @@ class RelPosAttention(nn.Module):
         grid_q = q.reshape(-1, height, width, self.head_dim)
         bias_h = torch.einsum("bhwc,hkc->bhwk", grid_q, rel_h)
         bias_w = torch.einsum("bhwc,wkc->bhwk", grid_q, rel_w)
-        logits = (logits.view(-1, height, width, height, width) + bias_h[..., :, None] + bias_w[..., None, :])
+        logits = logits.view(-1, height, width, height, width) + bias_h[..., :, None] + bias_w[..., None, :]
         attn = logits.view(-1, height * width, height * width).softmax(dim=-1)
         out = (attn @ v).view(batch, self.num_heads, height, width, self.head_dim).permute(0, 2, 3, 1, 4)
         return self.proj(out.reshape(batch, height, width, -1))
@@ -112,8 +123,12 @@ class Teacher:
 TEACHERS: dict[str, Teacher] = {
     "mobilesam": Teacher(lambda: ImageEncoder(modality_adapters=False), ignored_keys=("attention_bias_idxs",)),
     "sam_vit_b": Teacher(lambda: ViTImageEncoder(embed_dim=768, depth=12, num_heads=12, global_blocks=(2, 5, 8, 11))),
-    "sam_vit_l": Teacher(lambda: ViTImageEncoder(embed_dim=1024, depth=24, num_heads=16, global_blocks=(5, 11, 17, 23))),
-    "sam_vit_h": Teacher(lambda: ViTImageEncoder(embed_dim=1280, depth=32, num_heads=16, global_blocks=(7, 15, 23, 31))),
+    "sam_vit_l": Teacher(
+        lambda: ViTImageEncoder(embed_dim=1024, depth=24, num_heads=16, global_blocks=(5, 11, 17, 23))
+    ),
+    "sam_vit_h": Teacher(
+        lambda: ViTImageEncoder(embed_dim=1280, depth=32, num_heads=16, global_blocks=(7, 15, 23, 31))
+    ),
 }
 
 
@@ -126,7 +141,7 @@ def load_teacher(name: str, checkpoint: str, teacher: Teacher | None = None) -> 
     encoder = teacher.build()
     state = read_state_dict(checkpoint)
     if any(key.startswith(teacher.prefix) for key in state):
-        state = {key[len(teacher.prefix):]: value for key, value in state.items() if key.startswith(teacher.prefix)}
+        state = {key[len(teacher.prefix) :]: value for key, value in state.items() if key.startswith(teacher.prefix)}
     state = {key: value for key, value in state.items() if key.rsplit(".", 1)[-1] not in teacher.ignored_keys}
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -137,4 +152,3 @@ def load_teacher(name: str, checkpoint: str, teacher: Teacher | None = None) -> 
     for parameter in encoder.parameters():
         parameter.requires_grad_(False)
     return encoder.eval()
-

@@ -68,19 +68,24 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon(iconPath) if os.path.exists(iconPath) else qt.QIcon()
 
     def helpText(self):
-        return "<html>" + _(
-            "Segment the slice a view shows with <b>De-LightSAM</b>, no prompts needed.<p>"
-            "Choose the modality and the view, then <b>Apply</b>: the mask goes into the selected segment, within the "
-            "editor's editable area and intensity range, overwriting other segments as the editor is set to. "
-            "<b>All slices</b> runs every slice along the view's direction. Ctrl+Z undoes Apply and All slices.<p>"
-            "<b>All frames</b> runs the shown slice in every frame of a sequence; <b>Undo all frames</b> puts every "
-            "frame back. Ctrl+Z cannot undo All frames: Slicer clears the editor's undo history whenever the shown "
-            "frame changes.<p>"
-            "<b>Box mode</b>: drag a rectangle around one structure on any slice view; on release <b>LiteMedSAM</b> "
-            "segments what lies inside it on that slice (Esc while dragging cancels; switch box mode off to adjust "
-            "window/level with the mouse). <b>Box from segment</b> refines the selected segment on the chosen view's "
-            "slice: LiteMedSAM segments the box around it, and the segment's part of that slice becomes its mask. "
-            "Both are written as Apply writes, and Ctrl+Z undoes them.") + "</html>"
+        return (
+            "<html>"
+            + _(
+                "Segment the slice a view shows with <b>De-LightSAM</b>, no prompts needed.<p>"
+                "Choose the modality and the view, then <b>Apply</b>: the mask goes into the selected segment, within the "
+                "editor's editable area and intensity range, overwriting other segments as the editor is set to. "
+                "<b>All slices</b> runs every slice along the view's direction. Ctrl+Z undoes Apply and All slices.<p>"
+                "<b>All frames</b> runs the shown slice in every frame of a sequence; <b>Undo all frames</b> puts every "
+                "frame back. Ctrl+Z cannot undo All frames: Slicer clears the editor's undo history whenever the shown "
+                "frame changes.<p>"
+                "<b>Box mode</b>: drag a rectangle around one structure on any slice view; on release <b>LiteMedSAM</b> "
+                "segments what lies inside it on that slice (Esc while dragging cancels; switch box mode off to adjust "
+                "window/level with the mouse). <b>Box from segment</b> refines the selected segment on the chosen view's "
+                "slice: LiteMedSAM segments the box around it, and the segment's part of that slice becomes its mask. "
+                "Both are written as Apply writes, and Ctrl+Z undoes them."
+            )
+            + "</html>"
+        )
 
     def setupOptionsFrame(self):
         self.modalitySelector = qt.QComboBox()
@@ -121,17 +126,23 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.addOptionsWidget(buttons)
 
         self.undoFramesButton = qt.QPushButton(_("Undo all frames"))
-        self.undoFramesButton.toolTip = _("Put every frame's segmentation back as it was before the last 'All frames' "
-                                          "run (Ctrl+Z cannot: the editor's undo history is cleared when the frame changes)")
+        self.undoFramesButton.toolTip = _(
+            "Put every frame's segmentation back as it was before the last 'All frames' "
+            "run (Ctrl+Z cannot: the editor's undo history is cleared when the frame changes)"
+        )
         self.undoFramesButton.enabled = False
         self.scriptedEffect.addOptionsWidget(self.undoFramesButton)
 
         self.boxModeCheckBox = qt.QCheckBox(_("Box mode"))
-        self.boxModeCheckBox.toolTip = _("Drag a rectangle around a structure on any slice view: on release LiteMedSAM "
-                                         "segments what lies inside it on that slice")
+        self.boxModeCheckBox.toolTip = _(
+            "Drag a rectangle around a structure on any slice view: on release LiteMedSAM "
+            "segments what lies inside it on that slice"
+        )
         self.boxFromSegmentButton = qt.QPushButton(_("Box from segment"))
-        self.boxFromSegmentButton.toolTip = _("Refine the selected segment on the chosen view's slice: LiteMedSAM "
-                                              "segments the box around it, and the slice becomes that mask")
+        self.boxFromSegmentButton.toolTip = _(
+            "Refine the selected segment on the chosen view's slice: LiteMedSAM "
+            "segments the box around it, and the slice becomes that mask"
+        )
         boxes = qt.QHBoxLayout()
         boxes.addWidget(self.boxModeCheckBox)
         boxes.addWidget(self.boxFromSegmentButton)
@@ -142,9 +153,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
 
         # One widget per option field; the parameter names are SegmentationOptions.PARAMETER_NAMES.
-        self.optionWidgets = {"modality": self.modalitySelector, "threshold": self.thresholdSlider,
-                              "replace": self.replaceCheckBox, "keepLargestComponent": self.largestCheckBox,
-                              "fillHoles": self.fillHolesCheckBox}
+        self.optionWidgets = {
+            "modality": self.modalitySelector,
+            "threshold": self.thresholdSlider,
+            "replace": self.replaceCheckBox,
+            "keepLargestComponent": self.largestCheckBox,
+            "fillHoles": self.fillHolesCheckBox,
+        }
         self.modalitySelector.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.viewSelector.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.thresholdSlider.connect("valueChanged(double)", self.updateMRMLFromGUI)
@@ -159,7 +174,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def activate(self):
         if self.sceneCloseObserver is None:
-            self.sceneCloseObserver = slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+            self.sceneCloseObserver = slicer.mrmlScene.AddObserver(
+                slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose
+            )
 
     def deactivate(self):
         if self.sceneCloseObserver is not None:
@@ -274,17 +291,26 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._run(None, lambda options, writer, progress: self.logic.segmentSlice(*self._targets(), options, writer))
 
     def onApplyAllSlices(self):
-        self._run(_("slices"), lambda options, writer, progress: self.logic.segmentAllSlices(
-            *self._targets(), options, writer, progress=progress))
+        self._run(
+            _("slices"),
+            lambda options, writer, progress: self.logic.segmentAllSlices(
+                *self._targets(), options, writer, progress=progress
+            ),
+        )
 
     def onApplyAllFrames(self):
         browser = self._sequenceBrowser()
-        self._run(_("frames"), lambda options, writer, progress: self.logic.segmentAllFrames(
-            browser, *self._targets(), options, writer, progress=progress))
+        self._run(
+            _("frames"),
+            lambda options, writer, progress: self.logic.segmentAllFrames(
+                browser, *self._targets(), options, writer, progress=progress
+            ),
+        )
 
     def onBoxDrawn(self, sliceNode, corners):
         """Segment the box drawn on ``sliceNode``'s view, ``corners`` two opposite corners in RAS: what the release of
         a drag calls (and the self-test)."""
+
         def segmentBox(options, writer, progress):
             source, _chosenView, segmentation, segmentId = self._targets()
             return self.logic.segmentBox(source, sliceNode, segmentation, segmentId, options, corners, writer)
@@ -292,8 +318,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._run(None, segmentBox, model=BOX)
 
     def onBoxFromSegment(self):
-        self._run(None, lambda options, writer, progress: self.logic.segmentBoxFromSegment(
-            *self._targets(), options, writer), model=BOX)
+        self._run(
+            None,
+            lambda options, writer, progress: self.logic.segmentBoxFromSegment(*self._targets(), options, writer),
+            model=BOX,
+        )
 
     def onUndoAllFrames(self):
         from DeLightSAM import userErrorDisplay
@@ -312,11 +341,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             try:
                 with DownloadProgressDialog() as download:
                     predictor = self.session.predictor(confirmDialog, download.report, model)
-                with ProgressDialog(SegmentationCancelled, _("Stop (keep what is done)")) as progress, \
-                        slicer.util.WaitCursor():
+                with (
+                    ProgressDialog(SegmentationCancelled, _("Stop (keep what is done)")) as progress,
+                    slicer.util.WaitCursor(),
+                ):
+
                     def report(done, total):
-                        progress.update(done, total, _("De-LightSAM: {done} of {total} {what}").format(
-                            done=done, total=total, what=what))
+                        progress.update(
+                            done,
+                            total,
+                            _("De-LightSAM: {done} of {total} {what}").format(done=done, total=total, what=what),
+                        )
 
                     result = action(self._options(), EffectWriter(self.scriptedEffect), report if what else None)
                 self.statusLabel.text = self._statusText(result, predictor, model)
@@ -326,10 +361,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def _statusText(self, result, predictor, model):
         if result.sceneClosed:
             return _("Stopped: the scene was closed.")
-        text = _("{state} {description}: {added} voxels added, {removed} removed, {seconds} s ({device}; {checkpoint})").format(
-            state=_("Cancelled after") if result.cancelled else _("Done:"), description=result.description,
-            added=result.voxelsAdded, removed=result.voxelsRemoved, seconds=f"{result.seconds:.1f}",
-            device=getattr(predictor, "description", ""), checkpoint=self.session.checkpointReference(model))
+        text = _(
+            "{state} {description}: {added} voxels added, {removed} removed, {seconds} s ({device}; {checkpoint})"
+        ).format(
+            state=_("Cancelled after") if result.cancelled else _("Done:"),
+            description=result.description,
+            added=result.voxelsAdded,
+            removed=result.voxelsRemoved,
+            seconds=f"{result.seconds:.1f}",
+            device=getattr(predictor, "description", ""),
+            checkpoint=self.session.checkpointReference(model),
+        )
         return text
 
     def _updateButtons(self, running):
@@ -345,13 +387,19 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return self.session.predictor(confirmDialog, download.report, model)
 
     def _options(self):
-        return SegmentationOptions.fromParameters({name: self.scriptedEffect.parameter(name)
-                                                   for name in SegmentationOptions.PARAMETER_NAMES.values()})
+        return SegmentationOptions.fromParameters(
+            {name: self.scriptedEffect.parameter(name) for name in SegmentationOptions.PARAMETER_NAMES.values()}
+        )
 
     def _targets(self):
         """(source volume, slice node, segmentation node, segment ID) the editor has selected."""
         parameters = self.scriptedEffect.parameterSetNode()
-        return self._sourceVolume(), self._sliceNode(), parameters.GetSegmentationNode(), parameters.GetSelectedSegmentID()
+        return (
+            self._sourceVolume(),
+            self._sliceNode(),
+            parameters.GetSegmentationNode(),
+            parameters.GetSelectedSegmentID(),
+        )
 
     def _sourceVolume(self):
         parameters = self.scriptedEffect.parameterSetNode()
@@ -428,14 +476,20 @@ class EffectWriter:
     def modifierGeometry(self):
         labelmap = self.scriptedEffect.defaultModifierLabelmap()
         if labelmap is None:
-            raise SegmentationError(_("the Segment Editor has no geometry for this segmentation yet; select a source volume"))
+            raise SegmentationError(
+                _("the Segment Editor has no geometry for this segmentation yet; select a source volume")
+            )
         return ModifierGeometry.fromImage(labelmap)
 
     def saveStateForUndo(self):
         self.scriptedEffect.saveStateForUndo()
 
     def add(self, labelmap):
-        self.scriptedEffect.modifySelectedSegmentByLabelmap(labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd)
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(
+            labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd
+        )
 
     def remove(self, labelmap):
-        self.scriptedEffect.modifySelectedSegmentByLabelmap(labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove)
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(
+            labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove
+        )

@@ -33,13 +33,25 @@ def _read(path):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def test_one_box_writes_mask_logits_and_overlay_at_the_input_size(capsys, tmp_path, litemedsam_reference,
-                                                                   litemedsam_weights_path):
+def test_one_box_writes_mask_logits_and_overlay_at_the_input_size(
+    capsys, tmp_path, litemedsam_reference, litemedsam_weights_path
+):
     ref = litemedsam_reference
     image = _png(tmp_path / "ellipse.png", ref["image_2"])
     box = ref["box_2"]  # 150 70 350 215
-    code, out, err = run(capsys, "predict", image, "--box", *box, "--logits", tmp_path / "l.npy",
-                         "--overlay", tmp_path / "o.png", "--device", "cpu")  # default checkpoint: litemedsam
+    code, out, err = run(
+        capsys,
+        "predict",
+        image,
+        "--box",
+        *box,
+        "--logits",
+        tmp_path / "l.npy",
+        "--overlay",
+        tmp_path / "o.png",
+        "--device",
+        "cpu",
+    )  # default checkpoint: litemedsam
     assert code == 0, err
     assert str(tmp_path / "ellipse_mask.png") in out and "IoU estimate 0.95" in out
     logits = np.load(tmp_path / "l.npy")
@@ -52,7 +64,7 @@ def test_one_box_writes_mask_logits_and_overlay_at_the_input_size(capsys, tmp_pa
     overlay = _read(tmp_path / "o.png")
     assert overlay.shape == (300, 420, 3) and overlay.dtype == np.uint8
     x0, y0, x1, y1 = (int(v) for v in box)
-    assert (overlay[y0:y1 + 1, x0] == BOX_COLOUR).all() and (overlay[y1, x0:x1 + 1] == BOX_COLOUR).all()
+    assert (overlay[y0 : y1 + 1, x0] == BOX_COLOUR).all() and (overlay[y1, x0 : x1 + 1] == BOX_COLOUR).all()
     far = np.ones((300, 420), bool)
     far[y0 - 2 : y1 + 3, x0 - 2 : x1 + 3] = False
     np.testing.assert_array_equal(overlay[far], ref["image_2"][far])  # outside the box: the image as it is
@@ -66,13 +78,27 @@ def test_one_box_writes_mask_logits_and_overlay_at_the_input_size(capsys, tmp_pa
 def test_radiograph_mask_matches_reference_where_decided(capsys, tmp_path, litemedsam_reference):
     ref = litemedsam_reference
     image = _png(tmp_path / "chest.png", ref["image_1"])
-    code, _, err = run(capsys, "predict", image, "--box", *ref["box_1"], "--checkpoint", "litemedsam",
-                       "--output", tmp_path / "lung.nrrd", "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "predict",
+        image,
+        "--box",
+        *ref["box_1"],
+        "--checkpoint",
+        "litemedsam",
+        "--output",
+        tmp_path / "lung.nrrd",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     mask = _read(tmp_path / "lung.nrrd")
     assert mask.shape == (978, 921) and set(np.unique(mask)) == {0, 1}
-    reference_logits = LongestSideTransform().logits_to_image(
-        torch.from_numpy(ref["low_res_logits_1"])[None, None], (978, 921))[0, 0].numpy()
+    reference_logits = (
+        LongestSideTransform()
+        .logits_to_image(torch.from_numpy(ref["low_res_logits_1"])[None, None], (978, 921))[0, 0]
+        .numpy()
+    )
     decided = np.abs(reference_logits) > TOLERANCE
     np.testing.assert_array_equal((mask == 1)[decided], ref["mask_1"][decided])
 
@@ -110,8 +136,25 @@ def _volume(tmp_path, name="ct.nrrd"):
 
 def test_volume_box_segments_only_the_slice_range(capsys, tmp_path, litemedsam_predictor):
     source, volume, image = _volume(tmp_path)
-    code, _, err = run(capsys, "predict", source, "--box", 15, 5, 50, 35, "--slices", 1, 3,
-                       "--logits", tmp_path / "l.npy", "--overlay", tmp_path / "o.png", "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "predict",
+        source,
+        "--box",
+        15,
+        5,
+        50,
+        35,
+        "--slices",
+        1,
+        3,
+        "--logits",
+        tmp_path / "l.npy",
+        "--overlay",
+        tmp_path / "o.png",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     written = sitk.ReadImage(str(tmp_path / "ct_mask.nrrd"))
     assert written.GetSize() == image.GetSize() and np.allclose(written.GetSpacing(), image.GetSpacing())
@@ -133,9 +176,32 @@ def test_volume_box_segments_only_the_slice_range(capsys, tmp_path, litemedsam_p
 def test_volume_boxes_along_another_axis(capsys, tmp_path, litemedsam_predictor):
     source, volume, _ = _volume(tmp_path)
     # axis i=0: slices are volume[:, :, i], rows k and columns j; the box is in those coordinates
-    code, _, err = run(capsys, "predict", source, "--axis", 0, "--box", 0, 0, 39, 4, "--box", 5, 1, 35, 4,
-                       "--slices", 25, 26, "--output", tmp_path / "labels.nii.gz", "--logits", tmp_path / "l.npy",
-                       "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "predict",
+        source,
+        "--axis",
+        0,
+        "--box",
+        0,
+        0,
+        39,
+        4,
+        "--box",
+        5,
+        1,
+        35,
+        4,
+        "--slices",
+        25,
+        26,
+        "--output",
+        tmp_path / "labels.nii.gz",
+        "--logits",
+        tmp_path / "l.npy",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     labels = _read(tmp_path / "labels.nii.gz")
     logits = np.load(tmp_path / "l.npy")
@@ -152,8 +218,21 @@ def test_overlay_with_a_modality(capsys, tmp_path, reference_weights_path):
     rgb = np.zeros((64, 80, 3), np.uint8)
     rgb[16:48, 20:60] = (200, 120, 90)
     image = _png(tmp_path / "skin.png", rgb)
-    code, _, err = run(capsys, "predict", image, "--modality", "dermoscopy", "--checkpoint", reference_weights_path,
-                       "--overlay", tmp_path / "o.png", "--device", "cpu", "--engine", "eager")
+    code, _, err = run(
+        capsys,
+        "predict",
+        image,
+        "--modality",
+        "dermoscopy",
+        "--checkpoint",
+        reference_weights_path,
+        "--overlay",
+        tmp_path / "o.png",
+        "--device",
+        "cpu",
+        "--engine",
+        "eager",
+    )
     assert code == 0, err
     mask = _read(tmp_path / "skin_mask.png") == 255
     overlay = _read(tmp_path / "o.png")
@@ -188,8 +267,9 @@ def test_overlay_with_a_modality(capsys, tmp_path, reference_weights_path):
         ("output-is-folder", "is a folder"),
     ],
 )
-def test_box_mistakes_print_one_line_and_write_nothing(capsys, tmp_path, case, message, reference_weights_path,
-                                                       litemedsam_weights_path):
+def test_box_mistakes_print_one_line_and_write_nothing(
+    capsys, tmp_path, case, message, reference_weights_path, litemedsam_weights_path
+):
     work = tmp_path / "work"
     work.mkdir()
     image = _png(work / "image.png", np.full((48, 64), 90, np.uint8))
@@ -230,8 +310,13 @@ def test_box_mistakes_print_one_line_and_write_nothing(capsys, tmp_path, case, m
         argv[argv.index("--output") + 1] = image
     elif case == "same-outputs":
         argv[argv.index("--overlay") + 1] = work / "out.png"
-    elif case in ("volume-as-png", "slices-out-of-range", "slices-reversed", "volume-box-outside",
-                  "slices-with-modality"):
+    elif case in (
+        "volume-as-png",
+        "slices-out-of-range",
+        "slices-reversed",
+        "volume-box-outside",
+        "slices-with-modality",
+    ):
         argv[argv.index("--output") + 1] = work / ("out.png" if case == "volume-as-png" else "out.nrrd")
     elif case == "output-is-folder":
         (work / "folder.png").mkdir()
@@ -255,11 +340,26 @@ def test_outputs_are_written_all_or_none(capsys, tmp_path, monkeypatch, litemeds
     def broken(rgb):
         def write(temporary):
             raise OSError(28, "No space left on device")
+
         return write
 
     monkeypatch.setattr(imageio, "rgb_writer", broken)
-    code, _, err = run(capsys, "predict", image, "--box", 150, 70, 350, 215, "--logits", tmp_path / "l.npy",
-                       "--overlay", tmp_path / "o.png", "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "predict",
+        image,
+        "--box",
+        150,
+        70,
+        350,
+        215,
+        "--logits",
+        tmp_path / "l.npy",
+        "--overlay",
+        tmp_path / "o.png",
+        "--device",
+        "cpu",
+    )
     assert code == 2 and "No space left on device" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ellipse.png"]
 

@@ -21,7 +21,9 @@ from DeLightSAMLib.registry import CheckpointEntry, UnknownNameError
 def test_download_over_http_verifies_and_reports_progress(server, tmp_path, reference_weights_path):
     url, digest = server
     seen = []
-    path = ckpt.download_checkpoint(f"{url}/weights.pth", tmp_path, progress=lambda d, t: seen.append((d, t)), sha256=digest)
+    path = ckpt.download_checkpoint(
+        f"{url}/weights.pth", tmp_path, progress=lambda d, t: seen.append((d, t)), sha256=digest
+    )
     assert path == tmp_path / "weights.pth"
     assert path.read_bytes() == reference_weights_path.read_bytes()
     size = reference_weights_path.stat().st_size
@@ -32,8 +34,13 @@ def test_download_over_http_verifies_and_reports_progress(server, tmp_path, refe
 
 def test_registry_entry_downloads_into_the_cache(server, monkeypatch, tmp_path):
     url, digest = server
-    entry = CheckpointEntry(name="test-entry", filename="entry.pth", urls=(f"{url}/missing.pth", f"{url}/weights.pth"),
-                            description="test", sha256=digest)
+    entry = CheckpointEntry(
+        name="test-entry",
+        filename="entry.pth",
+        urls=(f"{url}/missing.pth", f"{url}/weights.pth"),
+        description="test",
+        sha256=digest,
+    )
     monkeypatch.setitem(registry.CHECKPOINTS, "test-entry", entry)
     path = ckpt.download_checkpoint("test-entry")  # first URL is a 404: the second one is used
     assert path == Path(tmp_path / "cache" / "entry.pth")
@@ -42,9 +49,13 @@ def test_registry_entry_downloads_into_the_cache(server, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     "name, message",
-    [("truncated.pth", "not a readable PyTorch checkpoint"), ("quota.pth", "HTML page"),
-     ("tiny.pth", "does not fit"), ("short.pth", "closed after 1000 of 1000000 bytes"),
-     ("missing.pth", "HTTP 404")],
+    [
+        ("truncated.pth", "not a readable PyTorch checkpoint"),
+        ("quota.pth", "HTML page"),
+        ("tiny.pth", "does not fit"),
+        ("short.pth", "closed after 1000 of 1000000 bytes"),
+        ("missing.pth", "HTTP 404"),
+    ],
 )
 def test_bad_downloads_are_refused_and_leave_nothing(server, tmp_path, name, message):
     url, _ = server
@@ -266,8 +277,19 @@ def test_download_needs_no_torch(tmp_path, reference_weights_path):
     (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
     (tmp_path / "quota.pth").write_text("<!DOCTYPE html><html><body>quota exceeded</body></html>")
     (tmp_path / "out").mkdir()
-    run = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(reference_weights_path), str(tmp_path / "truncated.pth"),
-                          str(tmp_path / "quota.pth"), str(tmp_path / "out")], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _WITHOUT_TORCH,
+            str(reference_weights_path),
+            str(tmp_path / "truncated.pth"),
+            str(tmp_path / "quota.pth"),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == [
         reference_weights_path.name,
@@ -286,8 +308,21 @@ def test_google_drive_through_gdown_5(monkeypatch, tmp_path, reference_weights_p
     data = reference_weights_path.read_bytes()
     calls = []
 
-    def download(url=None, output=None, quiet=False, proxy=None, speed=None, use_cookies=True, verify=True, id=None,
-                 fuzzy=False, resume=False, format=None, user_agent=None, log_messages=None):  # gdown 5.2.0's signature
+    def download(
+        url=None,
+        output=None,
+        quiet=False,
+        proxy=None,
+        speed=None,
+        use_cookies=True,
+        verify=True,
+        id=None,
+        fuzzy=False,
+        resume=False,
+        format=None,
+        user_agent=None,
+        log_messages=None,
+    ):  # gdown 5.2.0's signature
         calls.append(id)
         for start in range(0, len(data), 1 << 20):
             output.write(data[start : start + (1 << 20)])

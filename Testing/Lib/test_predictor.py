@@ -44,8 +44,20 @@ def test_mask_and_logits_match_reference_for_modality_0(predicted, reference_out
     np.testing.assert_array_equal(prediction.self_prompt, reference_outputs["self_prompt_binary"].astype(bool))
 
 
-@pytest.mark.parametrize("name, index", [("dermoscopy", 0), ("xray", 1), ("ultrasound", 2), ("fundus", 3),
-                                         ("microscopy", 4), ("colonoscopy", 5), ("Chest X-ray", 1), (3, 3), ("5", 5)])
+@pytest.mark.parametrize(
+    "name, index",
+    [
+        ("dermoscopy", 0),
+        ("xray", 1),
+        ("ultrasound", 2),
+        ("fundus", 3),
+        ("microscopy", 4),
+        ("colonoscopy", 5),
+        ("Chest X-ray", 1),
+        (3, 3),
+        ("5", 5),
+    ],
+)
 def test_modalities_by_name_alias_or_index(name, index):
     assert resolve_modality(name) == index
 
@@ -99,8 +111,11 @@ def test_out_of_order_use_is_a_runtime_error():
 def test_predict_batch_equals_single_images_of_any_size():
     predictor = _tiny_predictor()
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (40, 70, 3), dtype=np.uint8), rng.normal(size=(33, 33)).astype(np.float32),
-              rng.integers(0, 4000, (1, 1), dtype=np.uint16)]
+    images = [
+        rng.integers(0, 256, (40, 70, 3), dtype=np.uint8),
+        rng.normal(size=(33, 33)).astype(np.float32),
+        rng.integers(0, 4000, (1, 1), dtype=np.uint16),
+    ]
     batch = predictor.predict_batch(images, "ultrasound", batch_size=2, return_logits=True)
     for image, result in zip(images, batch):
         predictor.set_image(image)

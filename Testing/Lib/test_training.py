@@ -47,7 +47,11 @@ def make_folder_dataset(root: Path, count: int = 24, seed: int = 0) -> Path:
         sitk.WriteImage(sitk.GetImageFromArray(mask.astype(np.uint8) * 255), str(root / "mask_1024" / f"case{i}.png"))
         names.append(f"case{i}.png")
     third = count // 6
-    splits = {"train": names[: count - 2 * third], "valid": names[count - 2 * third : count - third], "test": names[count - third :]}
+    splits = {
+        "train": names[: count - 2 * third],
+        "valid": names[count - 2 * third : count - third],
+        "test": names[count - third :],
+    }
     (root / "split.json").write_text(json.dumps(splits))
     return root
 
@@ -62,7 +66,9 @@ def test_fine_tuning_learns_and_saves_a_strictly_loadable_checkpoint(disks, tmp_
     model = build_model(TINY_CONFIG)
     train_set, valid_set, test_set = (open_dataset(disks, split) for split in ("train", "valid", "test"))
     before = engine.evaluate(model, test_set, 1, CPU)["summary"]["dice"]["mean"]
-    settings = engine.TrainSettings(modality=1, epochs=40, batch_size=4, learning_rate=1e-3, out_dir=str(tmp_path / "run"))
+    settings = engine.TrainSettings(
+        modality=1, epochs=40, batch_size=4, learning_rate=1e-3, out_dir=str(tmp_path / "run")
+    )
     result = engine.train(model, train_set, valid_set, settings, CPU)
     losses = [entry["loss"] for entry in result["history"]]
     assert losses[-1] < 0.6 * losses[0]
@@ -77,8 +83,9 @@ def test_only_the_chosen_groups_train_and_resume_continues(disks, tmp_path):
     model = build_model(TINY_CONFIG)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     train_set = open_dataset(disks, "train")
-    settings = engine.TrainSettings(modality=1, epochs=1, batch_size=8, learning_rate=1e-3, trainable=["queries"],
-                                    out_dir=str(tmp_path / "run"))
+    settings = engine.TrainSettings(
+        modality=1, epochs=1, batch_size=8, learning_rate=1e-3, trainable=["queries"], out_dir=str(tmp_path / "run")
+    )
     engine.train(model, train_set, None, settings, CPU)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
     assert changed == {"mask_query.weight"}
@@ -107,7 +114,9 @@ def test_empty_mask_conventions():
     both = score(empty, empty)
     assert (both.dice, both.iou, both.precision, both.recall, both.hd95) == (1.0, 1.0, 1.0, 1.0, 0.0)
     missed = score(empty, full)
-    assert (missed.dice, missed.iou, missed.precision, missed.recall) == (0.0, 0.0, 0.0, 0.0) and math.isnan(missed.hd95)
+    assert (missed.dice, missed.iou, missed.precision, missed.recall) == (0.0, 0.0, 0.0, 0.0) and math.isnan(
+        missed.hd95
+    )
     summary = summarize([both, missed])
     assert summary["hd95"] == {"mean": 0.0, "std": 0.0, "median": 0.0, "undefined": 1}
     assert summary["dice"]["mean"] == 0.5
@@ -122,12 +131,15 @@ def test_evaluate_writes_per_image_csv_summary_and_overlays(disks, tmp_path):
     assert len(list((tmp_path / "overlays").glob("*.png"))) == len(result["rows"])
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("missing-mask", "the mask for .*case3.png is missing"),
-    ("size", "masks must match their images"),
-    ("non-binary", "is not a binary mask"),
-    ("no-split", "has no 'train' list"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("missing-mask", "the mask for .*case3.png is missing"),
+        ("size", "masks must match their images"),
+        ("non-binary", "is not a binary mask"),
+        ("no-split", "has no 'train' list"),
+    ],
+)
 def test_bad_data_is_refused_naming_the_file(tmp_path, problem, message):
     root = make_folder_dataset(tmp_path / "data", count=6)
     if problem == "missing-mask":
@@ -135,7 +147,10 @@ def test_bad_data_is_refused_naming_the_file(tmp_path, problem, message):
     elif problem == "size":
         sitk.WriteImage(sitk.GetImageFromArray(np.zeros((10, 12), np.uint8)), str(root / "mask_1024" / "case0.png"))
     elif problem == "non-binary":
-        sitk.WriteImage(sitk.GetImageFromArray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 7), str(root / "mask_1024" / "case0.png"))
+        sitk.WriteImage(
+            sitk.GetImageFromArray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 7),
+            str(root / "mask_1024" / "case0.png"),
+        )
     elif problem == "no-split":
         (root / "split.json").write_text(json.dumps({"test": ["case0.png"]}))
     with pytest.raises(DataError, match=message):
@@ -146,11 +161,15 @@ def test_bad_data_is_refused_naming_the_file(tmp_path, problem, message):
 def test_all_empty_masks_and_cli_errors_are_one_line(tmp_path, capsys):
     root = make_folder_dataset(tmp_path / "data", count=6)
     for path in (root / "mask_1024").iterdir():
-        sitk.WriteImage(sitk.GetImageFromArray(np.zeros(sitk.ReadImage(str(path)).GetSize()[::-1], np.uint8)), str(path))
+        sitk.WriteImage(
+            sitk.GetImageFromArray(np.zeros(sitk.ReadImage(str(path)).GetSize()[::-1], np.uint8)), str(path)
+        )
     with pytest.raises(DataError, match="every mask .* is empty"):
         check_not_all_empty(open_dataset(root, "train"))
     (root / "mask_1024" / "case1.png").unlink()
-    code = main(["evaluate", "--data", str(root), "--modality", "xray", "--split", "train", "--out", str(tmp_path / "out")])
+    code = main(
+        ["evaluate", "--data", str(root), "--modality", "xray", "--split", "train", "--out", str(tmp_path / "out")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "case1.png is missing" in err
 
@@ -158,10 +177,23 @@ def test_all_empty_masks_and_cli_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("command", ["evaluate", "train", "distill"])
 def test_a_litemedsam_checkpoint_is_refused_in_one_line(tmp_path, capsys, litemedsam_weights_path, command):
     root = make_folder_dataset(tmp_path / "data", count=4)
-    extra = {"evaluate": ["--modality", "xray", "--split", "train"], "train": ["--modality", "xray", "--epochs", "1"],
-             "distill": ["--teacher", "mobilesam", "--teacher-checkpoint", str(tmp_path / "never-read.pt")]}[command]
-    code = main([command, "--data", str(root), "--checkpoint", str(litemedsam_weights_path),
-                 "--out", str(tmp_path / "out"), *extra])
+    extra = {
+        "evaluate": ["--modality", "xray", "--split", "train"],
+        "train": ["--modality", "xray", "--epochs", "1"],
+        "distill": ["--teacher", "mobilesam", "--teacher-checkpoint", str(tmp_path / "never-read.pt")],
+    }[command]
+    code = main(
+        [
+            command,
+            "--data",
+            str(root),
+            "--checkpoint",
+            str(litemedsam_weights_path),
+            "--out",
+            str(tmp_path / "out"),
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "is LiteMedSAM, a box-prompted model" in err, err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
@@ -202,19 +234,32 @@ def test_volume_datasets_give_foreground_and_as_many_background_slices(tmp_path)
 
 def _tiny_vit_teacher() -> Teacher:
     """A SAM-ViT teacher shrunk to the tiny student's embedding (32 x 16 x 16 at 256²)."""
-    return Teacher(lambda: ViTImageEncoder(image_size=256, embed_dim=32, depth=2, num_heads=2, global_blocks=(1,),
-                                           window_size=4, out_chans=TINY_CONFIG.prompt_embed_dim))
+    return Teacher(
+        lambda: ViTImageEncoder(
+            image_size=256,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            global_blocks=(1,),
+            window_size=4,
+            out_chans=TINY_CONFIG.prompt_embed_dim,
+        )
+    )
 
 
 def test_distillation_lowers_the_embedding_error_training_only_the_adapters(disks, tmp_path):
     torch.manual_seed(3)
     published = {f"image_encoder.{k}": v for k, v in _tiny_vit_teacher().build().state_dict().items()}
-    published["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.zeros(2, 128)  # SAM keeps these too
+    published["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.zeros(
+        2, 128
+    )  # SAM keeps these too
     torch.save(published, tmp_path / "sam_tiny.pth")
     teacher = load_teacher("sam_vit_tiny", str(tmp_path / "sam_tiny.pth"), _tiny_vit_teacher())
     model = build_model(TINY_CONFIG)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = engine.TrainSettings(modality=0, epochs=6, batch_size=4, learning_rate=3e-3, out_dir=str(tmp_path / "distill"))
+    settings = engine.TrainSettings(
+        modality=0, epochs=6, batch_size=4, learning_rate=3e-3, out_dir=str(tmp_path / "distill")
+    )
     result = engine.distill(model, teacher, open_dataset(disks, "train"), settings, CPU)
     mse = [entry["mse"] for entry in result["history"]]
     assert mse[-1] < mse[0]
@@ -257,8 +302,12 @@ for name, groups in (("ddp", ["adapters", "queries", "prompt", "decoder"]), ("dd
     result = engine.train(model, open_dataset({str(disks)!r}, "train"), None, settings, torch.device("cpu"))
     os.write(1, f"RANK_DONE {{name}} {{len(result['history'])}}\\n".encode())  # one write(2): the ranks share the pipe
 """)
-    completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     for name in ("ddp", "ddp-cached"):  # both ranks finish; rank 0 keeps the history
         assert completed.stdout.count(f"RANK_DONE {name} ") == 2 and f"RANK_DONE {name} 2\n" in completed.stdout
@@ -276,7 +325,9 @@ def small(tmp_path_factory):
 
 def _count_encoded_images(model) -> list:
     counter = [0]
-    model.SemiTViT.register_forward_hook(lambda module, inputs, output: counter.__setitem__(0, counter[0] + len(inputs[0])))
+    model.SemiTViT.register_forward_hook(
+        lambda module, inputs, output: counter.__setitem__(0, counter[0] + len(inputs[0]))
+    )
     return counter
 
 
@@ -287,14 +338,23 @@ def test_a_frozen_encoder_encodes_each_image_once_and_the_losses_do_not_change(s
         torch.manual_seed(5)
         model = build_model(TINY_CONFIG)
         encoded = _count_encoded_images(model)
-        settings = engine.TrainSettings(modality=1, epochs=3, batch_size=2, learning_rate=1e-3, embedding_cache=cached,
-                                        trainable=["decoder", "queries", "prompt"], out_dir=str(tmp_path / f"cached-{cached}"))
+        settings = engine.TrainSettings(
+            modality=1,
+            epochs=3,
+            batch_size=2,
+            learning_rate=1e-3,
+            embedding_cache=cached,
+            trainable=["decoder", "queries", "prompt"],
+            out_dir=str(tmp_path / f"cached-{cached}"),
+        )
         runs[cached] = engine.train(model, train_set, valid_set, settings, CPU), encoded[0]
     (with_cache, encoded_with), (without, encoded_without) = runs[True], runs[False]
     assert encoded_with == len(train_set) + len(valid_set)  # once each, in the first epoch
     assert encoded_without == 3 * (len(train_set) + len(valid_set))
     for a, b in zip(with_cache["history"], without["history"]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["valid_dice"] == pytest.approx(b["valid_dice"], abs=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["valid_dice"] == pytest.approx(
+            b["valid_dice"], abs=1e-6
+        )
     assert [entry["loss"] for entry in with_cache["history"]] != [with_cache["history"][0]["loss"]] * 3  # it trained
     assert "encoder frozen: each image is encoded once" in (tmp_path / "cached-True" / "train.log").read_text()
     assert "embedding cache off: turned off" in (tmp_path / "cached-False" / "train.log").read_text()
@@ -352,9 +412,17 @@ def test_a_run_that_learns_nothing_ends_with_a_clear_warning(small, tmp_path):
     model = build_model(TINY_CONFIG)
     model.mask_decoder.register_forward_hook(lambda module, inputs, output: output - 100)  # background everywhere
     lines = []
-    settings = engine.TrainSettings(modality=1, epochs=2, batch_size=2, trainable=["queries"], out_dir=str(tmp_path / "run"))
-    result = engine.train(model, open_dataset(small, "train"), open_dataset(small, "valid"), settings, CPU,
-                          report=lambda message, level: lines.append((level, message)))
+    settings = engine.TrainSettings(
+        modality=1, epochs=2, batch_size=2, trainable=["queries"], out_dir=str(tmp_path / "run")
+    )
+    result = engine.train(
+        model,
+        open_dataset(small, "train"),
+        open_dataset(small, "valid"),
+        settings,
+        CPU,
+        report=lambda message, level: lines.append((level, message)),
+    )
     assert [entry["valid_dice"] for entry in result["history"]] == [0.0, 0.0]
     warnings = [message for level, message in lines if level == logging.WARNING]
     assert len(warnings) == 1 and result["warnings"] == warnings
@@ -366,6 +434,7 @@ def test_a_run_that_learns_nothing_ends_with_a_clear_warning(small, tmp_path):
 @pytest.fixture
 def tiny_checkpoints(monkeypatch):
     """The CLI builds the tiny network (default-initialised) instead of loading a released checkpoint."""
+
     def load_tiny(checkpoint=None, config=None):
         torch.manual_seed(4)
         return build_model(TINY_CONFIG), None
@@ -374,11 +443,31 @@ def tiny_checkpoints(monkeypatch):
 
 
 def _train_command(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "--modality", "xray", "--epochs", "2", "--batch-size", "2", "--workers", "0",
-            "--lr", "1e-3", "--trainable", "decoder,queries,prompt", "--out", str(out), *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--modality",
+        "xray",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--lr",
+        "1e-3",
+        "--trainable",
+        "decoder,queries,prompt",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
-def test_train_prints_one_bar_and_one_summary_per_epoch_and_logs_per_image_details(small, tmp_path, capsys, tiny_checkpoints):
+def test_train_prints_one_bar_and_one_summary_per_epoch_and_logs_per_image_details(
+    small, tmp_path, capsys, tiny_checkpoints
+):
     assert main(_train_command(small, tmp_path / "run")) == 0
     out, err = capsys.readouterr()
     summaries = [line for line in out.splitlines() if line.startswith("epoch ")]
@@ -398,7 +487,22 @@ def test_train_prints_one_bar_and_one_summary_per_epoch_and_logs_per_image_detai
 
 
 def test_evaluate_keeps_its_bar_and_writes_per_image_lines_only_to_its_log(small, tmp_path, capsys, tiny_checkpoints):
-    assert main(["evaluate", "--data", str(small), "--modality", "xray", "--split", "train", "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(small),
+                "--modality",
+                "xray",
+                "--split",
+                "train",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     last_bar = err.rstrip("\n").rsplit("\n", 1)[-1].rsplit("\r", 1)[-1]
     assert last_bar.startswith("evaluate: 100%") and "dice=" in last_bar
@@ -408,8 +512,9 @@ def test_evaluate_keeps_its_bar_and_writes_per_image_lines_only_to_its_log(small
     assert out.startswith("4 images: Dice ")
 
 
-def test_ctrl_c_says_what_was_kept_and_resume_continues_with_one_based_epochs(small, tmp_path, capsys, tiny_checkpoints,
-                                                                              monkeypatch):
+def test_ctrl_c_says_what_was_kept_and_resume_continues_with_one_based_epochs(
+    small, tmp_path, capsys, tiny_checkpoints, monkeypatch
+):
     steps = []
     real_loss = engine.mask_loss
 
@@ -449,8 +554,14 @@ def test_resume_without_last_checkpoint_is_refused_before_writing_anything(small
 def test_training_help_shows_the_defaults(capsys):
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for default in ("(default: 20)", "(default: 4)", "(default: 0.0001)", "(default: 2)",
-                    "(default: adapters,queries,prompt,decoder)", "(default: runs/train)"):
+    for default in (
+        "(default: 20)",
+        "(default: 4)",
+        "(default: 0.0001)",
+        "(default: 2)",
+        "(default: adapters,queries,prompt,decoder)",
+        "(default: runs/train)",
+    ):
         assert default in text, default
 
 
@@ -460,8 +571,16 @@ def test_overlay_outlines_the_reference_on_all_four_sides_with_a_visible_width(t
     width = line_thickness(reference.shape)
     assert width == 3 and line_thickness((2048, 512)) == 5  # 1/400 of the longer side
     band = outline(reference, width)
-    for row, col in ((500, 300), (500, 300 + width - 1), (500, 699), (500, 699 - width + 1),  # left, right
-                     (200, 500), (200 + width - 1, 500), (799, 500), (799 - width + 1, 500)):  # top, bottom
+    for row, col in (
+        (500, 300),
+        (500, 300 + width - 1),
+        (500, 699),
+        (500, 699 - width + 1),  # left, right
+        (200, 500),
+        (200 + width - 1, 500),
+        (799, 500),
+        (799 - width + 1, 500),
+    ):  # top, bottom
         assert band[row, col], (row, col)
     assert not band[500, 300 + width] and not band[500, 299] and not band[500, 500]
     assert band.sum() == reference.sum() - (600 - 2 * width) * (400 - 2 * width)  # closed: every edge pixel

@@ -44,8 +44,11 @@ def test_gray_is_copied_to_three_channels():
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float32, np.float64])
 def test_non_8bit_data_goes_through_the_robust_window(dtype):
-    values = np.linspace(-1000, 3000, 200 * 10).reshape(200, 10).astype(dtype) if dtype != np.uint16 else \
-        np.linspace(0, 4000, 2000).reshape(200, 10).astype(dtype)
+    values = (
+        np.linspace(-1000, 3000, 200 * 10).reshape(200, 10).astype(dtype)
+        if dtype != np.uint16
+        else np.linspace(0, 4000, 2000).reshape(200, 10).astype(dtype)
+    )
     rgb = to_rgb8(values)
     assert rgb.dtype == np.uint8
     assert rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255
@@ -73,7 +76,9 @@ def test_mask_round_trip_through_model_geometry(shape):
     """A mask drawn at the caller's size, taken to the model's low-res logit grid and back, keeps its shape."""
     height, width = shape
     rows, cols = np.mgrid[0:height, 0:width]
-    mask = ((rows - height / 2) ** 2 / max(height / 3, 0.5) ** 2 + (cols - width / 2) ** 2 / max(width / 3, 0.5) ** 2) < 1
+    mask = (
+        (rows - height / 2) ** 2 / max(height / 3, 0.5) ** 2 + (cols - width / 2) ** 2 / max(width / 3, 0.5) ** 2
+    ) < 1
     transform = ImageTransform()
     as_input = transform.prepare(mask.astype(np.uint8) * 255)  # (1, 3, 1024, 1024), same geometry as the image
     low_res = torch.nn.functional.interpolate(as_input[:, :1], size=(256, 256), mode="area")  # what a decoder sees

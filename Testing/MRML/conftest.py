@@ -13,7 +13,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.fail("the 'slicer' module is not slicer-core (another PyPI 'slicer' package shadows it)")
 import vtk  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "DeLightSAM"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: DeLightSAMSlicerLib, DeLightSAMLib
 
 
 class MRMLScene:
@@ -77,7 +77,9 @@ class MRMLScene:
         from vtk.util import numpy_support
 
         image = labelNode.GetImageData()
-        values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(tuple(reversed(image.GetDimensions())))
+        values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(
+            tuple(reversed(image.GetDimensions()))
+        )
         result = (values > 0).astype(np.uint8).copy()
         self.scene.RemoveNode(labelNode)
         return result
@@ -94,7 +96,9 @@ class MRMLScene:
         image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
         numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = values.astype(np.uint8).ravel()
         logic = slicer.vtkSlicerSegmentationsModuleLogic
-        assert logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_REPLACE, image.GetExtent())
+        assert logic.SetBinaryLabelmapToSegment(
+            image, segmentationNode, segmentId, logic.MODE_REPLACE, image.GetExtent()
+        )
 
     def close(self) -> None:
         for sliceLogic in self.sliceLogics:

@@ -99,8 +99,11 @@ def _volume(mrml, geometry):
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
-@pytest.mark.parametrize("corners", [((70, 55), (131.5, 97)), ((150, 30), (88, 122)), ((-400, 300), (110, 90))],
-                         ids=["inside", "drawn-backwards", "clipped"])
+@pytest.mark.parametrize(
+    "corners",
+    [((70, 55), (131.5, 97)), ((150, 30), (88, 122)), ((-400, 300), (110, 90))],
+    ids=["inside", "drawn-backwards", "clipped"],
+)
 def test_box_corners_map_to_the_view_pixels_they_show(mrml, geometry, orientation, corners):
     volume = _volume(mrml, geometry)
     sliceNode = _view(mrml, orientation, GEOMETRIES[geometry])
@@ -121,7 +124,10 @@ def test_axial_box_by_hand(mrml):
     sliceNode = _view(mrml, "Axial", GEOMETRIES["flipped-anisotropic"])
     plane = slicePlane(volume, sliceNode)
     ijkToRAS = GEOMETRIES["flipped-anisotropic"]
-    corners = [ijkToRAS @ np.array([2.1, 3.4, 2, 1.0]), ijkToRAS @ np.array([6.3, 1.2, 2, 1.0])]  # voxel centres at integers
+    corners = [
+        ijkToRAS @ np.array([2.1, 3.4, 2, 1.0]),
+        ijkToRAS @ np.array([6.3, 1.2, 2, 1.0]),
+    ]  # voxel centres at integers
     np.testing.assert_allclose(viewBox(plane, [c[:3] for c in corners]), [2.6, 1.7, 6.8, 3.9], atol=1e-9)
 
 
@@ -146,8 +152,9 @@ def test_box_mode_writes_the_voxels_inside_the_drawn_rectangle_and_undoes(mrml, 
     sliceNode = _view(mrml, orientation, GEOMETRIES[geometry])
     corners = [(71.3, 58.9), (128.2, 103.7)]
     logic = DeLightSAMMRMLLogic(BoxAsMask())
-    result = logic.segmentBox(volume, sliceNode, segmentation, target, SegmentationOptions(),
-                              [_xyToRAS(sliceNode, xy) for xy in corners])
+    result = logic.segmentBox(
+        volume, sliceNode, segmentation, target, SegmentationOptions(), [_xyToRAS(sliceNode, xy) for xy in corners]
+    )
     expected = _rectangleVoxels(sliceNode, GEOMETRIES[geometry], corners)
     assert 4 <= expected.sum() < expected.size
     np.testing.assert_array_equal(mrml.segmentArray(segmentation, target, volume), expected)
@@ -162,8 +169,9 @@ def test_oblique_box_writes_the_plane_inside_the_rectangle(mrml):
     segmentation, (target, _) = mrml.segmentation(volume)
     sliceNode = _view(mrml, "Oblique", GEOMETRIES["flipped-anisotropic"])
     corners = [(80, 60), (125, 100)]
-    result = DeLightSAMMRMLLogic(BoxAsMask()).segmentBox(volume, sliceNode, segmentation, target, SegmentationOptions(),
-                                                         [_xyToRAS(sliceNode, xy) for xy in corners])
+    result = DeLightSAMMRMLLogic(BoxAsMask()).segmentBox(
+        volume, sliceNode, segmentation, target, SegmentationOptions(), [_xyToRAS(sliceNode, xy) for xy in corners]
+    )
     k, j, i = np.nonzero(mrml.segmentArray(segmentation, target, volume))
     assert len(k) == result.voxelsAdded > 5
     rasToXY = np.linalg.inv(toArray(sliceNode.GetXYToRAS()))
@@ -193,12 +201,14 @@ def test_box_mode_honours_the_editable_area_and_overwrite(mrml, factor):
     editor = logic.editorLogic.GetSegmentEditorNode()
     editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
     editor.SetMaskSegmentID(other)
-    result = logic.segmentBox(volume, sliceNode, segmentation, target, "xray", [_xyToRAS(sliceNode, xy) for xy in CORNERS])
+    result = logic.segmentBox(
+        volume, sliceNode, segmentation, target, "xray", [_xyToRAS(sliceNode, xy) for xy in CORNERS]
+    )
     box = _rectangleVoxels(sliceNode, SOURCE, CORNERS)
     assert box[2, 1:8, 2:9].all() and box.sum() == 7 * 7 and 0 < (box & area).sum() < box.sum()
     assert _segment_in_lattice(segmentation, target) == _expected_in_lattice(segmentation, box & area)
     assert _segment_in_lattice(segmentation, other) == _expected_in_lattice(segmentation, area & (1 - box))
-    assert result.voxelsAdded == factor ** 3 * (box & area).sum()
+    assert result.voxelsAdded == factor**3 * (box & area).sum()
     logic.editorLogic.Undo()
     assert _segment_in_lattice(segmentation, target) == {}
 
@@ -217,14 +227,20 @@ def test_box_mode_replace_sets_the_slice_to_the_box(mrml, factor):
         _oversample(segmentation, volume, factor)
     sliceNode = _view(mrml, "Axial", SOURCE)
     logic = DeLightSAMMRMLLogic(BoxAsMask())
-    result = logic.segmentBox(volume, sliceNode, segmentation, target, SegmentationOptions(replace=True),
-                              [_xyToRAS(sliceNode, xy) for xy in CORNERS])
+    result = logic.segmentBox(
+        volume,
+        sliceNode,
+        segmentation,
+        target,
+        SegmentationOptions(replace=True),
+        [_xyToRAS(sliceNode, xy) for xy in CORNERS],
+    )
     box = _rectangleVoxels(sliceNode, SOURCE, CORNERS)
     after = start.copy()
     after[2] = box[2]
     assert _segment_in_lattice(segmentation, target) == _expected_in_lattice(segmentation, after)
-    assert result.voxelsRemoved == factor ** 3 * (start[2] & (1 - box[2])).sum()
-    assert result.voxelsAdded == factor ** 3 * (box[2] & (1 - start[2])).sum()
+    assert result.voxelsRemoved == factor**3 * (start[2] & (1 - box[2])).sum()
+    assert result.voxelsAdded == factor**3 * (box[2] & (1 - start[2])).sum()
     logic.editorLogic.Undo()
     assert _segment_in_lattice(segmentation, target) == _expected_in_lattice(segmentation, start)
 
@@ -309,20 +325,28 @@ def test_each_run_asks_the_provider_for_its_model(mrml):
     predictors = {AUTOMATIC: QuadrantPredictor(), BOX: BoxAsMask()}
     logic = DeLightSAMMRMLLogic(lambda model: asked.append(model) or predictors[model])
     logic.segmentSlice(volume, sliceNode, segmentation, target, "xray")
-    logic.segmentBox(volume, sliceNode, segmentation, target, "xray", [_xyToRAS(sliceNode, xy) for xy in [(80, 60), (120, 99)]])
+    logic.segmentBox(
+        volume, sliceNode, segmentation, target, "xray", [_xyToRAS(sliceNode, xy) for xy in [(80, 60), (120, 99)]]
+    )
     logic.segmentBoxFromSegment(volume, sliceNode, segmentation, target, "xray")
     assert asked == [AUTOMATIC, BOX, BOX]
     with pytest.raises(ValueError, match="a box is drawn on one slice"):
         logic.segmentAllSlices(volume, sliceNode, segmentation, target, SegmentationOptions(box=(1.0, 1.0, 4.0, 4.0)))
     options = SegmentationOptions(modality="fundus", box=(1.0, 2.0, 3.0, 4.0))
-    assert "box" not in str(options.toParameters()) and SegmentationOptions.fromParameters(options.toParameters()).box is None
+    assert (
+        "box" not in str(options.toParameters())
+        and SegmentationOptions.fromParameters(options.toParameters()).box is None
+    )
 
 
-@pytest.mark.parametrize("corners, message", [
-    ([(100, 80), (100, 80)], "the box is empty: drag from one corner"),
-    ([(100, 80), (100, 120)], "the box is empty"),
-    ([(-900, -900), (-700, -600)], "the box drawn on the Red view lies outside 'volume' on this slice"),
-])
+@pytest.mark.parametrize(
+    "corners, message",
+    [
+        ([(100, 80), (100, 80)], "the box is empty: drag from one corner"),
+        ([(100, 80), (100, 120)], "the box is empty"),
+        ([(-900, -900), (-700, -600)], "the box drawn on the Red view lies outside 'volume' on this slice"),
+    ],
+)
 def test_an_empty_box_is_one_clear_message_and_writes_nothing(mrml, corners, message):
     volume = _volume(mrml, "flipped-anisotropic")
     segmentation, (target, _) = mrml.segmentation(volume)
@@ -342,8 +366,11 @@ def test_box_from_an_empty_slice_of_the_segment_says_what_to_do(mrml):
     mrml.setSegment(segmentation, target, start, volume)
     segmentation.GetSegmentation().GetSegment(target).SetName("lesion")
     sliceNode = _view(mrml, "Axial", GEOMETRIES["flipped-anisotropic"])
-    with pytest.raises(SegmentationError, match=r"'lesion' has nothing on this slice of the Red view \(K = 2\) to draw "
-                                                r"a box around; segment it first"):
+    with pytest.raises(
+        SegmentationError,
+        match=r"'lesion' has nothing on this slice of the Red view \(K = 2\) to draw "
+        r"a box around; segment it first",
+    ):
         DeLightSAMMRMLLogic(BoxAsMask()).segmentBoxFromSegment(volume, sliceNode, segmentation, target, "xray")
     np.testing.assert_array_equal(mrml.segmentArray(segmentation, target, volume), start)
 
@@ -405,7 +432,9 @@ def test_box_from_segment_in_a_coarser_segmentation_covers_the_voxels_it_holds(m
     assert predictor.boxes == [(4.0, 2.0, 6.0, 4.0)]
 
 
-def test_real_litemedsam_through_box_mode_matches_the_library_and_upstream(mrml, litemedsam_predictor, litemedsam_reference):
+def test_real_litemedsam_through_box_mode_matches_the_library_and_upstream(
+    mrml, litemedsam_predictor, litemedsam_reference
+):
     """The released weights on the real chest radiograph of the reference, loaded as Slicer loads a PNG (a one-slice
     RGB volume, i to the left, j to posterior): the box dragged around the right lung on the axial view writes the
     mask upstream LiteMedSAM computes for that image and box (so the model saw both the right way round), exactly
@@ -418,8 +447,9 @@ def test_real_litemedsam_through_box_mode_matches_the_library_and_upstream(mrml,
     sliceNode.JumpSliceByCentering(*(lpsToRAS @ np.array([460, 489, 0, 1.0]))[:3])
     corners = [(lpsToRAS @ np.array([x - 0.5, y - 0.5, 0, 1.0]))[:3] for x, y in (box[:2], box[2:])]  # pixel edges
     predictor = ReusedEncoding(litemedsam_predictor)
-    result = DeLightSAMMRMLLogic(predictor).segmentBox(volume, sliceNode, segmentation, target, SegmentationOptions(),
-                                                       corners)
+    result = DeLightSAMMRMLLogic(predictor).segmentBox(
+        volume, sliceNode, segmentation, target, SegmentationOptions(), corners
+    )
     written = mrml.segmentArray(segmentation, target, volume)[0].astype(bool)
     assert (written == litemedsam_reference["mask_1"]).mean() > 0.999  # the model saw the image and box as upstream
     assert litemedsam_predictor.original_size == image.shape[:2]

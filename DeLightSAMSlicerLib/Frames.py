@@ -63,5 +63,3 @@ def _emptyCopy(segmentationNode):
     for segmentId in list(empty.GetSegmentation().GetSegmentIDs()):
         empty.GetSegmentation().ClearSegment(segmentId)
     return empty
-
-

@@ -50,10 +50,14 @@ def versionTuple(text: str) -> tuple[int, ...]:
 def checkSlicerVersion(slicerVersion: Optional[Sequence[int]]) -> None:
     """Raise DeLightSAMError, saying what to do, when ``slicerVersion`` (major, minor) is older than supported."""
     if slicerVersion is not None and tuple(slicerVersion)[:2] < MINIMUM_SLICER_VERSION:
-        raise DeLightSAMError(_(
-            "De-LightSAM needs 3D Slicer {minimum} or later, this is {version}: install a current Slicer from "
-            "https://download.slicer.org").format(minimum=".".join(map(str, MINIMUM_SLICER_VERSION)),
-                                                   version=".".join(map(str, tuple(slicerVersion)[:2]))))
+        raise DeLightSAMError(
+            _(
+                "De-LightSAM needs 3D Slicer {minimum} or later, this is {version}: install a current Slicer from "
+                "https://download.slicer.org"
+            ).format(
+                minimum=".".join(map(str, MINIMUM_SLICER_VERSION)), version=".".join(map(str, tuple(slicerVersion)[:2]))
+            )
+        )
 
 
 def installedVersion(distribution: str) -> Optional[str]:
@@ -80,15 +84,22 @@ def torchState() -> TorchState:
     """Looks at the installed torch: its metadata first, then an import (guarded: any exception means broken)."""
     version = installedVersion("torch")
     if version is None and importlib.util.find_spec("torch") is None:
-        return TorchState(problem=_("PyTorch is not installed; click 'Install dependencies' (asks first)"), missing=True)
+        return TorchState(
+            problem=_("PyTorch is not installed; click 'Install dependencies' (asks first)"), missing=True
+        )
     if version is not None and versionTuple(version) < versionTuple(MINIMUM_TORCH_VERSION):
         return _tooOld(version)  # refused before importing: an old torch may not even import in this Python
     try:
         torch = importlib.import_module("torch")
     except Exception as error:  # OSError (a missing DLL), ImportError of a part of it, ...
-        return TorchState(version, _(
-            "PyTorch {version} is installed but cannot be imported ({error}); click 'Install dependencies' to "
-            "reinstall it, then restart Slicer").format(version=version or "", error=_firstLine(error)), broken=True)
+        return TorchState(
+            version,
+            _(
+                "PyTorch {version} is installed but cannot be imported ({error}); click 'Install dependencies' to "
+                "reinstall it, then restart Slicer"
+            ).format(version=version or "", error=_firstLine(error)),
+            broken=True,
+        )
     version = version or str(getattr(torch, "__version__", ""))
     if versionTuple(version) < versionTuple(MINIMUM_TORCH_VERSION):
         return _tooOld(version)
@@ -96,16 +107,23 @@ def torchState() -> TorchState:
 
 
 def _tooOld(version: str) -> TorchState:
-    return TorchState(version, _(
-        "PyTorch {version} is installed, but De-LightSAM needs {minimum} or later; uninstall it in the PyTorch Utils "
-        "module, restart Slicer, then click 'Install dependencies'").format(version=version, minimum=MINIMUM_TORCH_VERSION),
-        tooOld=True)
+    return TorchState(
+        version,
+        _(
+            "PyTorch {version} is installed, but De-LightSAM needs {minimum} or later; uninstall it in the PyTorch Utils "
+            "module, restart Slicer, then click 'Install dependencies'"
+        ).format(version=version, minimum=MINIMUM_TORCH_VERSION),
+        tooOld=True,
+    )
 
 
 def missingPackages(pythonVersion: Optional[Sequence[int]] = None) -> dict[str, str]:
     """The packages of ``pipRequirements`` that are not installed: import name -> pip requirement."""
-    return {name: requirement for name, requirement in pipRequirements(pythonVersion).items()
-            if importlib.util.find_spec(name) is None}
+    return {
+        name: requirement
+        for name, requirement in pipRequirements(pythonVersion).items()
+        if importlib.util.find_spec(name) is None
+    }
 
 
 class Installer(Protocol):
@@ -125,7 +143,9 @@ class SlicerInstaller:
     def installTorch(self, requirement: str) -> None:
         torchUtils = self._pyTorchUtils()
         if torchUtils.installTorch(askConfirmation=False, torchVersionRequirement=requirement) is None:
-            raise DeLightSAMError(_("PyTorch was not installed; open the PyTorch Utils module to install it, then try again"))
+            raise DeLightSAMError(
+                _("PyTorch was not installed; open the PyTorch Utils module to install it, then try again")
+            )
 
     def uninstallTorch(self) -> None:
         self._pyTorchUtils().uninstallTorch()
@@ -140,9 +160,12 @@ class SlicerInstaller:
         try:
             import PyTorchUtils
         except ModuleNotFoundError:
-            raise DeLightSAMError(_(
-                "De-LightSAM installs PyTorch through the PyTorch extension: install 'PyTorch' in the Extensions "
-                "Manager, restart Slicer, then try again")) from None
+            raise DeLightSAMError(
+                _(
+                    "De-LightSAM installs PyTorch through the PyTorch extension: install 'PyTorch' in the Extensions "
+                    "Manager, restart Slicer, then try again"
+                )
+            ) from None
         return PyTorchUtils.PyTorchUtilsLogic()
 
 

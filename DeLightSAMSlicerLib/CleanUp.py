@@ -34,5 +34,7 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list]:
     connectivity.SetLabelModeToSizeRank()
     connectivity.Update()
     labels = numpy_support.vtk_to_numpy(connectivity.GetOutput().GetPointData().GetScalars()).reshape(mask.shape)
-    sizes = [connectivity.GetExtractedRegionSizes().GetValue(i) for i in range(connectivity.GetNumberOfExtractedRegions())]
+    sizes = [
+        connectivity.GetExtractedRegionSizes().GetValue(i) for i in range(connectivity.GetNumberOfExtractedRegions())
+    ]
     return labels.astype(np.int64), sizes

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
-
 import slicer
+
 from DeLightSAMLib.intensity import Window, to_rgb8
 from DeLightSAMLib.progress import ProgressCallback  # progress(done, total); raise SegmentationCancelled to stop
 from DeLightSAMLib.registry import MODALITIES
@@ -72,8 +72,13 @@ class SegmentationOptions:
 
     # The Segment Editor effect keeps the options in its parameter node under these names (field -> parameter),
     # declared here once; parameter values are strings, booleans "0"/"1". Every field but the box is a parameter.
-    PARAMETER_NAMES = {"modality": "Modality", "threshold": "Threshold", "replace": "Replace",
-                       "keepLargestComponent": "KeepLargest", "fillHoles": "FillHoles"}
+    PARAMETER_NAMES = {
+        "modality": "Modality",
+        "threshold": "Threshold",
+        "replace": "Replace",
+        "keepLargestComponent": "KeepLargest",
+        "fillHoles": "FillHoles",
+    }
 
     def toParameters(self) -> dict[str, str]:
         """Parameter name -> value, as the effect's parameter node stores them."""
@@ -162,8 +167,11 @@ class EditorLogicWriter:
     def modifierGeometry(self) -> ModifierGeometry:
         geometry = self.editorLogic.GetReferenceImageGeometryString()
         if not geometry:
-            raise SegmentationError(_("'{segmentation}' has no reference geometry; choose a source volume").format(
-                segmentation=self.segmentationNode.GetName()))
+            raise SegmentationError(
+                _("'{segmentation}' has no reference geometry; choose a source volume").format(
+                    segmentation=self.segmentationNode.GetName()
+                )
+            )
         return ModifierGeometry.fromSerialized(geometry)
 
     def saveStateForUndo(self) -> None:
@@ -239,8 +247,16 @@ class DeLightSAMMRMLLogic:
         return view.rgb8(), view.plane
 
     # ------------------------------------------------------------------ the three runs
-    def segmentSlice(self, sourceVolumeNode, sliceNode, segmentationNode, segmentId: str, options,
-                     writer: Optional[LabelmapWriter] = None, **changes) -> SliceResult:
+    def segmentSlice(
+        self,
+        sourceVolumeNode,
+        sliceNode,
+        segmentationNode,
+        segmentId: str,
+        options,
+        writer: Optional[LabelmapWriter] = None,
+        **changes,
+    ) -> SliceResult:
         """Predict the slice ``sliceNode`` shows and write it into that slice of ``segmentId``. One undo step.
 
         ``options``: :class:`SegmentationOptions` or a modality; keyword arguments replace its fields.
@@ -250,8 +266,17 @@ class DeLightSAMMRMLLogic:
         view = self.sliceView(sourceVolumeNode, sliceNode)
         return self._segmentView(view, sourceVolumeNode, segmentationNode, segmentId, options, writer)
 
-    def segmentBox(self, sourceVolumeNode, sliceNode, segmentationNode, segmentId: str, options, corners,
-                   writer: Optional[LabelmapWriter] = None, **changes) -> SliceResult:
+    def segmentBox(
+        self,
+        sourceVolumeNode,
+        sliceNode,
+        segmentationNode,
+        segmentId: str,
+        options,
+        corners,
+        writer: Optional[LabelmapWriter] = None,
+        **changes,
+    ) -> SliceResult:
         """LiteMedSAM's mask of what lies inside a box drawn on the view ``sliceNode``: ``corners`` are two opposite
         corners in world RAS (where the drag started and ended). The box is mapped to the pixels of the image the
         model sees through the same geometry as the mask, and clipped to it; written as ``segmentSlice`` writes
@@ -260,11 +285,25 @@ class DeLightSAMMRMLLogic:
         self._checkSegment(segmentationNode, segmentId)
         view = self.sliceView(sourceVolumeNode, sliceNode)
         box = viewBox(view.plane, corners, sliceNode.GetName(), sourceVolumeNode.GetName())
-        return self._segmentView(view, sourceVolumeNode, segmentationNode, segmentId,
-                                 SegmentationOptions.of(options, box=tuple(float(value) for value in box)), writer)
+        return self._segmentView(
+            view,
+            sourceVolumeNode,
+            segmentationNode,
+            segmentId,
+            SegmentationOptions.of(options, box=tuple(float(value) for value in box)),
+            writer,
+        )
 
-    def segmentBoxFromSegment(self, sourceVolumeNode, sliceNode, segmentationNode, segmentId: str, options,
-                              writer: Optional[LabelmapWriter] = None, **changes) -> SliceResult:
+    def segmentBoxFromSegment(
+        self,
+        sourceVolumeNode,
+        sliceNode,
+        segmentationNode,
+        segmentId: str,
+        options,
+        writer: Optional[LabelmapWriter] = None,
+        **changes,
+    ) -> SliceResult:
         """Refine the segment on the slice ``sliceNode`` shows: LiteMedSAM segments the box that just holds the
         segment's pixels on that view, and the segment's part of the slice becomes that mask (``replace``)."""
         options = SegmentationOptions.of(options, **changes)
@@ -272,28 +311,51 @@ class DeLightSAMMRMLLogic:
         view = self.sliceView(sourceVolumeNode, sliceNode)
         box = maskBox(segmentViewMask(view.plane, segmentationNode, segmentId))
         if box is None:
-            raise SegmentationError(_(
-                "'{segment}' has nothing on this slice of the {view} view ({plane}) to draw a box around; segment it "
-                "first (Apply, or paint), or draw a box").format(
+            raise SegmentationError(
+                _(
+                    "'{segment}' has nothing on this slice of the {view} view ({plane}) to draw a box around; segment it "
+                    "first (Apply, or paint), or draw a box"
+                ).format(
                     segment=segmentationNode.GetSegmentation().GetSegment(segmentId).GetName(),
-                    view=sliceNode.GetName(), plane=view.plane.description))
+                    view=sliceNode.GetName(),
+                    plane=view.plane.description,
+                )
+            )
         options = SegmentationOptions.of(options, box=tuple(float(value) for value in box), replace=True)
         return self._segmentView(view, sourceVolumeNode, segmentationNode, segmentId, options, writer)
 
-    def _segmentView(self, view: SliceView, sourceVolumeNode, segmentationNode, segmentId: str,
-                     options: SegmentationOptions, writer: Optional[LabelmapWriter]) -> SliceResult:
+    def _segmentView(
+        self,
+        view: SliceView,
+        sourceVolumeNode,
+        segmentationNode,
+        segmentId: str,
+        options: SegmentationOptions,
+        writer: Optional[LabelmapWriter],
+    ) -> SliceResult:
         """Predict and write one view (one undo step)."""
         result = self._run(_Job(1, lambda _item: view), sourceVolumeNode, segmentationNode, segmentId, options, writer)
         result.description = view.plane.description
         if options.box is not None:
             result.description = _("box of {width} x {height} px on {plane}").format(
-                width=f"{options.box[2] - options.box[0]:.0f}", height=f"{options.box[3] - options.box[1]:.0f}",
-                plane=view.plane.description)
+                width=f"{options.box[2] - options.box[0]:.0f}",
+                height=f"{options.box[3] - options.box[1]:.0f}",
+                plane=view.plane.description,
+            )
         return result
 
-    def segmentAllSlices(self, sourceVolumeNode, sliceNode, segmentationNode, segmentId: str, options,
-                         writer: Optional[LabelmapWriter] = None, *, progress: Optional[ProgressCallback] = None,
-                         **changes) -> SliceResult:
+    def segmentAllSlices(
+        self,
+        sourceVolumeNode,
+        sliceNode,
+        segmentationNode,
+        segmentId: str,
+        options,
+        writer: Optional[LabelmapWriter] = None,
+        *,
+        progress: Optional[ProgressCallback] = None,
+        **changes,
+    ) -> SliceResult:
         """Every slice of the volume along the view's normal, in batches; one undo step for the whole run.
 
         Slices with one value everywhere (padding, air outside the field of view) cost one network pass per distinct
@@ -313,14 +375,27 @@ class DeLightSAMMRMLLogic:
             return SliceView(viewImage(voxels, planeAtIndex), window, planeAtIndex)
 
         total = plane.volumeDimensions[plane.axis]
-        result = self._run(_Job(total, viewAt), sourceVolumeNode, segmentationNode, segmentId, options, writer, progress)
+        result = self._run(
+            _Job(total, viewAt), sourceVolumeNode, segmentationNode, segmentId, options, writer, progress
+        )
         result.description = _("{done} of {total} slices along {axis}").format(
-            done=result.sliceCount, total=total, axis="IJK"[plane.axis])
+            done=result.sliceCount, total=total, axis="IJK"[plane.axis]
+        )
         return result
 
-    def segmentAllFrames(self, browserNode, sourceVolumeNode, sliceNode, segmentationNode, segmentId: str, options,
-                         writer: Optional[LabelmapWriter] = None, *, progress: Optional[ProgressCallback] = None,
-                         **changes) -> SliceResult:
+    def segmentAllFrames(
+        self,
+        browserNode,
+        sourceVolumeNode,
+        sliceNode,
+        segmentationNode,
+        segmentId: str,
+        options,
+        writer: Optional[LabelmapWriter] = None,
+        *,
+        progress: Optional[ProgressCallback] = None,
+        **changes,
+    ) -> SliceResult:
         """The slice ``sliceNode`` shows, in every frame of a sequence; each frame's mask goes into the matching
         item of the segmentation sequence synchronised with ``browserNode`` (one modification per frame).
 
@@ -337,16 +412,23 @@ class DeLightSAMMRMLLogic:
             raise SegmentationError(_("no sequence browser: load the clip as a sequence (e.g. a 4D or cine volume)"))
         volumeSequence = browserNode.GetSequenceNode(sourceVolumeNode) if sourceVolumeNode is not None else None
         if volumeSequence is None:
-            raise SegmentationError(_(
-                "'{volume}' is not a frame of the sequence browser '{browser}'; choose the browser's volume as "
-                "source volume").format(volume=sourceVolumeNode.GetName() if sourceVolumeNode else _("the source volume"),
-                                        browser=browserNode.GetName()))
+            raise SegmentationError(
+                _(
+                    "'{volume}' is not a frame of the sequence browser '{browser}'; choose the browser's volume as "
+                    "source volume"
+                ).format(
+                    volume=sourceVolumeNode.GetName() if sourceVolumeNode else _("the source volume"),
+                    browser=browserNode.GetName(),
+                )
+            )
         segmentationSequence = browserNode.GetSequenceNode(segmentationNode)
         if segmentationSequence is None:
-            raise SegmentationError(_(
-                "'{segmentation}' is not synchronised with the sequence browser '{browser}'; add it in the Sequences "
-                "module (Synchronized nodes) so that each frame has its own segmentation").format(
-                    segmentation=segmentationNode.GetName(), browser=browserNode.GetName()))
+            raise SegmentationError(
+                _(
+                    "'{segmentation}' is not synchronised with the sequence browser '{browser}'; add it in the Sequences "
+                    "module (Synchronized nodes) so that each frame has its own segmentation"
+                ).format(segmentation=segmentationNode.GetName(), browser=browserNode.GetName())
+            )
         self._checkedVoxels(sourceVolumeNode)
         if sliceNode is None:
             raise SegmentationError(_("no slice view selected; choose the view whose slice to segment"))
@@ -394,9 +476,17 @@ class DeLightSAMMRMLLogic:
         return True
 
     # ------------------------------------------------------------------ the loop
-    def _run(self, job: _Job, sourceVolumeNode, segmentationNode, segmentId: str, options: SegmentationOptions,
-             writer: Optional[LabelmapWriter], progress: Optional[ProgressCallback] = None,
-             predictor=None) -> SliceResult:
+    def _run(
+        self,
+        job: _Job,
+        sourceVolumeNode,
+        segmentationNode,
+        segmentId: str,
+        options: SegmentationOptions,
+        writer: Optional[LabelmapWriter],
+        progress: Optional[ProgressCallback] = None,
+        predictor=None,
+    ) -> SliceResult:
         """View, predict and write ``job``'s items ``batchSize`` at a time; report progress per batch; stop
         cleanly when ``progress`` cancels or the scene is closed (nothing in it is touched after that)."""
         start = time.perf_counter()
@@ -428,12 +518,16 @@ class DeLightSAMMRMLLogic:
             except SegmentationCancelled:
                 cancelled = True
         if done and not covered and not scene.closed:
-            raise SegmentationError(_(
-                "the slice covers no voxel of '{segmentation}' (it lies outside the segmentation's geometry, or "
-                "between its voxels where they are coarser than the volume's); give the segmentation the geometry of "
-                "'{volume}' (Segment Editor: Specify geometry) and apply again").format(
-                    segmentation=segmentationNode.GetName(), volume=sourceVolumeNode.GetName()))
-        return SliceResult(added, removed, done, time.perf_counter() - start, "", cancelled or scene.closed, scene.closed)
+            raise SegmentationError(
+                _(
+                    "the slice covers no voxel of '{segmentation}' (it lies outside the segmentation's geometry, or "
+                    "between its voxels where they are coarser than the volume's); give the segmentation the geometry of "
+                    "'{volume}' (Segment Editor: Specify geometry) and apply again"
+                ).format(segmentation=segmentationNode.GetName(), volume=sourceVolumeNode.GetName())
+            )
+        return SliceResult(
+            added, removed, done, time.perf_counter() - start, "", cancelled or scene.closed, scene.closed
+        )
 
     @staticmethod
     def _predictMasks(predictor, views: Sequence[SliceView], options: SegmentationOptions) -> list[np.ndarray]:
@@ -455,14 +549,16 @@ class DeLightSAMMRMLLogic:
         for index, view in enumerate(views):
             byWindow.setdefault(tuple(float(value) for value in view.window), []).append(index)
         for window, indices in byWindow.items():
-            results = predictor.predict_batch([views[i].image for i in indices], options.modality,
-                                              threshold=options.threshold, window=window)
+            results = predictor.predict_batch(
+                [views[i].image for i in indices], options.modality, threshold=options.threshold, window=window
+            )
             for index, result in zip(indices, results):
                 masks[index] = result.mask
         return masks
 
-    def _write(self, group, segmentationNode, segmentId: str, options: SegmentationOptions,
-               writer: LabelmapWriter) -> Optional[tuple[int, int]]:
+    def _write(
+        self, group, segmentationNode, segmentId: str, options: SegmentationOptions, writer: LabelmapWriter
+    ) -> Optional[tuple[int, int]]:
         """Write the masks of ``group`` (item, view, mask) as one labelmap in the modifier geometry (a Remove of the
         covered voxels first, with ``replace``); returns the segment's voxels (added, removed), read back, or None
         when the slices lie outside the modifier geometry."""
@@ -499,10 +595,12 @@ class DeLightSAMMRMLLogic:
         voxels = voxelArray(volumeNode)
         components = voxels.shape[3] if voxels.ndim == 4 else 1
         if components not in (1, 3, 4):
-            raise SegmentationError(_(
-                "'{volume}' has {components} values per voxel (a 4D or multi-channel volume); load it as a sequence "
-                "and segment one frame, or extract one channel first").format(
-                    volume=volumeNode.GetName(), components=components))
+            raise SegmentationError(
+                _(
+                    "'{volume}' has {components} values per voxel (a 4D or multi-channel volume); load it as a sequence "
+                    "and segment one frame, or extract one channel first"
+                ).format(volume=volumeNode.GetName(), components=components)
+            )
         return voxels
 
     @staticmethod
@@ -510,8 +608,11 @@ class DeLightSAMMRMLLogic:
         if segmentationNode is None:
             raise SegmentationError(_("no segmentation selected; create or choose one in the Segment Editor"))
         if not segmentId or segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
-            raise SegmentationError(_("segment '{segment}' is not in '{segmentation}'; select a segment").format(
-                segment=segmentId, segmentation=segmentationNode.GetName()))
+            raise SegmentationError(
+                _("segment '{segment}' is not in '{segmentation}'; select a segment").format(
+                    segment=segmentId, segmentation=segmentationNode.GetName()
+                )
+            )
 
     def _defaultWriter(self, sourceVolumeNode, segmentationNode, segmentId: str) -> EditorLogicWriter:
         """A writer on this logic's own segment editor logic (scripts and tests; the effect passes its own).
@@ -521,12 +622,17 @@ class DeLightSAMMRMLLogic:
         """
         scene = segmentationNode.GetScene()
         if scene is None:
-            raise SegmentationError(_("'{segmentation}' is not in a scene").format(segmentation=segmentationNode.GetName()))
+            raise SegmentationError(
+                _("'{segmentation}' is not in a scene").format(segmentation=segmentationNode.GetName())
+            )
         editorLogicClass = getattr(slicer, "vtkSlicerSegmentEditorLogic", None)
         if editorLogicClass is None:
-            raise SegmentationError(_(
-                "writing a segment outside the Segment Editor needs Slicer 5.10 or later (vtkSlicerSegmentEditorLogic); "
-                "in this Slicer use the De-LightSAM effect in the Segment Editor"))
+            raise SegmentationError(
+                _(
+                    "writing a segment outside the Segment Editor needs Slicer 5.10 or later (vtkSlicerSegmentEditorLogic); "
+                    "in this Slicer use the De-LightSAM effect in the Segment Editor"
+                )
+            )
         if self.editorLogic is None or self.editorLogic.GetMRMLScene() is not scene:
             if not scene.IsNodeClassRegistered("vtkMRMLSegmentEditorNode"):
                 scene.RegisterNodeClass(slicer.vtkMRMLSegmentEditorNode())

@@ -52,10 +52,12 @@ def worldFromNode(node) -> np.ndarray:
     if transformNode is None:
         return np.eye(4)
     if not transformNode.IsTransformToWorldLinear():
-        raise SegmentationError(_(
-            "'{node}' is under the non-linear transform '{transform}'; "
-            "harden the transform (Data module, right-click > Harden transform) and apply again"
-        ).format(node=node.GetName(), transform=transformNode.GetName()))
+        raise SegmentationError(
+            _(
+                "'{node}' is under the non-linear transform '{transform}'; "
+                "harden the transform (Data module, right-click > Harden transform) and apply again"
+            ).format(node=node.GetName(), transform=transformNode.GetName())
+        )
     matrix = vtk.vtkMatrix4x4()
     transformNode.GetMatrixTransformToWorld(matrix)
     return matrixToArray(matrix)
@@ -76,8 +78,9 @@ def voxelArray(volumeNode) -> np.ndarray:
         raise SegmentationError(_("'{volume}' has no voxels; load an image into it first").format(volume=name))
     dims = imageData.GetDimensions()
     if 0 in dims:
-        raise SegmentationError(_("'{volume}' is empty (dimensions {dimensions})").format(
-            volume=volumeNode.GetName(), dimensions=dims))
+        raise SegmentationError(
+            _("'{volume}' is empty (dimensions {dimensions})").format(volume=volumeNode.GetName(), dimensions=dims)
+        )
     scalars = numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars())
     components = imageData.GetNumberOfScalarComponents()
     shape = tuple(reversed(dims)) + ((components,) if components > 1 else ())
@@ -140,10 +143,12 @@ def slicePlane(volumeNode, sliceNode, anyOffset: bool = False) -> SlicePlane:
     ).format(view=viewName, volume=volumeNode.GetName())
     aligned = normalAligned and colAligned and yAligned and len({normalAxis, colAxis, yAxis}) == 3
     if anyOffset and not aligned:
-        raise SegmentationError(_(
-            "the {view} view is not aligned with the axes of '{volume}', which 'All slices' needs; use the view's "
-            "'Rotate to volume plane' button, or segment the oblique slice on its own"
-        ).format(view=viewName, volume=volumeNode.GetName()))
+        raise SegmentationError(
+            _(
+                "the {view} view is not aligned with the axes of '{volume}', which 'All slices' needs; use the view's "
+                "'Rotate to volume plane' button, or segment the oblique slice on its own"
+            ).format(view=viewName, volume=volumeNode.GetName())
+        )
     if aligned:
         centerIJK = worldToIJK @ sliceToRAS[:, 3]
         index = int(np.floor(centerIJK[normalAxis] + 0.5))
@@ -152,9 +157,17 @@ def slicePlane(volumeNode, sliceNode, anyOffset: bool = False) -> SlicePlane:
         elif not 0 <= index < dims[normalAxis]:
             raise SegmentationError(outside)
         return SlicePlane(
-            volumeDimensions=tuple(dims), ijkToWorld=ijkToWorld, aligned=True, axis=normalAxis, index=index,
-            rowAxis=yAxis, rowSign=-ySign, colAxis=colAxis, colSign=colSign,
-            shape=(dims[yAxis], dims[colAxis]), description=_("{axis} = {index}").format(axis="IJK"[normalAxis], index=index),
+            volumeDimensions=tuple(dims),
+            ijkToWorld=ijkToWorld,
+            aligned=True,
+            axis=normalAxis,
+            index=index,
+            rowAxis=yAxis,
+            rowSign=-ySign,
+            colAxis=colAxis,
+            colSign=colSign,
+            shape=(dims[yAxis], dims[colAxis]),
+            description=_("{axis} = {index}").format(axis="IJK"[normalAxis], index=index),
         )
     return _obliquePlane(volumeNode, sliceNode, dims, ijkToWorld, worldToIJK, sliceToRAS, outside)
 
@@ -165,8 +178,9 @@ def _obliquePlane(volumeNode, sliceNode, dims, ijkToWorld, worldToIJK, sliceToRA
     spacing = np.linalg.norm(ijkToWorld[:3, :3], axis=0)
     pixel = float(spacing.min())
     rasToSlice = np.linalg.inv(sliceToRAS)
-    corners = np.array([[i, j, k, 1.0] for i in (-0.5, dims[0] - 0.5) for j in (-0.5, dims[1] - 0.5)
-                        for k in (-0.5, dims[2] - 0.5)])
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (-0.5, dims[0] - 0.5) for j in (-0.5, dims[1] - 0.5) for k in (-0.5, dims[2] - 0.5)]
+    )
     inSlice = (rasToSlice @ ijkToWorld @ corners.T)[:3]
     if not (inSlice[2].min() <= 0 <= inSlice[2].max()):
         raise SegmentationError(outside)
@@ -180,9 +194,14 @@ def _obliquePlane(volumeNode, sliceNode, dims, ijkToWorld, worldToIJK, sliceToRA
     # (col + 0.5, row + 0.5) -> slice (x, y): x grows with col, y falls with row (rows run down the screen).
     pixelToSlice = np.array([[pixel, 0, 0, xMin], [0, -pixel, 0, yMax], [0, 0, 1, 0], [0, 0, 0, 1]])
     pixelToIJK = worldToIJK @ sliceToRAS @ pixelToSlice
-    return SlicePlane(volumeDimensions=tuple(dims), ijkToWorld=ijkToWorld, aligned=False, shape=(rows, cols),
-                      pixelToIJK=pixelToIJK, description=_("oblique, {rows} x {cols} px of {pixel} mm").format(
-                          rows=rows, cols=cols, pixel=f"{pixel:.3g}"))
+    return SlicePlane(
+        volumeDimensions=tuple(dims),
+        ijkToWorld=ijkToWorld,
+        aligned=False,
+        shape=(rows, cols),
+        pixelToIJK=pixelToIJK,
+        description=_("oblique, {rows} x {cols} px of {pixel} mm").format(rows=rows, cols=cols, pixel=f"{pixel:.3g}"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- pixels
@@ -220,7 +239,11 @@ def _trilinear(voxels: np.ndarray, ijk: np.ndarray) -> np.ndarray:
                 i = np.minimum(base[0] + di, dims[0] - 1)
                 j = np.minimum(base[1] + dj, dims[1] - 1)
                 k = np.minimum(base[2] + dk, dims[2] - 1)
-                weight = (frac[0] if di else 1 - frac[0]) * (frac[1] if dj else 1 - frac[1]) * (frac[2] if dk else 1 - frac[2])
+                weight = (
+                    (frac[0] if di else 1 - frac[0])
+                    * (frac[1] if dj else 1 - frac[1])
+                    * (frac[2] if dk else 1 - frac[2])
+                )
                 sample = voxels[k, j, i].astype(np.float64)
                 result += sample * (weight[:, None] if sample.ndim > 1 else weight)
     result[~inside] = np.nan
@@ -236,7 +259,12 @@ def displayWindow(volumeNode, voxels: np.ndarray) -> Window:
     if voxels.ndim == 4 and voxels.dtype == np.uint8:
         return IDENTITY_WINDOW
     displayNode = volumeNode.GetDisplayNode() if volumeNode is not None else None
-    if displayNode is not None and hasattr(displayNode, "GetWindow") and displayNode.GetWindow() > 0 and voxels.ndim == 3:
+    if (
+        displayNode is not None
+        and hasattr(displayNode, "GetWindow")
+        and displayNode.GetWindow() > 0
+        and voxels.ndim == 3
+    ):
         return float(displayNode.GetLevel()), float(displayNode.GetWindow())
     return robust_window(voxels)
 
@@ -258,7 +286,9 @@ def sliceVoxels(mask: np.ndarray, plane: SlicePlane) -> tuple[np.ndarray, np.nda
         return ijk, mask.ravel()
     ijk, hits = _obliqueVoxels(mask, plane)
     if len(ijk) == 0:
-        raise SegmentationError(_("the view's plane passes between the volume's voxels; scroll it slightly and apply again"))
+        raise SegmentationError(
+            _("the view's plane passes between the volume's voxels; scroll it slightly and apply again")
+        )
     return ijk, hits.astype(bool)
 
 
@@ -277,7 +307,9 @@ def _digitalPlane(plane: SlicePlane) -> tuple[np.ndarray, int, int, int, np.ndar
     return ijkToPixel, u, v, w, normal, float(ijkToPixel[2, 3])
 
 
-def _digitalPlaneW(gu: np.ndarray, gv: np.ndarray, normal: np.ndarray, offset: float, u: int, v: int, w: int) -> np.ndarray:
+def _digitalPlaneW(
+    gu: np.ndarray, gv: np.ndarray, normal: np.ndarray, offset: float, u: int, v: int, w: int
+) -> np.ndarray:
     return np.rint(-(normal[u] * gu + normal[v] * gv + offset) / normal[w]).astype(np.int64)
 
 
@@ -324,8 +356,12 @@ def viewPosition(plane: SlicePlane, ras) -> np.ndarray:
     ijk = np.linalg.solve(plane.ijkToWorld, np.array([*np.asarray(ras, float)[:3], 1.0]))
     if not plane.aligned:
         return (np.linalg.inv(plane.pixelToIJK) @ ijk)[:2]
-    return np.array([_indexToView(ijk[plane.colAxis], plane.colSign, plane.shape[1]),
-                     _indexToView(ijk[plane.rowAxis], plane.rowSign, plane.shape[0])])
+    return np.array(
+        [
+            _indexToView(ijk[plane.colAxis], plane.colSign, plane.shape[1]),
+            _indexToView(ijk[plane.rowAxis], plane.rowSign, plane.shape[0]),
+        ]
+    )
 
 
 def _indexToView(index: float, sign: int, size: int) -> float:
@@ -346,9 +382,11 @@ def viewBox(plane: SlicePlane, corners, viewName: str = "", volumeName: str = ""
     rows, cols = plane.shape
     clippedLow, clippedHigh = np.maximum(low, 0.0), np.minimum(high, [cols, rows])
     if not np.all(clippedHigh > clippedLow):
-        raise SegmentationError(_(
-            "the box drawn on the {view} view lies outside '{volume}' on this slice; draw it over the image").format(
-                view=viewName or _("slice"), volume=volumeName))
+        raise SegmentationError(
+            _("the box drawn on the {view} view lies outside '{volume}' on this slice; draw it over the image").format(
+                view=viewName or _("slice"), volume=volumeName
+            )
+        )
     return np.array([clippedLow[0], clippedLow[1], clippedHigh[0], clippedHigh[1]])
 
 

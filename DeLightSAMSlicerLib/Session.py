@@ -18,11 +18,25 @@ import logging
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, Sequence
 
-from DeLightSAMLib.checkpoint import cached_path, checkpoint_origin, download_checkpoint, remote_size, resolve_checkpoint
+from DeLightSAMLib.checkpoint import (
+    cached_path,
+    checkpoint_origin,
+    download_checkpoint,
+    remote_size,
+    resolve_checkpoint,
+)
 from DeLightSAMLib.errors import CheckpointError, DeLightSAMError, DownloadCancelled, DownloadError
 from DeLightSAMLib.registry import CHECKPOINTS, MODALITIES, get_checkpoint_entry
 from DeLightSAMSlicerLib.i18n import tr as _
-from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, DEFAULT_CHECKPOINTS, MODELS, ReusedEncoding, isCheckpointFor, modelTitle
+from DeLightSAMSlicerLib.Models import (
+    AUTOMATIC,
+    BOX,
+    DEFAULT_CHECKPOINTS,
+    MODELS,
+    ReusedEncoding,
+    isCheckpointFor,
+    modelTitle,
+)
 from DeLightSAMSlicerLib.Requirements import (
     MINIMUM_TORCH_VERSION,
     Installer,
@@ -92,8 +106,9 @@ class DeLightSAMSession:
             cls._shared = cls(SlicerSettings(), SlicerInstaller(), (slicer.app.majorVersion, slicer.app.minorVersion))
         return cls._shared
 
-    def __init__(self, settings: Settings, installer: Optional[Installer] = None,
-                 slicerVersion: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self, settings: Settings, installer: Optional[Installer] = None, slicerVersion: Optional[Sequence[int]] = None
+    ) -> None:
         self.settings = settings
         self.installer = installer
         self.slicerVersion = tuple(slicerVersion) if slicerVersion is not None else None
@@ -150,8 +165,12 @@ class DeLightSAMSession:
         if self.checkpointChoice(model) != LOCAL_FILE:
             return self.checkpointChoice(model)
         if not self.localCheckpointPath(model).strip():
-            raise CheckpointError(_("no checkpoint file chosen: click 'Browse...' to pick a .pth file, or choose a "
-                                    "downloadable checkpoint"))
+            raise CheckpointError(
+                _(
+                    "no checkpoint file chosen: click 'Browse...' to pick a .pth file, or choose a "
+                    "downloadable checkpoint"
+                )
+            )
         return self.localCheckpointPath(model).strip()
 
     # ------------------------------------------------------------------ status
@@ -162,8 +181,9 @@ class DeLightSAMSession:
             checkSlicerVersion(self.slicerVersion)
         except DeLightSAMError as error:
             return str(error)
-        return "\n".join(self.requirementsStatus() + [self.weightsStatus(model) for model in MODELS]
-                         + self.deviceStatus())
+        return "\n".join(
+            self.requirementsStatus() + [self.weightsStatus(model) for model in MODELS] + self.deviceStatus()
+        )
 
     def environmentStatus(self) -> str:
         """What is not about one model's weights: the Slicer version, the packages, the device. Never raises."""
@@ -181,8 +201,11 @@ class DeLightSAMSession:
             lines.append(torch.problem)
         missing = missingPackages()
         if missing:
-            lines.append(_("Missing Python packages: {names}; click 'Install dependencies' (asks first)").format(
-                names=", ".join(missing)))
+            lines.append(
+                _("Missing Python packages: {names}; click 'Install dependencies' (asks first)").format(
+                    names=", ".join(missing)
+                )
+            )
         return lines
 
     def weightsStatus(self, model: str = AUTOMATIC) -> str:
@@ -201,8 +224,11 @@ class DeLightSAMSession:
         except DeLightSAMError as error:
             return f"{title} {error}"
         predictor = self._predictors.get(model)
-        state = (_("loaded on {device}").format(device=getattr(predictor, "description", "")) if predictor is not None
-                 else _("loaded on first use"))
+        state = (
+            _("loaded on {device}").format(device=getattr(predictor, "description", ""))
+            if predictor is not None
+            else _("loaded on first use")
+        )
         return f"{title} {where} — {state}"
 
     def deviceStatus(self) -> list[str]:
@@ -253,12 +279,22 @@ class DeLightSAMSession:
         if not (torch.missing or torch.broken or packages):
             return
         if self.installer is None:
-            raise DeLightSAMError(_("cannot install Python packages here; install torch>={minimum} and {packages} with "
-                                    "pip").format(minimum=MINIMUM_TORCH_VERSION, packages=" ".join(packages.values())))
-        names = ([_("PyTorch (reinstalled: it fails to import)") if torch.broken else _("PyTorch")]
-                 if torch.missing or torch.broken else []) + list(packages)
-        if not confirm(_("De-LightSAM needs these Python packages: {names}. Install them now? This needs a network "
-                         "connection and may take several minutes.").format(names=", ".join(names))):
+            raise DeLightSAMError(
+                _("cannot install Python packages here; install torch>={minimum} and {packages} with pip").format(
+                    minimum=MINIMUM_TORCH_VERSION, packages=" ".join(packages.values())
+                )
+            )
+        names = (
+            [_("PyTorch (reinstalled: it fails to import)") if torch.broken else _("PyTorch")]
+            if torch.missing or torch.broken
+            else []
+        ) + list(packages)
+        if not confirm(
+            _(
+                "De-LightSAM needs these Python packages: {names}. Install them now? This needs a network "
+                "connection and may take several minutes."
+            ).format(names=", ".join(names))
+        ):
             raise DeLightSAMError(_("installation cancelled; De-LightSAM cannot run without its Python packages"))
         if torch.broken:
             self.installer.uninstallTorch()
@@ -271,11 +307,15 @@ class DeLightSAMSession:
             raise DeLightSAMError(_("PyTorch was reinstalled; restart Slicer to use it"))
         still = list(missingPackages()) + (["torch"] if torchState().problem else [])
         if still:
-            raise DeLightSAMError(_("{names} could not be imported after installation; restart Slicer and try "
-                                    "again").format(names=", ".join(still)))
+            raise DeLightSAMError(
+                _("{names} could not be imported after installation; restart Slicer and try again").format(
+                    names=", ".join(still)
+                )
+            )
 
-    def downloadCheckpoint(self, confirm: Confirm, progress: Optional[DownloadProgress] = None,
-                           model: str = AUTOMATIC) -> Optional[Path]:
+    def downloadCheckpoint(
+        self, confirm: Confirm, progress: Optional[DownloadProgress] = None, model: str = AUTOMATIC
+    ) -> Optional[Path]:
         """Download ``model``'s chosen registry checkpoint into the per-user cache after ``confirm`` (size shown); None
         if the user said no. Needs no torch.
 
@@ -292,10 +332,16 @@ class DeLightSAMSession:
         if drive and not others:
             self._installDownloader(confirm)
         size = entry.size_bytes or remote_size(entry.urls[0])
-        sizeText = (_("{megabytes} MB").format(megabytes=f"{size / 1e6:.0f}") if size
-                    else _("about 52 MB; the publisher does not state the size"))
-        if not confirm(_("Download '{description}' ({size}) to {path}?").format(
-                description=entry.description, size=sizeText, path=cached_path(entry.name))):
+        sizeText = (
+            _("{megabytes} MB").format(megabytes=f"{size / 1e6:.0f}")
+            if size
+            else _("about 52 MB; the publisher does not state the size")
+        )
+        if not confirm(
+            _("Download '{description}' ({size}) to {path}?").format(
+                description=entry.description, size=sizeText, path=cached_path(entry.name)
+            )
+        ):
             return None
         if not drive or not others or importlib.util.find_spec("gdown") is not None:
             return download_checkpoint(entry.name, progress=progress)
@@ -314,8 +360,9 @@ class DeLightSAMSession:
         requirement = missingPackages().get("gdown")
         if importlib.util.find_spec("gdown") is not None or self.installer is None or requirement is None:
             return False
-        question = _("Downloading from Google Drive needs the Python package gdown ({requirement}). Install it "
-                     "now?").format(requirement=requirement)
+        question = _(
+            "Downloading from Google Drive needs the Python package gdown ({requirement}). Install it now?"
+        ).format(requirement=requirement)
         if after:
             question = _("The other sources failed ({error}).").format(error=after) + " " + question
         if not confirm(question):
@@ -340,8 +387,11 @@ class DeLightSAMSession:
                 if self.checkpointChoice(model) == LOCAL_FILE:
                     raise
                 if self.downloadCheckpoint(confirm, progress, model) is None:
-                    raise DeLightSAMError(_("the {model} weights were not downloaded; it cannot segment without "
-                                            "them").format(model=modelTitle(model)))
+                    raise DeLightSAMError(
+                        _("the {model} weights were not downloaded; it cannot segment without them").format(
+                            model=modelTitle(model)
+                        )
+                    )
             self._predictors[model] = self._load(reference, model)
             logger.info("%s loaded %s on %s", modelTitle(model), reference, self._predictors[model].description)
         return self._predictors[model]
@@ -352,13 +402,22 @@ class DeLightSAMSession:
 
         predictor = load_predictor(reference, device=self.device)
         if isinstance(predictor, BoxPredictor) != (model == BOX):
-            raise CheckpointError(_("{reference} holds {found} weights, not {model} weights; choose {model} weights for "
-                                    "{purpose} in the De-LightSAM module").format(
-                reference=reference, found=modelTitle(BOX if model == AUTOMATIC else AUTOMATIC),
-                model=modelTitle(model), purpose=_("boxes") if model == BOX else _("Apply")))
+            raise CheckpointError(
+                _(
+                    "{reference} holds {found} weights, not {model} weights; choose {model} weights for "
+                    "{purpose} in the De-LightSAM module"
+                ).format(
+                    reference=reference,
+                    found=modelTitle(BOX if model == AUTOMATIC else AUTOMATIC),
+                    model=modelTitle(model),
+                    purpose=_("boxes") if model == BOX else _("Apply"),
+                )
+            )
         return ReusedEncoding(predictor) if model == BOX else predictor
 
-    def predictorProvider(self, confirm: Confirm, progress: Optional[DownloadProgress] = None) -> Callable[[str], object]:
+    def predictorProvider(
+        self, confirm: Confirm, progress: Optional[DownloadProgress] = None
+    ) -> Callable[[str], object]:
         """A provider for the MRML logic: ``provider(model)`` is ``predictor(confirm, progress, model)``."""
         return lambda model=AUTOMATIC: self.predictor(confirm, progress, model)
 
