@@ -1,0 +1,362 @@
+"""The web app: trame-slicer's views, layouts and segment editor, plus the De-LightSAM panel.
+
+One process holds one MRML scene: every tab connected to it shares that scene (several users: one process each).
+Everything that touches MRML or VTK runs on the server's event loop; model runs go through ``runs.RunScheduler``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from DeLightSAMLib.errors import DeLightSAMError
+from DeLightSAMLib.registry import MODALITIES
+from DeLightSAMSlicerLib.Geometry import SegmentationError
+from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationOptions
+from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, ReusedEncoding
+
+from . import loading, saving
+from .runs import RunReport, RunScheduler
+from .writer import SegmentEditorWriter
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).with_name("static")
+SAVE_KINDS = ("seg.nrrd", "dicom-seg", "labelmap")
+
+
+class Predictors:
+    """One predictor per model, loaded on first use from the server's own checkpoints (never from the browser)."""
+
+    def __init__(self, checkpoints: dict, device: str) -> None:
+        self.checkpoints = checkpoints  # model -> registry name or path (None: the default)
+        self.device = device
+        self._loaded: dict = {}
+
+    def __call__(self, model: str):
+        if model not in self._loaded:
+            from DeLightSAMLib.box_predictor import BoxPredictor
+            from DeLightSAMLib.predictor import load_predictor
+
+            reference = self.checkpoints.get(model)
+            if model == BOX and reference is None:
+                raise DeLightSAMError("box prompts need LiteMedSAM weights; start the server with --box-checkpoint")
+            predictor = load_predictor(reference, device=self.device)
+            if isinstance(predictor, BoxPredictor) != (model == BOX):
+                kind = "LiteMedSAM" if model == BOX else "De-LightSAM"
+                raise DeLightSAMError(f"{reference} does not hold {kind} weights; give {kind} weights for this model")
+            self._loaded[model] = ReusedEncoding(predictor) if model == BOX else predictor
+        return self._loaded[model]
+
+    def deviceName(self) -> str:
+        for predictor in self._loaded.values():
+            device = getattr(predictor, "device", None)
+            if device is not None:
+                return str(device)
+        return self.device
+
+
+class DeLightSAMWebApp:
+    """The page and its handlers around one scene. ``inputs``: files to load at start (the first is shown)."""
+
+    def __init__(self, server, *, checkpoint=None, boxCheckpoint=None, device: str = "auto", inputs=()) -> None:
+        from trame_server.utils.typed_state import TypedState
+        from trame_slicer import module as trame_slicer_module
+        from trame_slicer.app.logic import SegmentEditorLogic
+        from trame_slicer.app.ui import SegmentEditorState
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+
+        self.server = server
+        server.enable_module(trame_slicer_module)
+        server.enable_module({"serve": {"delightsam": str(STATIC)}, "scripts": ["delightsam/box.js"]})
+        self.slicerApp = SlicerApp()
+        self.scene = self.slicerApp.scene
+        register_rca_factories(self.slicerApp.view_manager, server, slice_view_ui_f=self._sliceViewUI)
+        self.editorLogic = SegmentEditorLogic(server, self.slicerApp)
+        self.editorState = TypedState(server.state, SegmentEditorState)
+        self.layoutManager = LayoutManager(self.scene, self.slicerApp.view_manager, server)
+        self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration(), lazy_initialization=True)
+        self.editor = self.slicerApp.segmentation_editor
+        self.predictors = Predictors({AUTOMATIC: checkpoint, BOX: boxCheckpoint}, device)
+        self.logic = DeLightSAMMRMLLogic(self.predictors)
+        self.scheduler = RunScheduler(self.predictors, self.editor, self.predictors.deviceName)
+        self.scheduler.onProgress = self._onProgress
+        self.scheduler.onDone = self._onDone
+        self.uploads = loading.UploadFolder()
+        self.loaded: Optional[loading.LoadedVolume] = None
+        self._uploadChunks: list = []
+        self._uploadBytes = 0
+        self._lastOptions = SegmentationOptions()
+
+        state = server.state
+        state.update(
+            {
+                "trame__title": "De-LightSAM",
+                "dls_modality": MODALITIES[0],
+                "dls_modalities": list(MODALITIES),
+                "dls_threshold": 0.5,
+                "dls_replace": False,
+                "dls_keep_largest": False,
+                "dls_fill_holes": False,
+                "dls_busy": False,
+                "dls_progress": 0,
+                "dls_status": "Load an image (Upload), then Apply",
+                "dls_error": False,
+                "dls_box_mode": False,
+                "dls_save_kind": SAVE_KINDS[0],
+                "dls_save_kinds": list(SAVE_KINDS),
+                "dls_loaded": False,
+                "dls_layout": "Axial Only",
+                "dls_layouts": self.layoutManager.get_layout_ids(),
+            }
+        )
+        state.change("dls_layout")(self._onLayout)
+        self._buildUI()
+        self.layoutManager.set_layout("Axial Only")
+        for path in inputs:
+            self.loadPath(path)
+
+    # ------------------------------------------------------------------ page
+    def _buildUI(self) -> None:
+        from . import ui
+
+        self.ui = ui.build(self)
+
+    def _sliceViewUI(self, server, viewId: str, sliceView) -> None:
+        from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
+
+        from . import ui
+
+        create_vertical_slice_view_gutter_ui(server, viewId, sliceView)
+        ui.boxOverlay(self, viewId)
+
+    def _onLayout(self, dls_layout, **_kwargs) -> None:
+        if dls_layout in self.layoutManager.get_layout_ids():
+            self.layoutManager.set_layout(dls_layout)
+
+    # ------------------------------------------------------------------ status
+    def status(self, text: str, error: bool = False) -> None:
+        self.server.state.update({"dls_status": text, "dls_error": error})
+        if error:
+            logger.info("status: %s", text)
+
+    def _onProgress(self, done: int, total: int) -> None:
+        with self.server.state:
+            self.server.state.dls_progress = int(round(100 * done / max(total, 1)))
+            self.server.state.dls_status = f"segmenting: {done} of {total}"
+
+    def _onDone(self, report: RunReport) -> None:
+        with self.server.state:
+            self.server.state.dls_busy = False
+            self.server.state.dls_progress = 100 if report.result and not report.result.cancelled else 0
+            self.status(report.text(), bool(report.error))
+        self._renderSliceViews()
+
+    def _renderSliceViews(self) -> None:
+        for view in self.slicerApp.view_manager.get_views():
+            view.schedule_render()
+
+    # ------------------------------------------------------------------ loading
+    def loadPath(self, path) -> bool:
+        """Read an image and show it; on failure the message goes to the status line and the scene is unchanged."""
+        try:
+            image = loading.read_image(path)
+        except DeLightSAMError as error:
+            self.status(str(error), True)
+            return False
+        self.show(image)
+        return True
+
+    def show(self, image) -> None:
+        if self.scheduler.busy:
+            self.scheduler.cancel()
+        self.scene.Clear()
+        name = image.source.name if image.source.is_dir() else image.source.name.split(".")[0]
+        node = loading.volume_node(self.scene, image, name.split("_", 1)[-1] if name[:3].isdigit() else name)
+        self.loaded = loading.LoadedVolume(node, image)
+        display = self.slicerApp.display_manager
+        if image.is_2d or image.array.ndim == 4:  # a photo or RGB volume: slice views only
+            display.show_volume_in_slice_background(node)
+            display.set_node_visible_in_group(node)
+        else:
+            display.show_volume(node)  # with volume rendering in the 3D view
+        self.editorLogic.on_volume_changed(node)
+        if not self.editor.get_segment_ids():
+            from DeLightSAMLib.cohort.formats import segment_for
+
+            label = segment_for(str(self.server.state.dls_modality))
+            self.editor.add_empty_segment(segment_name=label.name, segment_color=[c / 255 for c in label.color])
+        display.reset_views()
+        with self.server.state:
+            self.server.state.dls_loaded = True
+            self.server.state.dls_progress = 0
+            shape = " x ".join(str(size) for size in image.array.shape)
+            self.status(f"loaded {image.source.name} ({shape}); choose the modality and press Apply")
+
+    async def onUploadChunk(self, files: list) -> None:
+        """trame-slicer's chunked upload: lists of files, then an empty list at the end."""
+        from trame_slicer.utils import ClientFile
+
+        if files:
+            for entry in files:
+                client = ClientFile(entry)
+                self._uploadBytes += len(client.content or b"")
+                if self._uploadBytes <= self.uploads.maxBytes:
+                    self._uploadChunks.append((client.name, client.content or b""))
+            return
+        chunks, total = self._uploadChunks, self._uploadBytes
+        self._uploadChunks, self._uploadBytes = [], 0
+        try:
+            if total > self.uploads.maxBytes:
+                raise loading.UploadError(
+                    f"the upload is {total / 2**20:.0f} MB, more than the server's limit of "
+                    f"{self.uploads.maxBytes / 2**20:.0f} MB"
+                )
+            path = self.uploads.store(chunks)
+            image = loading.read_image(path)
+        except DeLightSAMError as error:
+            self.status(f"upload refused: {error}", True)
+            return
+        except Exception as error:  # noqa: BLE001 - never stop the server over an upload
+            logger.exception("upload failed")
+            self.status(f"upload failed ({type(error).__name__}: {error}); the server's log has the details", True)
+            return
+        self.show(image)
+
+    # ------------------------------------------------------------------ runs
+    def options(self) -> SegmentationOptions:
+        state = self.server.state
+        return SegmentationOptions(
+            modality=str(state.dls_modality),
+            threshold=float(state.dls_threshold),
+            replace=bool(state.dls_replace),
+            keepLargestComponent=bool(state.dls_keep_largest),
+            fillHoles=bool(state.dls_fill_holes),
+        )
+
+    def sliceNode(self, viewName: str = "Red"):
+        for node in self.scene.GetNodesByClass("vtkMRMLSliceNode"):
+            if node.GetLayoutName() == viewName:
+                return node
+        return None
+
+    def _target(self):
+        if self.loaded is None:
+            raise SegmentationError("no image loaded; upload one first")
+        segmentId = self.editor.get_active_segment_id() or (self.editor.get_segment_ids() or [""])[0]
+        if not segmentId:
+            raise SegmentationError("no segment to write into; add a segment in the segment list")
+        return self.loaded.node, self.editor.active_segmentation_node, segmentId
+
+    def _start(self, makeRun) -> None:
+        def startRun():
+            volume, segmentation, segmentId = self._target()
+            writer = SegmentEditorWriter(self.editor, segmentId)
+            return makeRun(volume, segmentation, segmentId, writer)
+
+        error = self.scheduler.start(startRun)
+        with self.server.state:
+            if error:
+                self.status(error, True)
+            else:
+                self.server.state.dls_busy = True
+                self.server.state.dls_progress = 0
+                self.status("segmenting ...")
+
+    def onApply(self, viewName: str = "Red") -> None:
+        options = self.options()
+        self._start(
+            lambda volume, segmentation, segmentId, writer: self.logic.startSlice(
+                volume, self.sliceNode(viewName), segmentation, segmentId, options, writer=writer
+            )
+        )
+
+    def onAllSlices(self, viewName: str = "Red") -> None:
+        options = self.options()
+        self._start(
+            lambda volume, segmentation, segmentId, writer: self.logic.startAllSlices(
+                volume, self.sliceNode(viewName), segmentation, segmentId, options, writer=writer
+            )
+        )
+
+    def onBox(self, viewId: str, corners: Sequence[float], size: Sequence[float]) -> None:
+        """A box dragged on a slice view: ``corners`` (x0, y0, x1, y1) in the view image's CSS pixels (top left
+        origin), ``size`` (width, height) of that image on the page."""
+        view = self._sliceViewById(viewId)
+        if view is None:
+            self.status(f"no slice view '{viewId}'", True)
+            return
+        sliceNode = view._view_node
+        width, height = view.render_window().GetSize()
+        xyToRas = _matrix(sliceNode.GetXYToRAS())
+        ras = []
+        for x, y in ((corners[0], corners[1]), (corners[2], corners[3])):
+            xy = np.array([x / size[0] * width, (1.0 - y / size[1]) * height, 0.0, 1.0])
+            ras.append((xyToRas @ xy)[:3])
+        options = SegmentationOptions.of(self.options(), threshold=0.5)
+        self._start(
+            lambda volume, segmentation, segmentId, writer: self.logic.startBox(
+                volume, sliceNode, segmentation, segmentId, options, ras, writer=writer
+            )
+        )
+
+    def _sliceViewById(self, viewId: str):
+        for view in self.slicerApp.view_manager.get_slice_views():
+            if self.server.translator.translate_key(view.get_singleton_tag()) == viewId:
+                return view
+        return None
+
+    def onCancel(self) -> None:
+        if self.scheduler.cancel():
+            self.status("cancelling after the batch under way ...")
+
+    def onUndo(self) -> None:
+        stack = self.editor.undo_stack
+        if stack is not None and stack.can_undo() and not self.scheduler.busy:
+            stack.undo()
+            self._renderSliceViews()
+
+    def onRedo(self) -> None:
+        stack = self.editor.undo_stack
+        if stack is not None and stack.can_redo() and not self.scheduler.busy:
+            stack.redo()
+            self._renderSliceViews()
+
+    # ------------------------------------------------------------------ saving
+    def saveBytes(self, kind: Optional[str] = None) -> tuple[str, bytes]:
+        """(file name, content) of the segmentation as ``kind`` ("seg.nrrd", "dicom-seg", "labelmap")."""
+        from DeLightSAMLib.cohort.formats import provenance_for
+
+        kind = kind or self.server.state.dls_save_kind
+        if kind not in SAVE_KINDS:
+            raise SegmentationError(f"cannot save as '{kind}'; choose one of {', '.join(SAVE_KINDS)}")
+        volume, segmentation, _segmentId = self._target()
+        ids = self.editor.get_segment_ids()
+        labels = saving.segment_labels(self.scene, self.slicerApp.segmentations_logic, segmentation, volume, ids)
+        options = self.options()
+        provenance = provenance_for(self.predictors.checkpoints.get(AUTOMATIC), options.threshold, options.modality)
+        segments = saving.segment_descriptions(segmentation, ids)
+        return saving.write_segmentation(labels, self.loaded.image, segments, kind, provenance)
+
+    async def onSave(self):
+        """The download's bytes (trame's attachment), or None with the reason in the status line."""
+        try:
+            name, content = self.saveBytes()
+        except (SegmentationError, DeLightSAMError) as error:
+            self.status(f"not saved: {error}", True)
+            return None
+        except Exception as error:  # noqa: BLE001
+            logger.exception("save failed")
+            self.status(f"not saved ({type(error).__name__}: {error}); the server's log has the details", True)
+            return None
+        self.server.state.dls_save_name = name
+        self.status(f"saved {name} ({len(content)} bytes)")
+        return self.server.protocol.addAttachment(content)
+
+
+def _matrix(vtkMatrix) -> np.ndarray:
+    return np.array([[vtkMatrix.GetElement(row, column) for column in range(4)] for row in range(4)])

@@ -1,0 +1,151 @@
+"""Images into the scene: files named on the command line and uploads from the browser, read by the library's one
+reader (``DeLightSAMLib.imageio``) and turned into MRML volume nodes (a photo is a single-slice RGB vector volume, as
+Slicer loads it). The ``LoadedImage`` is kept beside the node: saving writes on its grid with the cohort writers.
+
+Uploads are written into the session's temporary folder only, under names the server makes (never a path the
+browser sends), limited in size and type; a zip holds one DICOM series and is unpacked the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from DeLightSAMLib.errors import ImageError
+from DeLightSAMLib.imageio import (
+    DICOM_SUFFIXES,
+    PLAIN_IMAGE_SUFFIXES,
+    VOLUME_SUFFIXES,
+    LoadedImage,
+    full_suffix,
+    read_image,
+)
+
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # per upload, all files together
+UPLOAD_SUFFIXES = tuple(s for s in PLAIN_IMAGE_SUFFIXES + VOLUME_SUFFIXES + DICOM_SUFFIXES + (".zip",) if s) + ("",)
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class UploadError(ImageError):
+    """An upload the server refuses (type, size, content); the message says what to send instead."""
+
+
+@dataclass
+class LoadedVolume:
+    node: object  # vtkMRMLScalarVolumeNode or vtkMRMLVectorVolumeNode
+    image: LoadedImage
+
+
+def ijk_to_ras(image: LoadedImage) -> np.ndarray:
+    from DeLightSAMLib.cohort.formats import ijk_to_lps
+
+    return LPS_TO_RAS @ ijk_to_lps(image)
+
+
+def volume_node(scene, image: LoadedImage, name: str):
+    """A scalar ([k, j, i]) or RGB vector ([k, j, i, c]) volume node holding ``image`` (a 2D image: one slice)."""
+    import vtk
+    from vtk.util import numpy_support
+
+    voxels = image.array[None] if image.is_2d else image.array
+    vector = voxels.ndim == 4
+    if vector and voxels.shape[3] == 4:  # RGBA photo: the colour channels, as Slicer shows them
+        voxels = voxels[..., :3]
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode" if vector else "vtkMRMLScalarVolumeNode", name)
+    imageData = vtk.vtkImageData()
+    imageData.SetDimensions(voxels.shape[2], voxels.shape[1], voxels.shape[0])
+    flat = np.ascontiguousarray(voxels).reshape(-1, voxels.shape[3]) if vector else np.ascontiguousarray(voxels).ravel()
+    imageData.GetPointData().SetScalars(numpy_support.numpy_to_vtk(flat, deep=True))
+    node.SetAndObserveImageData(imageData)
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            matrix.SetElement(row, column, float(ijk_to_ras(image)[row, column]))
+    node.SetIJKToRASMatrix(matrix)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None and not vector:
+        finite = voxels[np.isfinite(voxels)] if np.issubdtype(voxels.dtype, np.floating) else voxels
+        low, high = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(float(low), float(high) if high > low else float(low) + 1.0)
+    return node
+
+
+def safe_name(name: str, index: int) -> str:
+    """A file name the server chooses from the browser's: no folders, only plain characters, the suffix kept."""
+    base = Path(str(name).replace("\\", "/")).name
+    suffix = full_suffix(Path(base))
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", base[: len(base) - len(suffix)])[:60] or "upload"
+    return f"{index:03d}_{stem}{suffix}"
+
+
+class UploadFolder:
+    """The session's temporary folder; each upload gets a fresh sub-folder, removed when the next one replaces it."""
+
+    def __init__(self, maxBytes: int = MAX_UPLOAD_BYTES) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="delightsam-web-"))
+        self.maxBytes = maxBytes
+        self._count = 0
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def store(self, files: list[tuple[str, bytes]]) -> Path:
+        """Write the uploaded (name, content) pairs; returns what to read: the one file, or the folder of a DICOM
+        series (several files or one zip)."""
+        if not files:
+            raise UploadError("the upload was empty; choose an image file")
+        total = sum(len(content) for _name, content in files)
+        if total > self.maxBytes:
+            raise UploadError(
+                f"the upload is {total / 2**20:.0f} MB, more than the server's limit of {self.maxBytes / 2**20:.0f} MB"
+            )
+        for name, _content in files:
+            if full_suffix(Path(name)) not in UPLOAD_SUFFIXES:
+                raise UploadError(
+                    f"'{Path(name).name}' is not a supported upload; send PNG/JPEG, NIfTI, NRRD, MHA, DICOM files or "
+                    "a zipped DICOM series"
+                )
+        self._count += 1
+        folder = self.root / f"upload-{self._count}"
+        shutil.rmtree(self.root / f"upload-{self._count - 1}", ignore_errors=True)
+        folder.mkdir()
+        paths = []
+        for index, (name, content) in enumerate(files):
+            path = folder / safe_name(name, index)
+            path.write_bytes(content)
+            paths.append(path)
+        if len(paths) == 1 and full_suffix(paths[0]) == ".zip":
+            return self._unzip(paths[0], folder / "series")
+        if len(paths) == 1:
+            return paths[0]
+        if any(full_suffix(path) not in DICOM_SUFFIXES for path in paths):
+            raise UploadError("several files are read as one DICOM series; send one image file, or only DICOM files")
+        return folder
+
+    def _unzip(self, archive: Path, target: Path) -> Path:
+        try:
+            with zipfile.ZipFile(archive) as bundle:
+                members = [info for info in bundle.infolist() if not info.is_dir()]
+                if sum(info.file_size for info in members) > self.maxBytes:
+                    raise UploadError(f"'{archive.name[4:]}' unpacks to more than the server's upload limit")
+                target.mkdir()
+                for index, info in enumerate(members):
+                    (target / safe_name(info.filename, index)).write_bytes(bundle.read(info))
+        except (zipfile.BadZipFile, OSError) as error:
+            raise UploadError(f"'{archive.name[4:]}' is not a readable zip file ({error}); zip the DICOM series again")
+        if not members:
+            raise UploadError(f"'{archive.name[4:]}' is empty; zip the folder of one DICOM series")
+        return target
+
+
+def read_input(path) -> LoadedImage:
+    """The library's reader (PNG/JPEG, NIfTI, NRRD, MHA, DICOM file or folder); ImageError with one message."""
+    return read_image(path)

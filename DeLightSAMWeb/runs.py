@@ -1,0 +1,113 @@
+"""Runs of the MRML logic scheduled on the web server's event loop, so that the page never freezes.
+
+A click handler only starts a task (:meth:`RunScheduler.start`) and returns. The task reads the views and writes the
+masks on the event-loop thread, the only one that touches MRML and VTK; the network (``predictMasks``) and the first
+load of a model run in ``asyncio.to_thread``. Masks go to the slice their view came from (the logic's
+``SegmentationRun.write``), whatever is shown when they arrive. All of a run's writes are one undo step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from DeLightSAMLib.errors import DeLightSAMError
+from DeLightSAMSlicerLib.Geometry import SegmentationError
+from DeLightSAMSlicerLib.MRMLLogic import SliceResult, predictMasks
+from DeLightSAMSlicerLib.Models import modelTitle
+
+from .writer import UndoGroup
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    """What the status line says after a run."""
+
+    result: Optional[SliceResult] = None
+    error: Optional[str] = None
+    model: str = ""
+    device: str = ""
+
+    def text(self) -> str:
+        if self.error:
+            return self.error
+        result = self.result
+        what = "cancelled: " if result.cancelled else ""
+        return (
+            f"{what}{result.voxelsAdded} voxels added, {result.voxelsRemoved} removed on {result.description} "
+            f"({self.model}, {result.seconds:.2f} s, {self.device})"
+        )
+
+
+class RunScheduler:
+    """One run at a time: ``start`` checks and starts, ``cancel`` stops after the batch under way.
+
+    ``predictors(model)`` returns a model's predictor (may be slow: it runs off the loop); ``onProgress(done, total)``
+    and ``onDone(report)`` are called on the loop.
+    """
+
+    def __init__(self, predictors: Callable[[str], object], segmentationEditor, device: Callable[[], str]) -> None:
+        self.predictors = predictors
+        self.editor = segmentationEditor
+        self.device = device
+        self.task: Optional[asyncio.Task] = None
+        self.run = None
+        self.onProgress: Callable[[int, int], None] = lambda done, total: None
+        self.onDone: Callable[[RunReport], None] = lambda report: None
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def start(self, startRun: Callable[[], object]) -> Optional[str]:
+        """Start the run ``startRun()`` makes (it checks its inputs); an error message instead, or None."""
+        if self.busy:
+            return "a run is under way; wait for it or press Cancel"
+        try:
+            run = startRun()
+        except (SegmentationError, DeLightSAMError) as error:
+            return str(error)
+        self.run = run
+        self.task = asyncio.ensure_future(self._execute(run))
+        return None
+
+    def cancel(self) -> bool:
+        if not self.busy or self.run is None:
+            return False
+        self.run.cancel()
+        return True
+
+    async def _execute(self, run) -> RunReport:
+        report = RunReport(model=modelTitle(run.model))
+        group = UndoGroup(self.editor, "De-LightSAM").open()
+        started = time.perf_counter()
+        try:
+            predictor = await asyncio.to_thread(self.predictors, run.model)
+            report.device = self.device()
+            while (batch := run.nextBatch()) is not None:
+                masks = await asyncio.to_thread(predictMasks, predictor, batch.views, batch.options)
+                run.write(batch, masks)  # back on the loop: the only thread that touches MRML
+                self.onProgress(run.done, run.total)
+        except (SegmentationError, DeLightSAMError) as error:
+            report.error = str(error)
+        except Exception as error:  # noqa: BLE001 - one line in the page, the traceback in the server's log
+            logger.exception("De-LightSAM run failed")
+            report.error = f"unexpected error ({type(error).__name__}: {error}); the server's log has the details"
+        finally:
+            try:
+                report.result = run.finish()
+            except (SegmentationError, DeLightSAMError) as error:
+                report.error = report.error or str(error)
+            except Exception as error:  # noqa: BLE001
+                logger.exception("De-LightSAM run failed to finish")
+                report.error = report.error or f"unexpected error ({type(error).__name__}: {error})"
+            group.close()
+            self.run = None
+        logger.info("run done in %.2f s: %s", time.perf_counter() - started, report.error or "ok")
+        self.onDone(report)
+        return report
