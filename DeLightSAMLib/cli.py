@@ -143,13 +143,34 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=run_info)
 
     add_training_commands(commands)  # train, distill, evaluate
+
+    serve = commands.add_parser(
+        "serve", add_help=False, help="the web app in the browser (own venv: pip install -e '.[web]'; serve --help)"
+    )
+    serve.add_argument("serve_args", nargs=argparse.REMAINDER)
+    serve.set_defaults(handler=run_serve)
     return parser
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``delightsam serve``: the web face (``DeLightSAMWeb``), imported only here; it parses its own arguments."""
+    import importlib
+
+    try:
+        web = importlib.import_module("DeLightSAMWeb.server")
+    except ImportError as error:
+        raise DeLightSAMError(f"delightsam serve needs the web app ({error}); in its own venv: pip install -e '.[web]'")
+    return web.main(args.serve_args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="delightsam: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        if argv[:1] == ["serve"]:  # the web app parses its own options (argparse's REMAINDER drops leading ones)
+            args = argparse.Namespace(handler=run_serve, serve_args=argv[1:])
+        else:
+            args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, --version, or a usage error already printed on one line
         return done.code if isinstance(done.code, int) else EXIT_USER_ERROR
     try:

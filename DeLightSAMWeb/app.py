@@ -15,8 +15,8 @@ import numpy as np
 from DeLightSAMLib.errors import DeLightSAMError
 from DeLightSAMLib.registry import MODALITIES
 from DeLightSAMSlicerLib.Geometry import SegmentationError
-from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationOptions
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, ReusedEncoding
+from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationOptions
 
 from . import loading, saving
 from .runs import RunReport, RunScheduler

@@ -16,8 +16,8 @@ from typing import Callable, Optional
 
 from DeLightSAMLib.errors import DeLightSAMError
 from DeLightSAMSlicerLib.Geometry import SegmentationError
-from DeLightSAMSlicerLib.MRMLLogic import SliceResult, predictMasks
 from DeLightSAMSlicerLib.Models import modelTitle
+from DeLightSAMSlicerLib.MRMLLogic import SliceResult, predictMasks
 
 from .writer import UndoGroup
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from DeLightSAMLib.cohort.formats import Provenance, Result, SegmentLabel, TISSUE, write_output
+from DeLightSAMLib.cohort.formats import TISSUE, Provenance, Result, SegmentLabel, write_output
 from DeLightSAMLib.imageio import full_suffix
 from DeLightSAMSlicerLib.Geometry import SegmentationError, voxelArray
 

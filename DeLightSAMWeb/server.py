@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import importlib.util
 import logging
 import os
 import secrets
@@ -88,6 +89,14 @@ def configure_torch(threads: Optional[int]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = [name for name in ("trame_slicer", "slicer", "torch") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"delightsam serve: error: {', '.join(missing)} not installed; the web app has a venv of its own: "
+            "python3 -m venv venv-web && . venv-web/bin/activate && pip install -e '.[web]'",
+            file=sys.stderr,
+        )
+        return 2
     if not 0 <= args.port <= 65535:
         print(f"delightsam serve: error: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
