@@ -297,7 +297,7 @@ class DeLightSAMWebApp:
         for x, y in ((corners[0], corners[1]), (corners[2], corners[3])):
             xy = np.array([x / size[0] * width, (1.0 - y / size[1]) * height, 0.0, 1.0])
             ras.append((xyToRas @ xy)[:3])
-        options = SegmentationOptions.of(self.options(), threshold=0.5)
+        options = self.options()
         self._start(
             lambda volume, segmentation, segmentId, writer: self.logic.startBox(
                 volume, sliceNode, segmentation, segmentId, options, ras, writer=writer

@@ -53,7 +53,7 @@ def token_middleware(token: str):
         cookie = request.cookies.get(TOKEN_COOKIE)
         if given is not None and hmac.compare_digest(given.encode(), token.encode()):
             response = await handler(request)
-            if isinstance(response, web.Response):
+            if not isinstance(response, web.WebSocketResponse) and not response.prepared:
                 response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
             return response
         if cookie is not None and hmac.compare_digest(cookie.encode(), token.encode()):

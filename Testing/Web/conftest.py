@@ -97,10 +97,12 @@ def web_volume(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def web_server(tmp_path_factory, web_volume, reference_weights_path, litemedsam_weights_path):
-    log = tmp_path_factory.mktemp("web-server") / "server.log"
+    folder = tmp_path_factory.mktemp("web-server")
+    shown = folder / "cli.nrrd"  # what the command line loads; each test uploads ct.nrrd
+    shutil.copy(web_volume, shown)
     server = WebServer(
         [
-            web_volume,
+            shown,
             "--checkpoint",
             reference_weights_path,
             "--box-checkpoint",
@@ -112,7 +114,7 @@ def web_server(tmp_path_factory, web_volume, reference_weights_path, litemedsam_
             "--torch-threads",
             "1",
         ],
-        log,
+        folder / "server.log",
     )
     yield server
     server.stop()
@@ -137,7 +139,7 @@ def page(browser, web_server, web_volume):
     page = context.new_page()
     page.goto(web_server.url)
     upload(page, web_volume)
-    expect_status(page, "loaded")
+    expect_status(page, r"loaded ct\.nrrd")
     wait_for_view(page)
     yield page
     context.close()

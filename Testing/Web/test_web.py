@@ -1,0 +1,244 @@
+"""The web app in a real headless Chromium: load, Apply, box prompt, undo/redo, save, a bad upload, the token."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import (
+    REPO,
+    WebServer,
+    expect_status,
+    free_port,
+    read_seg_nrrd,
+    red_view,
+    status,
+    upload,
+    view_pixels,
+    wait_for_view,
+)
+
+DOCS = REPO / "docs"
+
+
+def changed(before: np.ndarray, after: np.ndarray, tolerance: int = 40) -> np.ndarray:
+    """Pixels whose colour moved by more than ``tolerance`` (JPEG frames differ a little everywhere)."""
+    return np.abs(before.astype(int) - after.astype(int)).max(axis=-1) > tolerance
+
+
+def bright_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) around the test volume's bright block as the Red view shows it."""
+    rows, cols = np.nonzero(pixels.mean(axis=-1) > 170)
+    return int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())
+
+
+def test_apply_changes_the_view_where_the_mask_is_and_undo_restores_it(page):
+    before = view_pixels(page)
+    started = time.perf_counter()
+    page.locator('[data-testid="apply"]').click()
+    text = expect_status(page, r"voxels added", timeout=120)
+    clicked_to_status = time.perf_counter() - started
+    after = view_pixels(page)
+    added = int(re.search(r"(\d+) voxels added", text).group(1))
+    assert added > 0, text
+    assert re.search(r"De-LightSAM, [\d.]+ s, cpu", text), text
+    difference = changed(before, after)
+    assert difference.any(), "the Red view did not change after Apply"
+    # The mask lies on the image: every changed pixel is inside the volume's footprint on the view.
+    footprint = np.argwhere(before.max(axis=-1) > 0)
+    (top, left), (bottom, right) = footprint.min(axis=0), footprint.max(axis=0)
+    rows, cols = np.nonzero(difference)
+    assert rows.min() >= top - 2 and rows.max() <= bottom + 2 and cols.min() >= left - 2 and cols.max() <= right + 2
+    model_seconds = float(re.search(r"De-LightSAM, ([\d.]+) s", text).group(1))
+    print(f"\nApply: click to status {clicked_to_status:.2f} s, run {model_seconds:.2f} s")
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "web_apply.png"))
+    assert (DOCS / "web_apply.png").stat().st_size < 300_000
+
+    page.locator('[data-testid="undo"]').click()
+    page.wait_for_timeout(300)
+    undone = view_pixels(page)
+    assert not changed(before, undone).any(), "Undo did not restore the Red view"
+    page.locator('[data-testid="redo"]').click()
+    page.wait_for_timeout(300)
+    assert changed(before, view_pixels(page)).sum() == pytest.approx(difference.sum(), rel=0.2)
+
+
+def test_saved_seg_nrrd_equals_what_the_logic_writes_directly(page, web_volume, reference_weights_path):
+    page.locator('[data-testid="apply"]').click()
+    text = expect_status(page, r"voxels added", timeout=120)
+    with page.expect_download() as download_info:
+        page.locator('[data-testid="save"]').click()
+    download = download_info.value
+    assert download.suggested_filename == "ct_segmentation.seg.nrrd"
+    downloaded = read_seg_nrrd(Path(download.path()).read_bytes())  # (i, j, k)
+    expect_status(page, r"saved ct_segmentation\.seg\.nrrd")
+
+    slice_index = int(re.search(r"K = (\d+)", text).group(1))
+    direct = direct_labels(web_volume, reference_weights_path, slice_index)  # [k, j, i]
+    assert downloaded.shape == direct.shape[::-1]
+    assert np.count_nonzero(direct) > 0
+    np.testing.assert_array_equal(downloaded, np.transpose(direct, (2, 1, 0)))
+    assert set(np.nonzero(direct)[0]) == {slice_index}
+
+
+def direct_labels(volume_path: Path, weights: Path, slice_index: int) -> np.ndarray:
+    """The segment the MRML logic writes for slice ``slice_index`` of the volume, through Slicer's own editor logic
+    (``EditorLogicWriter``) in a scene of this process, exported as the web app exports it."""
+    import slicer
+
+    from DeLightSAMLib.imageio import read_image
+    from DeLightSAMLib.predictor import load_predictor
+    from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic
+    from DeLightSAMWeb import loading, saving
+
+    scene = slicer.vtkMRMLScene()
+    appLogic = slicer.vtkMRMLApplicationLogic()
+    appLogic.SetMRMLScene(scene)
+    colorLogic = slicer.vtkMRMLColorLogic()
+    colorLogic.SetMRMLScene(scene)
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if not factory.GetConverterRules():
+        factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+        factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+    segmentationsLogic = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentationsLogic.SetMRMLScene(scene)
+    sliceLogic = slicer.vtkMRMLSliceLogic()
+    sliceLogic.SetMRMLScene(scene)
+    try:
+        image = read_image(volume_path)
+        volume = loading.volume_node(scene, image, "ct")
+        sliceNode = sliceLogic.AddSliceNode("Red")
+        sliceNode.SetOrientation("Axial")
+        sliceNode.SetSliceOffset(float(loading.ijk_to_ras(image)[2] @ [0, 0, slice_index, 1]))
+        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segmentation")
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentId = segmentation.GetSegmentation().AddEmptySegment("segment")
+        logic = DeLightSAMMRMLLogic(load_predictor(str(weights), device="cpu"))
+        result = logic.segmentSlice(volume, sliceNode, segmentation, segmentId, "dermoscopy")
+        assert result.voxelsAdded > 0
+        return saving.segment_labels(scene, segmentationsLogic, segmentation, volume, [segmentId])
+    finally:
+        sliceLogic.SetMRMLScene(None)
+
+
+def test_box_drag_segments_with_litemedsam_and_esc_cancels(page):
+    before = view_pixels(page)
+    x0, y0, x1, y1 = bright_box(before)
+    origin = red_view(page).bounding_box()
+    left, top = origin["x"] + x0 - 6, origin["y"] + y0 - 6
+    right, bottom = origin["x"] + x1 + 6, origin["y"] + y1 + 6
+    page.locator('[data-testid="box-mode"]').click()
+    shown = status(page)
+
+    # Esc while dragging: the rubber band goes and nothing runs.
+    page.mouse.move(left, top)
+    page.mouse.down()
+    page.mouse.move((left + right) / 2, (top + bottom) / 2, steps=4)
+    assert page.locator('[data-testid="box-band"]').count() == 1
+    page.keyboard.press("Escape")
+    assert page.locator('[data-testid="box-band"]').count() == 0
+    page.mouse.up()
+    page.wait_for_timeout(500)
+    assert status(page) == shown
+
+    page.mouse.move(left, top)
+    page.mouse.down()
+    page.mouse.move(right, bottom, steps=6)
+    band = page.locator('[data-testid="box-band"]').bounding_box()
+    assert band["width"] == pytest.approx(right - left, abs=2) and band["height"] == pytest.approx(bottom - top, abs=2)
+    page.mouse.up()
+    text = expect_status(page, r"voxels added .* box of", timeout=120)
+    assert "LiteMedSAM" in text and int(re.search(r"(\d+) voxels added", text).group(1)) > 0
+    difference = changed(before, view_pixels(page))
+    rows, cols = np.nonzero(difference)
+    assert difference.sum() > 50
+    # LiteMedSAM's segment is the bright block: what changed lies inside the box that was drawn
+    assert cols.min() >= x0 - 8 and cols.max() <= x1 + 8 and rows.min() >= y0 - 8 and rows.max() <= y1 + 8
+    page.screenshot(path=str(DOCS / "web_box.png"))
+
+
+def test_a_corrupt_upload_gives_a_message_and_the_app_goes_on(page, tmp_path):
+    page.locator('[data-testid="apply"]').click()
+    expect_status(page, r"voxels added", timeout=120)
+    segmented = view_pixels(page)
+
+    broken = tmp_path / "broken.nrrd"
+    broken.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 80 64 5\nencoding: raw\n\n" + b"\x00" * 100)
+    upload(page, broken)
+    text = expect_status(page, r"upload refused")
+    assert "broken.nrrd" in text and "Traceback" not in text
+    assert page.locator('[data-testid="status"].text-error').count() == 1
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    upload(page, notes)
+    expect_status(page, r"upload refused: 'notes\.txt' is not a supported upload")
+
+    # The image and its segmentation are still there, and the app still segments.
+    assert not changed(segmented, view_pixels(page)).any()
+    page.locator('[data-testid="apply"]').click()
+    expect_status(page, r"voxels added", timeout=120)
+
+
+def test_other_hosts_need_the_token_for_every_request(tmp_path, web_volume, browser):
+    port = free_port()
+    server = WebServer(
+        [web_volume, "--host", "0.0.0.0", "--port", port, "--torch-threads", "1"], tmp_path / "server.log"
+    )
+    try:
+        token = re.search(r"\?token=([\w-]+)$", server.url).group(1)
+        base = f"http://127.0.0.1:{port}/"
+        assert http_status(base) == 401
+        assert http_status(base + "index.html") == 401
+        assert http_status(base + "?token=wrong") == 403
+        assert http_status(base + f"?token={token}") == 200
+        assert websocket_status(f"ws://127.0.0.1:{port}/ws") == 401
+        assert websocket_status(f"ws://127.0.0.1:{port}/ws", cookie=f"delightsam_token={token}") == 101
+
+        # In a browser the printed URL works: the token becomes a cookie that the page's websocket carries.
+        context = browser.new_context()
+        page = context.new_page()
+        started = time.perf_counter()
+        page.goto(base + f"?token={token}")
+        wait_for_view(page)
+        print(f"\npage load to first view image: {time.perf_counter() - started:.2f} s")
+        expect_status(page, r"loaded ct\.nrrd")
+        context.close()
+    finally:
+        server.stop()
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=20) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def websocket_status(url: str, cookie: str = "") -> int:
+    """The HTTP status of a websocket handshake (101: switched protocols)."""
+    import base64
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {parsed.path} HTTP/1.1\r\nHost: {parsed.hostname}:{parsed.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        + (f"Cookie: {cookie}\r\n" if cookie else "")
+        + "\r\n"
+    )
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=20) as connection:
+        connection.sendall(request.encode())
+        line = connection.recv(4096).split(b"\r\n", 1)[0].decode()
+    return int(line.split()[1])
