@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from DeLightSAMLib.errors import DeLightSAMError
+from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.registry import MODALITIES
 from DeLightSAMSlicerLib.Geometry import SegmentationError
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, ReusedEncoding
@@ -164,7 +165,7 @@ class DeLightSAMWebApp:
     def loadPath(self, path) -> bool:
         """Read an image and show it; on failure the message goes to the status line and the scene is unchanged."""
         try:
-            image = loading.read_image(path)
+            image = read_image(path)
         except DeLightSAMError as error:
             self.status(str(error), True)
             return False
@@ -176,7 +177,7 @@ class DeLightSAMWebApp:
             self.scheduler.cancel()
         self.scene.Clear()
         name = image.source.name if image.source.is_dir() else image.source.name.split(".")[0]
-        node = loading.volume_node(self.scene, image, name.split("_", 1)[-1] if name[:3].isdigit() else name)
+        node = loading.volume_node(self.scene, image, name)
         self.loaded = loading.LoadedVolume(node, image)
         display = self.slicerApp.display_manager
         if image.is_2d or image.array.ndim == 4:  # a photo or RGB volume: slice views only
@@ -199,7 +200,7 @@ class DeLightSAMWebApp:
 
     async def onUploadChunk(self, files: list) -> None:
         """trame-slicer's chunked upload: lists of files, then an empty list at the end."""
-        from trame_slicer.utils import ClientFile
+        from trame.app.file_upload import ClientFile
 
         if files:
             for entry in files:
@@ -217,7 +218,7 @@ class DeLightSAMWebApp:
                     f"{self.uploads.maxBytes / 2**20:.0f} MB"
                 )
             path = self.uploads.store(chunks)
-            image = loading.read_image(path)
+            image = read_image(path)
         except DeLightSAMError as error:
             self.status(f"upload refused: {error}", True)
             return

@@ -24,7 +24,6 @@ from DeLightSAMLib.imageio import (
     VOLUME_SUFFIXES,
     LoadedImage,
     full_suffix,
-    read_image,
 )
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # per upload, all files together
@@ -78,12 +77,17 @@ def volume_node(scene, image: LoadedImage, name: str):
     return node
 
 
-def safe_name(name: str, index: int) -> str:
-    """A file name the server chooses from the browser's: no folders, only plain characters, the suffix kept."""
+def safe_name(name: str, taken: set) -> str:
+    """A file name the server chooses from the browser's: no folders, only plain characters, the suffix kept, a
+    number added when it is already ``taken`` (a series zipped from several folders)."""
     base = Path(str(name).replace("\\", "/")).name
     suffix = full_suffix(Path(base))
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", base[: len(base) - len(suffix)])[:60] or "upload"
-    return f"{index:03d}_{stem}{suffix}"
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", base[: len(base) - len(suffix)])[:60].lstrip(".") or "upload"
+    candidate, number = f"{stem}{suffix}", 1
+    while candidate in taken:
+        candidate, number = f"{stem}-{number}{suffix}", number + 1
+    taken.add(candidate)
+    return candidate
 
 
 class UploadFolder:
@@ -117,9 +121,9 @@ class UploadFolder:
         folder = self.root / f"upload-{self._count}"
         shutil.rmtree(self.root / f"upload-{self._count - 1}", ignore_errors=True)
         folder.mkdir()
-        paths = []
-        for index, (name, content) in enumerate(files):
-            path = folder / safe_name(name, index)
+        paths, taken = [], set()
+        for name, content in files:
+            path = folder / safe_name(name, taken)
             path.write_bytes(content)
             paths.append(path)
         if len(paths) == 1 and full_suffix(paths[0]) == ".zip":
@@ -135,17 +139,13 @@ class UploadFolder:
             with zipfile.ZipFile(archive) as bundle:
                 members = [info for info in bundle.infolist() if not info.is_dir()]
                 if sum(info.file_size for info in members) > self.maxBytes:
-                    raise UploadError(f"'{archive.name[4:]}' unpacks to more than the server's upload limit")
+                    raise UploadError(f"'{archive.name}' unpacks to more than the server's upload limit")
                 target.mkdir()
-                for index, info in enumerate(members):
-                    (target / safe_name(info.filename, index)).write_bytes(bundle.read(info))
+                taken = set()
+                for info in members:
+                    (target / safe_name(info.filename, taken)).write_bytes(bundle.read(info))
         except (zipfile.BadZipFile, OSError) as error:
-            raise UploadError(f"'{archive.name[4:]}' is not a readable zip file ({error}); zip the DICOM series again")
+            raise UploadError(f"'{archive.name}' is not a readable zip file ({error}); zip the DICOM series again")
         if not members:
-            raise UploadError(f"'{archive.name[4:]}' is empty; zip the folder of one DICOM series")
+            raise UploadError(f"'{archive.name}' is empty; zip the folder of one DICOM series")
         return target
-
-
-def read_input(path) -> LoadedImage:
-    """The library's reader (PNG/JPEG, NIfTI, NRRD, MHA, DICOM file or folder); ImageError with one message."""
-    return read_image(path)

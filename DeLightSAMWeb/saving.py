@@ -46,7 +46,6 @@ def segment_descriptions(segmentationNode, segmentIds) -> list[SegmentLabel]:
 def file_name(loaded, kind: str) -> str:
     source = loaded.source
     stem = source.name if source.is_dir() else source.name[: len(source.name) - len(full_suffix(source))]
-    stem = stem.split("_", 1)[1] if stem[:3].isdigit() and "_" in stem else stem  # the upload's index prefix
     return f"{stem or 'image'}_segmentation{FORMATS[kind]}"
 
 
