@@ -244,3 +244,19 @@ def websocket_status(url: str, cookie: str = "") -> int:
         connection.sendall(request.encode())
         line = connection.recv(4096).split(b"\r\n", 1)[0].decode()
     return int(line.split()[1])
+
+
+def test_all_slices_stays_live_and_cancel_keeps_what_was_written(page):
+    page.locator('[data-testid="apply"]').click()  # the model is loaded: Cancel lands in the first batch's pass
+    expect_status(page, r"voxels added", timeout=120)
+    page.locator('[data-testid="all-slices"]').click()
+    expect_status(page, r"segmenting", timeout=10)
+    assert page.locator('[data-testid="cancel"]').is_enabled()
+    started = time.perf_counter()
+    page.locator('[data-testid="cancel"]').click()
+    expect_status(page, r"cancelling", timeout=5)  # answered while the network runs in its thread
+    answered = time.perf_counter() - started
+    text = expect_status(page, r"cancelled: \d+ voxels added", timeout=120)
+    assert re.search(r"4 of 5 slices", text), text  # the batch under way (4 slices) is written, the rest is not
+    print(f"\nCancel answered during the run in {answered:.2f} s")
+    assert answered < 2.0
