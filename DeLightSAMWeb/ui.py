@@ -138,13 +138,14 @@ def build(app):
                         )
                         VSpacer()
                     with html.Div(classes="d-flex align-center ga-1 my-1"):
-                        VSelect(
+                        with html.Select(
                             v_model=("dls_save_kind",),
-                            items=("dls_save_kinds",),
-                            density="compact",
-                            hide_details=True,
-                            style="max-width: 150px;",
-                        )
+                            raw_attrs=_testid("save-format"),
+                            style="border: 1px solid grey; padding: 2px 6px; color: inherit; background: transparent;",
+                        ):
+                            html.Option(
+                                "{{ k }}", v_for="k in dls_save_kinds", key="k", value=("k",), style="color: black;"
+                            )
                         VBtn(
                             "Save",
                             click=(

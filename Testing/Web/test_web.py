@@ -260,3 +260,41 @@ def test_all_slices_stays_live_and_cancel_keeps_what_was_written(page):
     assert re.search(r"4 of 5 slices", text), text  # the batch under way (4 slices) is written, the rest is not
     print(f"\nCancel answered during the run in {answered:.2f} s")
     assert answered < 2.0
+
+
+def test_a_dicom_upload_is_saved_as_dicom_seg_of_its_series(page, tmp_path):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    source = Path(get_testdata_file("CT_small.dcm"))
+    upload(page, source)
+    expect_status(page, r"loaded CT_small\.dcm \(128 x 128\)")
+    page.locator('[data-testid="apply"]').click()
+    expect_status(page, r"voxels added", timeout=120)
+    page.locator('[data-testid="save-format"]').select_option("dicom-seg")
+    with page.expect_download() as download_info:
+        page.locator('[data-testid="save"]').click()
+    download = download_info.value
+    assert download.suggested_filename == "CT_small_segmentation.dcm"
+    seg = pydicom.dcmread(download.path())
+    original = pydicom.dcmread(source, stop_before_pixels=True)
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == original.SeriesInstanceUID
+    assert (seg.Rows, seg.Columns) == (original.Rows, original.Columns)
+
+
+def test_a_photo_upload_is_a_single_slice_rgb_volume(page, tmp_path):
+    import SimpleITK as sitk
+
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[..., 0] = 90
+    rgb[12:36, 16:48] = (230, 120, 60)
+    photo = tmp_path / "lesion.png"
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(photo))
+    upload(page, photo)
+    expect_status(page, r"loaded lesion\.png \(48 x 64 x 3\)")
+    wait_for_view(page)
+    shown = view_pixels(page)
+    assert (np.abs(shown.astype(int) - (230, 120, 60)).sum(axis=-1) < 40).sum() > 100  # the colours, as they are
+    page.locator('[data-testid="apply"]').click()
+    expect_status(page, r"voxels added, \d+ removed on K = 0", timeout=120)
