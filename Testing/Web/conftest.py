@@ -38,14 +38,14 @@ def free_port() -> int:
 
 
 class WebServer:
-    """``python -m DeLightSAMWeb`` in a subprocess; ``url`` is what it printed."""
+    """``delightsam serve ...`` (the CLI's hook into DeLightSAMWeb) in a subprocess; ``url`` is what it printed."""
 
     def __init__(self, args, log: Path) -> None:
         self.log = log
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self._logFile = open(log, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "DeLightSAMWeb", *map(str, args)],
+            [sys.executable, "-m", "DeLightSAMLib", "serve", *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=self._logFile,
             text=True,
