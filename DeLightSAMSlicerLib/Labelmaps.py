@@ -70,16 +70,37 @@ def toModifierVoxels(
     """
     sourceIJK = np.asarray(sourceIJK, np.int64).reshape(-1, 3)
     linear = sourceToModifier[:3, :3]
+    translation = sourceToModifier[:3, 3]
+    if _isLatticeMap(linear, translation):
+        # The same lattice (up to axis order, flips and a whole-voxel shift, as when the segmentation's geometry is
+        # the source volume's): each source voxel's centre is the one modifier voxel centre it holds. The general
+        # path below would test 8 candidates per voxel (a 1955 x 1841 radiograph slice took ~25 s).
+        mapped = np.rint(sourceIJK.astype(np.float64) @ linear.T + translation).astype(np.int64)
+        return mapped, np.asarray(values).reshape(-1)
     modifierToSource = np.linalg.inv(sourceToModifier)
-    centres = sourceIJK @ linear.T + sourceToModifier[:3, 3]
+    # float operands: numpy's matmul of int64 by float64 takes a generic loop, ~30x slower than BLAS (a 1955 x 1841
+    # radiograph's slice took 29 s to map)
+    centres = sourceIJK.astype(np.float64) @ linear.T + sourceToModifier[:3, 3]
     halfSize = 0.5 * np.abs(linear).sum(axis=1)  # half the bounding box of one source voxel, in modifier voxels
     first = np.ceil(centres - halfSize - 1e-9).astype(np.int64)
     counts = np.floor(2 * halfSize + 1e-9).astype(np.int64) + 1
     offsets = np.stack(np.meshgrid(*[np.arange(n) for n in counts], indexing="ij"), axis=-1).reshape(-1, 3)
     candidates = (first[:, None, :] + offsets[None, :, :]).reshape(-1, 3)
-    owners = np.floor(candidates @ modifierToSource[:3, :3].T + modifierToSource[:3, 3] + 0.5).astype(np.int64)
+    owners = np.floor(candidates.astype(np.float64) @ modifierToSource[:3, :3].T + modifierToSource[:3, 3] + 0.5)
+    owners = owners.astype(np.int64)
     keep = np.all(owners == np.repeat(sourceIJK, len(offsets), axis=0), axis=1)
     return candidates[keep], np.repeat(np.asarray(values), len(offsets))[keep]
+
+
+def _isLatticeMap(linear: np.ndarray, translation: np.ndarray, tolerance: float = 1e-6) -> bool:
+    """Whether a voxel-to-voxel map is a signed permutation plus a whole-voxel shift."""
+    rounded = np.rint(linear)
+    return bool(
+        np.all(np.abs(linear - rounded) < tolerance)
+        and np.all(np.abs(rounded).sum(axis=0) == 1)
+        and np.all(np.abs(rounded).sum(axis=1) == 1)
+        and np.all(np.abs(translation - np.rint(translation)) < tolerance)
+    )
 
 
 class BatchLabelmap:

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 SAVE_KINDS = ("seg.nrrd", "dicom-seg", "labelmap")
+SEGMENT_COLOR = (0.9, 0.35, 0.3)  # the first segment's colour: clear on gray images and photos
 
 
 class Predictors:
@@ -187,10 +188,7 @@ class DeLightSAMWebApp:
             display.show_volume(node)  # with volume rendering in the 3D view
         self.editorLogic.on_volume_changed(node)
         if not self.editor.get_segment_ids():
-            from DeLightSAMLib.cohort.formats import segment_for
-
-            label = segment_for(str(self.server.state.dls_modality))
-            self.editor.add_empty_segment(segment_name=label.name, segment_color=[c / 255 for c in label.color])
+            self.editor.add_empty_segment(segment_name="segment 1", segment_color=list(SEGMENT_COLOR))
         display.reset_views()
         with self.server.state:
             self.server.state.dls_loaded = True

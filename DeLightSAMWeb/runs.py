@@ -86,12 +86,23 @@ class RunScheduler:
         report = RunReport(model=modelTitle(run.model))
         group = UndoGroup(self.editor, "De-LightSAM").open()
         started = time.perf_counter()
+        seconds = {"load": 0.0, "read": 0.0, "network": 0.0, "write": 0.0}
         try:
             predictor = await asyncio.to_thread(self.predictors, run.model)
             report.device = self.device()
-            while (batch := run.nextBatch()) is not None:
+            seconds["load"] = time.perf_counter() - started
+            while True:
+                mark = time.perf_counter()
+                batch = run.nextBatch()
+                seconds["read"] += time.perf_counter() - mark
+                if batch is None:
+                    break
+                mark = time.perf_counter()
                 masks = await asyncio.to_thread(predictMasks, predictor, batch.views, batch.options)
+                seconds["network"] += time.perf_counter() - mark
+                mark = time.perf_counter()
                 run.write(batch, masks)  # back on the loop: the only thread that touches MRML
+                seconds["write"] += time.perf_counter() - mark
                 self.onProgress(run.done, run.total)
         except (SegmentationError, DeLightSAMError) as error:
             report.error = str(error)
@@ -108,6 +119,11 @@ class RunScheduler:
                 report.error = report.error or f"unexpected error ({type(error).__name__}: {error})"
             group.close()
             self.run = None
-        logger.info("run done in %.2f s: %s", time.perf_counter() - started, report.error or "ok")
+        logger.info(
+            "run done in %.2f s (%s): %s",
+            time.perf_counter() - started,
+            ", ".join(f"{step} {value:.2f} s" for step, value in seconds.items()),
+            report.error or "ok",
+        )
         self.onDone(report)
         return report

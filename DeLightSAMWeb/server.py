@@ -100,7 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"delightsam serve: error: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="delightsam serve: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="delightsam serve: %(message)s", force=True)
     for noisy in ("wslink", "aiohttp.access", "trame_server", "trame_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     configure_rendering()
