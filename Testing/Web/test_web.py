@@ -298,3 +298,43 @@ def test_a_photo_upload_is_a_single_slice_rgb_volume(page, tmp_path):
     assert (np.abs(shown.astype(int) - (230, 120, 60)).sum(axis=-1) < 40).sum() > 100  # the colours, as they are
     page.locator('[data-testid="apply"]').click()
     expect_status(page, r"voxels added, \d+ removed on K = 0", timeout=120)
+
+
+def test_quick_start_radiograph_lung_box_matches_the_library(page, litemedsam_weights_path):
+    """The README's web quick start: pydicom-data's chest radiograph, a box around the left lung, saved; the saved
+    mask agrees with the library's LiteMedSAM mask for the command-line quick start's box."""
+    data_store = pytest.importorskip("data_store", reason="needs pydicom-data (pip install pydicom-data)")
+    from DeLightSAMLib.imageio import read_image
+    from DeLightSAMLib.predictor import load_predictor
+
+    radiograph = Path(data_store.__file__).parent / "data" / "RG1_UNCR.dcm"
+    upload(page, radiograph)
+    expect_status(page, r"loaded RG1_UNCR\.dcm \(1955 x 1841\)")
+    wait_for_view(page)
+    shown = view_pixels(page)
+    lit = shown.max(axis=-1) > 8  # the radiograph's footprint on the view (not the icons or the slider's thumb)
+    rows, cols = np.nonzero(lit.sum(axis=1) >= 100)[0], np.nonzero(lit.sum(axis=0) >= 100)[0]
+    scale_x = (cols.max() - cols.min() + 1) / 1841
+    scale_y = (rows.max() - rows.min() + 1) / 1955
+    box = np.array([1000, 130, 1700, 1720], float)  # the command-line quick start's box, in image pixels
+    origin = red_view(page).bounding_box()
+    page.locator('[data-testid="box-mode"]').click()
+    page.mouse.move(origin["x"] + cols.min() + box[0] * scale_x, origin["y"] + rows.min() + box[1] * scale_y)
+    page.mouse.down()
+    page.mouse.move(origin["x"] + cols.min() + box[2] * scale_x, origin["y"] + rows.min() + box[3] * scale_y, steps=8)
+    page.mouse.up()
+    expect_status(page, r"voxels added.*LiteMedSAM", timeout=180)
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(DOCS / "web_quickstart.jpg"), type="jpeg", quality=70)
+    page.locator('[data-testid="box-mode"]').click()
+    with page.expect_download() as download_info:
+        page.locator('[data-testid="save"]').click()
+    web_mask = read_seg_nrrd(Path(download_info.value.path()).read_bytes())[:, :, 0].T > 0  # (rows, cols)
+
+    image = read_image(radiograph)
+    predictor = load_predictor(str(litemedsam_weights_path), device="cpu")
+    predictor.set_image(image.array)
+    library_mask = predictor.predict(box).mask
+    dice = 2 * np.logical_and(web_mask, library_mask).sum() / (web_mask.sum() + library_mask.sum())
+    print(f"\nweb vs library lung mask: Dice {dice:.4f}, {web_mask.sum()} vs {library_mask.sum()} pixels")
+    assert dice > 0.97
