@@ -193,6 +193,7 @@ class DeLightSAMWebApp:
         with self.server.state:
             self.server.state.dls_loaded = True
             self.server.state.dls_progress = 0
+            self.server.state.dls_box_mode = False  # a new image starts in the views' own interaction
             shape = " x ".join(str(size) for size in image.array.shape)
             self.status(f"loaded {image.source.name} ({shape}); choose the modality and press Apply")
 

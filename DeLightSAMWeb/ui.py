@@ -20,7 +20,6 @@ def build(app):
         VCheckbox,
         VDivider,
         VProgressLinear,
-        VSelect,
         VSlider,
         VSpacer,
     )
@@ -49,14 +48,13 @@ def build(app):
                     ".finally(() => { $event.target.value = ''; });"
                 ),
             )
-            VSelect(
+            with html.Select(
                 v_model=("dls_layout",),
-                items=("dls_layouts",),
-                density="compact",
-                hide_details=True,
-                style="max-width: 180px;",
+                raw_attrs=_testid("layout"),
                 classes="mx-2",
-            )
+                style="border: 1px solid grey; padding: 2px 6px; color: inherit; background: transparent;",
+            ):
+                html.Option("{{ l }}", v_for="l in dls_layouts", key="l", value=("l",), style="color: black;")
         with layout.drawer:
             with VCard(flat=True, classes="mb-2"):
                 VCardTitle("De-LightSAM", classes="text-subtitle-1")

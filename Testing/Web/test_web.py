@@ -338,3 +338,33 @@ def test_quick_start_radiograph_lung_box_matches_the_library(page, litemedsam_we
     dice = 2 * np.logical_and(web_mask, library_mask).sum() / (web_mask.sum() + library_mask.sum())
     print(f"\nweb vs library lung mask: Dice {dice:.4f}, {web_mask.sum()} vs {library_mask.sum()} pixels")
     assert dice > 0.97
+
+
+def test_a_result_goes_to_the_slice_it_came_from_while_the_view_scrolls(page):
+    page.locator('[data-testid="apply"]').click()  # loads the model
+    expect_status(page, r"voxels added", timeout=120)
+    page.locator('[data-testid="undo"]').click()
+    page.wait_for_timeout(300)
+    before = view_pixels(page)
+    page.locator('[data-testid="apply"]').click()
+    expect_status(page, r"segmenting", timeout=10)
+    box = red_view(page).bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _step in range(2):  # scroll the view on while the network runs
+        page.mouse.wheel(0, 120)
+        page.wait_for_timeout(150)
+    text = expect_status(page, r"voxels added", timeout=120)
+    assert "K = 2" in text  # the slice shown when Apply was pressed
+    assert changed(before, view_pixels(page)).any(), "the view did not scroll during the run"
+    with page.expect_download() as download_info:
+        page.locator('[data-testid="save"]').click()
+    written = read_seg_nrrd(Path(download_info.value.path()).read_bytes())  # (i, j, k)
+    assert set(np.nonzero(written)[2]) == {2}
+
+
+def test_layouts_build_their_views_when_chosen(page):
+    assert page.locator("img.image-display-area").count() == 1
+    page.locator('[data-testid="layout"]').select_option("Quad View")
+    page.wait_for_function("() => document.querySelectorAll('img.image-display-area').length === 4", timeout=30000)
+    page.locator('[data-testid="layout"]').select_option("Axial Only")
+    page.wait_for_function("() => document.querySelectorAll('img.image-display-area').length === 1", timeout=30000)
