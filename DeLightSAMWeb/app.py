@@ -194,6 +194,8 @@ class DeLightSAMWebApp:
             self.server.state.dls_loaded = True
             self.server.state.dls_progress = 0
             self.server.state.dls_box_mode = False  # a new image starts in the views' own interaction
+            if self.server.state.dls_save_kind == "dicom-seg" and not image.dicom_files:
+                self.server.state.dls_save_kind = "seg.nrrd"  # a DICOM SEG needs a DICOM image
             shape = " x ".join(str(size) for size in image.array.shape)
             self.status(f"loaded {image.source.name} ({shape}); choose the modality and press Apply")
 

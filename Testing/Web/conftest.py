@@ -141,6 +141,7 @@ def page(browser, web_server, web_volume):
     upload(page, web_volume)
     expect_status(page, r"loaded ct\.nrrd")
     wait_for_view(page)
+    page.locator('[data-testid="save-format"]').select_option("seg.nrrd")  # one server serves every test
     yield page
     context.close()
 

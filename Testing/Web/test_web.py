@@ -311,6 +311,7 @@ def test_quick_start_radiograph_lung_box_matches_the_library(page, litemedsam_we
     upload(page, radiograph)
     expect_status(page, r"loaded RG1_UNCR\.dcm \(1955 x 1841\)")
     wait_for_view(page)
+    page.locator('[data-testid="save-format"]').select_option("seg.nrrd")
     shown = view_pixels(page)
     lit = shown.max(axis=-1) > 8  # the radiograph's footprint on the view (not the icons or the slider's thumb)
     rows, cols = np.nonzero(lit.sum(axis=1) >= 100)[0], np.nonzero(lit.sum(axis=0) >= 100)[0]
