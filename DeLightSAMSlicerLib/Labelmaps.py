@@ -65,21 +65,67 @@ def toModifierVoxels(
     """The modifier voxels whose centres lie in the given source voxels, and the value each one takes.
 
     ``sourceIJK`` (N, 3) integer voxels, ``values`` (N,), ``sourceToModifier`` 4x4 from source IJK to modifier IJK.
-    Returns (M, 3) modifier IJK and (M,) values. Every modifier voxel centre lies in exactly one source voxel, so
-    each modifier voxel appears at most once when the source voxels are distinct.
+    Returns (M, 3) modifier IJK and (M,) values. Every modifier voxel centre lies in exactly one source voxel (the
+    one ``floor(modifierToSource @ centre + 0.5)`` names), so each modifier voxel appears at most once when the source
+    voxels are distinct. Three ways to the same voxels, the cheapest that applies: the lattices coincide (one voxel
+    each, the usual case: the segmentation has the volume's geometry); the modifier voxels of the source voxels'
+    bounding box, each looked up by its owner; or the candidates around each source voxel (sparse, oblique sets).
     """
     sourceIJK = np.asarray(sourceIJK, np.int64).reshape(-1, 3)
+    values = np.asarray(values)
+    if len(sourceIJK) == 0:
+        return np.empty((0, 3), np.int64), values[:0]
     linear = sourceToModifier[:3, :3]
     modifierToSource = np.linalg.inv(sourceToModifier)
-    centres = sourceIJK @ linear.T + sourceToModifier[:3, 3]
+    if _sameLattice(sourceToModifier, modifierToSource):
+        voxels = np.rint(sourceIJK @ linear.T + sourceToModifier[:3, 3]).astype(np.int64)
+        return voxels, values
     halfSize = 0.5 * np.abs(linear).sum(axis=1)  # half the bounding box of one source voxel, in modifier voxels
-    first = np.ceil(centres - halfSize - 1e-9).astype(np.int64)
     counts = np.floor(2 * halfSize + 1e-9).astype(np.int64) + 1
+    low, high = sourceIJK.min(axis=0), sourceIJK.max(axis=0)
+    corners = np.array([[a, b, c] for a in (low[0], high[0]) for b in (low[1], high[1]) for c in (low[2], high[2])])
+    centres = corners @ linear.T + sourceToModifier[:3, 3]
+    first = np.ceil(centres.min(axis=0) - halfSize - 1e-9).astype(np.int64)
+    boxShape = np.floor(centres.max(axis=0) + halfSize + 1e-9).astype(np.int64) - first + 1
+    if np.prod(boxShape.astype(float)) <= len(sourceIJK) * np.prod(counts.astype(float)):
+        return _fromModifierBox(sourceIJK, values, modifierToSource, first, boxShape, low, high)
+    return _fromSourceCandidates(sourceIJK, values, sourceToModifier, modifierToSource, halfSize, counts)
+
+
+def _sameLattice(sourceToModifier: np.ndarray, modifierToSource: np.ndarray) -> bool:
+    """Whether each source voxel centre is a modifier voxel centre and the other way round: an integer matrix with an
+    integer inverse (axes permuted or flipped, same spacing) and an integer offset."""
+    for matrix in (sourceToModifier, modifierToSource):
+        if not np.allclose(matrix[:3, :4], np.rint(matrix[:3, :4]), rtol=0, atol=1e-6):
+            return False
+    return True
+
+
+def _fromModifierBox(sourceIJK, values, modifierToSource, first, boxShape, low, high):
+    """Every modifier voxel of the box ``first`` + ``boxShape`` (which holds the source voxels), kept where its owner,
+    the source voxel holding its centre, is one of ``sourceIJK``."""
+    sourceShape = tuple(high - low + 1)
+    given = np.full(int(np.prod(sourceShape)), -1, np.int64)  # source voxel of the bounding box -> its row, or -1
+    given[np.ravel_multi_index(tuple((sourceIJK - low).T), sourceShape)] = np.arange(len(sourceIJK))
+    grid = np.indices(tuple(boxShape)).reshape(3, -1).T + first
+    owners = np.floor(grid @ modifierToSource[:3, :3].T + modifierToSource[:3, 3] + 0.5).astype(np.int64) - low
+    inside = np.all((owners >= 0) & (owners < np.array(sourceShape)), axis=1)
+    grid, owners = grid[inside], owners[inside]
+    row = given[np.ravel_multi_index(tuple(owners.T), sourceShape)]
+    keep = row >= 0
+    return grid[keep], values[row[keep]]
+
+
+def _fromSourceCandidates(sourceIJK, values, sourceToModifier, modifierToSource, halfSize, counts):
+    """The modifier voxels within each source voxel's bounding box, kept where the source voxel owns them."""
+    linear = sourceToModifier[:3, :3]
+    centres = sourceIJK @ linear.T + sourceToModifier[:3, 3]
+    first = np.ceil(centres - halfSize - 1e-9).astype(np.int64)
     offsets = np.stack(np.meshgrid(*[np.arange(n) for n in counts], indexing="ij"), axis=-1).reshape(-1, 3)
     candidates = (first[:, None, :] + offsets[None, :, :]).reshape(-1, 3)
     owners = np.floor(candidates @ modifierToSource[:3, :3].T + modifierToSource[:3, 3] + 0.5).astype(np.int64)
     keep = np.all(owners == np.repeat(sourceIJK, len(offsets), axis=0), axis=1)
-    return candidates[keep], np.repeat(np.asarray(values), len(offsets))[keep]
+    return candidates[keep], np.repeat(values, len(offsets))[keep]
 
 
 class BatchLabelmap:
