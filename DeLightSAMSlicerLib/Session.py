@@ -35,6 +35,7 @@ from DeLightSAMSlicerLib.Models import (
     MODELS,
     ReusedEncoding,
     isCheckpointFor,
+    loadPredictor,
     modelTitle,
 )
 from DeLightSAMSlicerLib.Requirements import (
@@ -376,44 +377,46 @@ class DeLightSAMSession:
         """``model``'s predictor, loaded on first use: asks (``confirm``) to install what is missing and to download
         the weights, with ``progress`` for the download. The box model's predictor reuses an image's encoding for
         every box on it (``Models.ReusedEncoding``)."""
-        if model not in MODELS:
-            raise ValueError(f"unknown model {model!r}; one of {MODELS}")
         if model not in self._predictors:
-            self.installRequirements(confirm)
             reference = self.checkpointReference(model)
-            try:
-                resolve_checkpoint(reference)
-            except CheckpointError:
-                if self.checkpointChoice(model) == LOCAL_FILE:
-                    raise
-                if self.downloadCheckpoint(confirm, progress, model) is None:
-                    raise DeLightSAMError(
-                        _("the {model} weights were not downloaded; it cannot segment without them").format(
-                            model=modelTitle(model)
-                        )
-                    )
-            self._predictors[model] = self._load(reference, model)
+            self.checkpointFile(confirm, progress, model)
+            predictor = loadPredictor(reference, model, self.device)
+            self._predictors[model] = ReusedEncoding(predictor) if model == BOX else predictor
             logger.info("%s loaded %s on %s", modelTitle(model), reference, self._predictors[model].description)
         return self._predictors[model]
 
-    def _load(self, reference: str, model: str):
-        from DeLightSAMLib.box_predictor import BoxPredictor
-        from DeLightSAMLib.predictor import load_predictor
-
-        predictor = load_predictor(reference, device=self.device)
-        if isinstance(predictor, BoxPredictor) != (model == BOX):
-            raise CheckpointError(
-                _(
-                    "{reference} holds {found} weights, not {model} weights; choose {model} weights for "
-                    "{purpose} in the De-LightSAM module"
-                ).format(
-                    reference=reference,
-                    found=modelTitle(BOX if model == AUTOMATIC else AUTOMATIC),
-                    model=modelTitle(model),
-                    purpose=_("boxes") if model == BOX else _("Apply"),
+    def checkpointFile(
+        self, confirm: Confirm, progress: Optional[DownloadProgress] = None, model: str = AUTOMATIC
+    ) -> Path:
+        """``model``'s checkpoint file, ready to load here or in the background worker (``Worker``): asks (``confirm``)
+        to install what is missing and to download the weights, as ``predictor`` does, but loads nothing."""
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; one of {MODELS}")
+        self.installRequirements(confirm)
+        reference = self.checkpointReference(model)
+        try:
+            return resolve_checkpoint(reference)[0]
+        except CheckpointError:
+            if self.checkpointChoice(model) == LOCAL_FILE:
+                raise
+            if self.downloadCheckpoint(confirm, progress, model) is None:
+                raise DeLightSAMError(
+                    _("the {model} weights were not downloaded; it cannot segment without them").format(
+                        model=modelTitle(model)
+                    )
                 )
-            )
-        return ReusedEncoding(predictor) if model == BOX else predictor
+        return resolve_checkpoint(reference)[0]
+
+    def readyCheckpointFile(self, model: str = AUTOMATIC) -> Optional[Path]:
+        """``model``'s checkpoint file when it can be used without asking anything (packages installed, weights
+        there), else None. For work nobody asked for yet (the effect encoding the shown slice ahead)."""
+        try:
+            checkSlicerVersion(self.slicerVersion)
+            if torchState().problem or missingPackages():
+                return None
+            return resolve_checkpoint(self.checkpointReference(model))[0]
+        except DeLightSAMError:
+            return None
 
     def predictorProvider(
         self, confirm: Confirm, progress: Optional[DownloadProgress] = None

@@ -249,12 +249,6 @@ class EncodingCache:
 
 
 # ---------------------------------------------------------------------------------------------- the worker process
-def _predictMasksFunction():
-    from DeLightSAMSlicerLib import MRMLLogic
-
-    return getattr(MRMLLogic, "predictMasks", None) or MRMLLogic.DeLightSAMMRMLLogic._predictMasks
-
-
 class _Inbox:
     """Requests read from stdin by a thread; the worker takes them in its order (``take``)."""
 
@@ -313,9 +307,9 @@ class _WorkerState:
                 self.unusedSeconds += statistics["unusedSeconds"]
                 self.encodings += statistics["encodings"]
             self.caches.pop(spec.model, None)  # free the old model before loading the new one
-            from DeLightSAMLib.predictor import load_predictor
+            from DeLightSAMSlicerLib.Models import loadPredictor
 
-            self.caches[spec.model] = (spec, EncodingCache(load_predictor(spec.checkpoint, device=spec.device)))
+            self.caches[spec.model] = (spec, EncodingCache(loadPredictor(spec.checkpoint, spec.model, spec.device)))
         return self.caches[spec.model][1]
 
     def statistics(self) -> dict:
@@ -337,13 +331,13 @@ def _handle(state: _WorkerState, header: dict, arrays: list) -> tuple[dict, list
         encoded = cache.encode(arrays[0], header["window"])
         return {"type": "encoded", "id": header["id"], "encoded": encoded, "seconds": time.perf_counter() - start}, []
     if kind == "predict":
-        from DeLightSAMSlicerLib.MRMLLogic import SegmentationOptions, SliceView
+        from DeLightSAMSlicerLib.MRMLLogic import SegmentationOptions, SliceView, predictMasks
 
         options = dict(header["options"])
         options["box"] = None if options["box"] is None else tuple(options["box"])
         views = [SliceView(image, tuple(window), None) for image, window in zip(arrays, header["windows"])]
         encodings = cache.encodings
-        masks = _predictMasksFunction()(cache, views, SegmentationOptions(**options))
+        masks = predictMasks(cache, views, SegmentationOptions(**options))
         reply = {
             "type": "result",
             "id": header["id"],
@@ -359,6 +353,8 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     its message (the worker goes on); nothing else is ever written to ``replies``."""
     state = _WorkerState()
     inbox = _Inbox(requests)
+    import DeLightSAMSlicerLib.MRMLLogic  # noqa: F401  (slicer's MRML libraries: seconds, paid before the first request)
+
     while True:
         message = inbox.take()
         if message is None:
