@@ -43,6 +43,7 @@ from DeLightSAMSlicerLib.Requirements import (
     Installer,
     SlicerInstaller,
     checkSlicerVersion,
+    installedVersion,
     missingPackages,
     torchState,
 )
@@ -114,6 +115,7 @@ class DeLightSAMSession:
         self.installer = installer
         self.slicerVersion = tuple(slicerVersion) if slicerVersion is not None else None
         self._predictors: dict[str, object] = {}  # model -> its loaded predictor
+        self._standIns: dict[str, object] = {}  # model -> the predictor ``temporaryPredictor`` put in place
         self._job: Optional[str] = None
 
     # ------------------------------------------------------------------ settings
@@ -412,7 +414,7 @@ class DeLightSAMSession:
         there), else None. For work nobody asked for yet (the effect encoding the shown slice ahead)."""
         try:
             checkSlicerVersion(self.slicerVersion)
-            if torchState().problem or missingPackages():
+            if installedVersion("torch") is None or missingPackages():  # metadata only: torch is not imported here
                 return None
             return resolve_checkpoint(self.checkpointReference(model))[0]
         except DeLightSAMError:
@@ -424,15 +426,21 @@ class DeLightSAMSession:
         """A provider for the MRML logic: ``provider(model)`` is ``predictor(confirm, progress, model)``."""
         return lambda model=AUTOMATIC: self.predictor(confirm, progress, model)
 
+    def standInPredictor(self, model: str = AUTOMATIC):
+        """The predictor ``temporaryPredictor`` put in place for ``model`` (it runs in this process), or None."""
+        return self._standIns.get(model)
+
     @contextlib.contextmanager
     def temporaryPredictor(self, predictor, model: str = AUTOMATIC) -> Iterator[None]:
         """Use ``predictor`` as ``model``'s inside the block (self-tests' stand-ins); the previous one is back
         afterwards, also when the block raises."""
         previous = self._predictors.get(model)
         self._predictors[model] = predictor
+        self._standIns[model] = predictor
         try:
             yield
         finally:
+            self._standIns.pop(model, None)
             if previous is None:
                 self._predictors.pop(model, None)
             else:

@@ -22,6 +22,7 @@ from DeLightSAMSlicerLib.Labelmaps import ModifierGeometry
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationCancelled, SegmentationOptions
 from DeLightSAMSlicerLib.Session import DeLightSAMSession
+from SegmentEditorDeLightSAMLib.WorkerDriver import WorkerDriver
 
 # The effect's own parameters (the others: SegmentationOptions.PARAMETER_NAMES).
 VIEW_PARAMETER = "SliceView"  # the slice view whose slice Apply, All slices/frames and Box from segment use
@@ -53,6 +54,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.session = DeLightSAMSession.shared()
         self.logic = DeLightSAMMRMLLogic(self._predictor)
+        self.worker = WorkerDriver(self)  # runs the network in the background worker process
         self.sceneCloseObserver = None
         self.rubberBands = {}  # slice widget -> its RubberBand
 
@@ -177,8 +179,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.sceneCloseObserver = slicer.mrmlScene.AddObserver(
                 slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose
             )
+        self.worker.activate()  # encode the shown slice ahead while the effect is active
 
     def deactivate(self):
+        self.worker.deactivate()
         if self.sceneCloseObserver is not None:
             slicer.mrmlScene.RemoveObserver(self.sceneCloseObserver)
             self.sceneCloseObserver = None
@@ -187,6 +191,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.rubberBands = {}
 
     def onSceneStartClose(self, caller, event):
+        self.worker.stop()  # the run under way ends, and the worker with its encodings of this scene's slices
         self.logic.clearFramesSnapshot()  # its frames are going; a run in progress stops by itself
         self.undoFramesButton.enabled = False
         self.statusLabel.text = ""
@@ -246,6 +251,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         does not also act on them (window/level, panning)."""
         if viewWidget.className() != "qMRMLSliceWidget" or not self._boxMode():
             return False
+        if eventId == vtk.vtkCommand.MouseMoveEvent:
+            self.worker.hoveredSliceNode = viewWidget.mrmlSliceNode()  # the slice to encode ahead for a box
         rubberBand = self._rubberBand(viewWidget)
         xy = callerInteractor.GetEventPosition()
         if eventId == vtk.vtkCommand.LeftButtonPressEvent:
@@ -287,41 +294,34 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return self.scriptedEffect.parameter(BOX_MODE_PARAMETER) == "1"
 
     # ------------------------------------------------------------------ actions
+    # Each run starts here (views read, inputs checked) and goes on in the background worker (``WorkerDriver``).
     def onApply(self):
-        self._run(None, lambda options, writer, progress: self.logic.segmentSlice(*self._targets(), options, writer))
+        self.worker.run(None, lambda options, writer: self.logic.startSlice(*self._targets(), options, writer))
 
     def onApplyAllSlices(self):
-        self._run(
-            _("slices"),
-            lambda options, writer, progress: self.logic.segmentAllSlices(
-                *self._targets(), options, writer, progress=progress
-            ),
+        self.worker.run(
+            _("slices"), lambda options, writer: self.logic.startAllSlices(*self._targets(), options, writer)
         )
 
     def onApplyAllFrames(self):
         browser = self._sequenceBrowser()
-        self._run(
-            _("frames"),
-            lambda options, writer, progress: self.logic.segmentAllFrames(
-                browser, *self._targets(), options, writer, progress=progress
-            ),
+        self.worker.run(
+            _("frames"), lambda options, writer: self.logic.startAllFrames(browser, *self._targets(), options, writer)
         )
 
     def onBoxDrawn(self, sliceNode, corners):
         """Segment the box drawn on ``sliceNode``'s view, ``corners`` two opposite corners in RAS: what the release of
         a drag calls (and the self-test)."""
 
-        def segmentBox(options, writer, progress):
+        def startBox(options, writer):
             source, _chosenView, segmentation, segmentId = self._targets()
-            return self.logic.segmentBox(source, sliceNode, segmentation, segmentId, options, corners, writer)
+            return self.logic.startBox(source, sliceNode, segmentation, segmentId, options, corners, writer)
 
-        self._run(None, segmentBox, model=BOX)
+        self.worker.run(None, startBox, model=BOX)
 
     def onBoxFromSegment(self):
-        self._run(
-            None,
-            lambda options, writer, progress: self.logic.segmentBoxFromSegment(*self._targets(), options, writer),
-            model=BOX,
+        self.worker.run(
+            None, lambda options, writer: self.logic.startBoxFromSegment(*self._targets(), options, writer), model=BOX
         )
 
     def onUndoAllFrames(self):
