@@ -258,3 +258,47 @@ def test_the_worker_ends_when_its_stdin_closes(spec):
     client.stop(timeout=60)  # closes stdin: the worker returns from its loop (killed only after the timeout)
     assert process.returncode == 0
     assert not client.running
+
+
+# ---------------------------------------------------------------------------------------------- the session's part
+class NoInstaller:
+    def __getattr__(self, name):
+        raise AssertionError(f"nothing is installed here ({name})")
+
+
+def _session(path="", **settings):
+    from DeLightSAMSlicerLib.Session import LOCAL_FILE, DeLightSAMSession, DictSettings
+
+    session = DeLightSAMSession(DictSettings(), NoInstaller(), (5, 10))
+    session.setCheckpoint(LOCAL_FILE, str(path))
+    session.setDevice("cpu")
+    return session
+
+
+def test_the_worker_gets_the_checkpoint_file_and_nothing_is_loaded_here(reference_weights_path, monkeypatch):
+    from DeLightSAMSlicerLib import Requirements, Session
+
+    session = _session(reference_weights_path)
+    asked = []
+    assert session.checkpointFile(asked.append) == reference_weights_path
+    assert session.readyCheckpointFile() == reference_weights_path
+    assert session._predictors == {} and asked == []
+    assert _session("").readyCheckpointFile() is None  # no file chosen: encode nothing ahead, ask nothing
+    monkeypatch.setattr(Session, "installedVersion", lambda name: None)  # torch not installed (metadata)
+    assert session.readyCheckpointFile() is None
+    assert Requirements.installedVersion("numpy") is not None
+
+
+def test_the_main_side_of_the_worker_imports_no_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import DeLightSAMSlicerLib.Background, DeLightSAMSlicerLib.Worker; print('torch' in sys.modules)"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
