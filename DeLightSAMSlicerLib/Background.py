@@ -21,21 +21,41 @@ DWELL_SECONDS = 0.3  # a view unchanged this long is encoded ahead: past a scrol
 
 
 class EncodeAhead:
-    """When to encode the shown slice: once it has stayed the same (same ``key``) for ``dwell`` seconds, and once
-    only. Time comes in as ``now`` (any monotonic clock), so tests need no sleeping."""
+    """When to encode the shown slice: once it has stayed the same (same ``key``) for the dwell time, and once only.
+    Time comes in as ``now`` (any monotonic clock), so tests need no sleeping.
+
+    The dwell is ``dwell`` seconds, or longer while the user scrolls: 1.5 times the typical time between the last few
+    changes (those less than ``SCROLL_MEMORY`` s apart), at most ``MAX_DWELL`` s. A slice passed at a steady few per
+    second is never sent, and an encoding (seconds of CPU that nothing interrupts) is not spent on it.
+    """
+
+    SCROLL_MEMORY = 1.0  # changes a second or more apart are looking, not scrolling
+    MAX_DWELL = 1.5
 
     def __init__(self, dwell: float = DWELL_SECONDS) -> None:
         self.dwell = dwell
         self._key = None
         self._since = 0.0
         self._sent = False
+        self._intervals: list[float] = []  # between the last few changes of the view, while scrolling
+
+    def currentDwell(self) -> float:
+        if not self._intervals:
+            return self.dwell
+        typical = sorted(self._intervals)[(len(self._intervals) - 1) // 2]  # the lower median
+        return min(max(self.dwell, 1.5 * typical), max(self.dwell, self.MAX_DWELL))
 
     def due(self, key, now: float) -> bool:
-        """True once per shown slice, ``dwell`` seconds after it appeared; ``key`` None: nothing to encode."""
+        """True once per shown slice, the dwell time after it appeared; ``key`` None: nothing to encode."""
         if key != self._key:
+            interval = now - self._since
+            if self._key is not None and interval < self.SCROLL_MEMORY:
+                self._intervals = (self._intervals + [interval])[-3:]
+            else:
+                self._intervals = []
             self._key, self._since, self._sent = key, now, False
             return False
-        if key is None or self._sent or now - self._since < self.dwell:
+        if key is None or self._sent or now - self._since < self.currentDwell() - 1e-9:
             return False
         self._sent = True
         return True

@@ -63,6 +63,23 @@ def test_encode_ahead_is_due_once_after_the_view_stayed_unchanged():
     assert not schedule.due(None, 12.0) and not schedule.due(None, 13.0)  # nothing shown
 
 
+def test_encode_ahead_sends_no_slice_passed_while_scrolling_at_a_few_per_second():
+    schedule = EncodeAhead(dwell=0.3)
+    assert not schedule.due(0, 49.0) and schedule.due(0, 49.5)  # looked at slice 0, then scrolls
+    now, sent = 50.0, []
+    for slice in range(1, 20):  # three slices a second: each stays 0.33 s, longer than the dwell alone
+        for step in range(4):
+            if schedule.due(slice, now + step * 0.11):
+                sent.append(slice)
+        now += 1 / 3
+    assert sent == [1]  # the first slice of the scroll: nothing yet says it is one (one wasted encoding)
+    assert schedule.due(19, now + 0.3) is False  # stopped: the dwell has grown to 1.5 x 0.33 s
+    assert schedule.due(19, now - 1 / 3 + 0.5) is True  # the last slice, once it has stayed 0.5 s
+    assert schedule.currentDwell() == pytest.approx(0.5)
+    later = now + 5.0  # long after: the next slice waits the plain dwell again
+    assert not schedule.due(20, later) and schedule.due(20, later + 0.3)
+
+
 class CountingPredictor:
     """Encodes by remembering the image's mean; counts encoder runs."""
 
