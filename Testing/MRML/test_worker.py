@@ -73,8 +73,9 @@ def test_encode_ahead_sends_no_slice_passed_while_scrolling_at_a_few_per_second(
                 sent.append(slice)
         now += 1 / 3
     assert sent == [1]  # the first slice of the scroll: nothing yet says it is one (one wasted encoding)
-    assert schedule.due(19, now + 0.3) is False  # stopped: the dwell has grown to 1.5 x 0.33 s
-    assert schedule.due(19, now - 1 / 3 + 0.5) is True  # the last slice, once it has stayed 0.5 s
+    appeared = now - 1 / 3  # the last slice: the user stopped there
+    assert not schedule.due(19, appeared + 0.45)  # the dwell has grown to 1.5 x 0.33 s
+    assert schedule.due(19, appeared + 0.5)
     assert schedule.currentDwell() == pytest.approx(0.5)
     later = now + 5.0  # long after: the next slice waits the plain dwell again
     assert not schedule.due(20, later) and schedule.due(20, later + 0.3)
