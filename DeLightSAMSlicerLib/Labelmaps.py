@@ -78,8 +78,7 @@ def toModifierVoxels(
     linear = sourceToModifier[:3, :3]
     modifierToSource = np.linalg.inv(sourceToModifier)
     if _sameLattice(sourceToModifier, modifierToSource):
-        voxels = np.rint(sourceIJK @ linear.T + sourceToModifier[:3, 3]).astype(np.int64)
-        return voxels, values
+        return _latticeToLattice(sourceIJK, np.rint(sourceToModifier[:3, :4]).astype(np.int64)), values
     halfSize = 0.5 * np.abs(linear).sum(axis=1)  # half the bounding box of one source voxel, in modifier voxels
     counts = np.floor(2 * halfSize + 1e-9).astype(np.int64) + 1
     low, high = sourceIJK.min(axis=0), sourceIJK.max(axis=0)
@@ -99,6 +98,18 @@ def _sameLattice(sourceToModifier: np.ndarray, modifierToSource: np.ndarray) -> 
         if not np.allclose(matrix[:3, :4], np.rint(matrix[:3, :4]), rtol=0, atol=1e-6):
             return False
     return True
+
+
+def _latticeToLattice(sourceIJK: np.ndarray, integer: np.ndarray) -> np.ndarray:
+    """Source voxels mapped by an integer 3x4 matrix: column by column when it only permutes and flips axes (ten
+    times faster than a matrix product of (N, 3) integers), else the product, in integers (exact either way)."""
+    if not (np.count_nonzero(integer[:, :3], axis=1) == 1).all():
+        return sourceIJK @ integer[:, :3].T + integer[:, 3]
+    voxels = np.empty_like(sourceIJK)
+    for row in range(3):
+        column = int(np.flatnonzero(integer[row, :3])[0])
+        voxels[:, row] = sourceIJK[:, column] * integer[row, column] + integer[row, 3]
+    return voxels
 
 
 def _fromModifierBox(sourceIJK, values, modifierToSource, first, boxShape, low, high):
@@ -147,10 +158,16 @@ class BatchLabelmap:
         segmentation node's coordinates."""
         sourceToModifier = self._segmentationToModifier @ sourceToSegmentation
         voxels, inside = toModifierVoxels(sourceIJK, np.asarray(values, bool), sourceToModifier)
-        low, high = np.array(self.geometry.extent[0::2]), np.array(self.geometry.extent[1::2])
-        keep = np.all((voxels >= low) & (voxels <= high), axis=1)
-        self._voxels.append(voxels[keep])
-        self._values.append(inside[keep])
+        low, high = self.geometry.extent[0::2], self.geometry.extent[1::2]
+        keep = np.ones(len(voxels), bool)
+        for axis in range(3):  # column by column: much faster than a reduction over rows of three
+            column = voxels[:, axis]
+            if len(column) and (column.min() < low[axis] or column.max() > high[axis]):
+                keep &= (column >= low[axis]) & (column <= high[axis])
+        if not keep.all():
+            voxels, inside = voxels[keep], inside[keep]
+        self._voxels.append(voxels)
+        self._values.append(inside)
 
     @property
     def empty(self) -> bool:
@@ -159,14 +176,16 @@ class BatchLabelmap:
     def arrays(self) -> tuple[Extent, np.ndarray, np.ndarray]:
         """(extent, mask, covered): [k, j, i] uint8 arrays over the smallest extent holding the batch."""
         voxels, values = np.concatenate(self._voxels), np.concatenate(self._values)
-        low, high = voxels.min(axis=0), voxels.max(axis=0)
+        low = np.array([voxels[:, axis].min() for axis in range(3)])  # per column: faster than min(axis=0)
+        high = np.array([voxels[:, axis].max() for axis in range(3)])
         extent = tuple(int(v) for pair in zip(low, high) for v in pair)
-        shape = tuple((high - low + 1)[::-1])
-        mask, covered = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
-        local = tuple((voxels - low)[:, ::-1].T)
-        covered[local] = 1
-        mask[local] = values
-        return extent, mask, covered
+        size = high - low + 1  # (i, j, k)
+        flat = ((voxels[:, 2] - low[2]) * size[1] + (voxels[:, 1] - low[1])) * size[0] + (voxels[:, 0] - low[0])
+        mask, covered = np.zeros(int(np.prod(size)), np.uint8), np.zeros(int(np.prod(size)), np.uint8)
+        covered[flat] = 1
+        mask[flat] = values
+        shape = tuple(int(n) for n in size[::-1])
+        return extent, mask.reshape(shape), covered.reshape(shape)
 
 
 def _segmentLabelmap(segmentationNode, segmentId: str):

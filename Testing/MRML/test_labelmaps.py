@@ -41,6 +41,7 @@ GEOMETRIES = {
     "same lattice": (np.eye(3), [0, 0, 0]),
     "same lattice, shifted": (np.eye(3), [3, -2, 5]),
     "axes permuted and flipped": (np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]]), [40, 0, -1]),
+    "sheared, centres on centres": (np.array([[1, 1, 0], [0, 1, 0], [0, 0, -1]]), [2, 0, 7]),
     "oversampled 2x": (np.eye(3) * 2, [0.5, 0.5, 0.5]),
     "oversampled 3x, on ties": (np.eye(3) * 3, [0, 0, 0]),
     "coarser 2x, on ties": (np.eye(3) * 0.5, [0, 0, 0]),
@@ -67,6 +68,19 @@ def test_modifier_voxels_equal_the_rule_as_written(name, layout):
     expected = asSet(*ruleAsWritten(sourceIJK, values, sourceToModifier))
     assert len(voxels) == len(expected)  # each modifier voxel at most once
     assert asSet(voxels, inside) == expected
+
+
+def test_a_batch_is_cropped_to_the_modifier_extent():
+    from DeLightSAMSlicerLib.Labelmaps import BatchLabelmap, ModifierGeometry
+
+    batch = BatchLabelmap(ModifierGeometry(np.eye(4), (2, 5, 0, 3, 1, 1)))
+    j, i = np.mgrid[0:6, 0:8]
+    sourceIJK = np.stack([i.ravel(), j.ravel(), np.ones(i.size, int)], axis=1)
+    batch.add(sourceIJK, (i.ravel() + j.ravel()) % 2 == 0, np.eye(4))
+    extent, mask, covered = batch.arrays()
+    assert extent == (2, 5, 0, 3, 1, 1) and covered.shape == (1, 4, 4) and covered.all()
+    expected = ((np.arange(2, 6)[None, :] + np.arange(4)[:, None]) % 2 == 0).astype(np.uint8)
+    assert np.array_equal(mask[0], expected)
 
 
 def test_no_source_voxels_give_no_modifier_voxels():
