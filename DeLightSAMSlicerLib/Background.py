@@ -12,6 +12,7 @@ Qt-free and torch-free (``Worker`` loads the models in its own process).
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -99,7 +100,11 @@ class RunOutcome:
 
 
 class BackgroundRun:
-    """One ``SegmentationRun`` through the worker: one batch in flight, its masks written when they come."""
+    """One ``SegmentationRun`` through the worker. Two batches are in flight, so the worker computes the next while
+    the main thread writes the last; each tick does at most one step (read and send a batch, or write one), so the
+    main thread is never held longer than one step."""
+
+    IN_FLIGHT = 2
 
     def __init__(
         self,
@@ -115,52 +120,49 @@ class BackgroundRun:
         self.onFinished = onFinished
         self.progress = progress
         self.outcome: Optional[RunOutcome] = None
-        self._batch = None
-        self._ticket: Optional[Ticket] = None
         self.encodings = 0  # encoder runs its answers needed (0: every view was encoded ahead)
+        self._inFlight: collections.deque = collections.deque()  # (batch, ticket), oldest first
+        self._allSent = False
 
     @property
     def finished(self) -> bool:
         return self.outcome is not None
 
     def tick(self) -> None:
-        """Write an answer that came, send the next batch; finish when there is none (scene thread, never blocks)."""
+        """One step: write the oldest answer if it came, else send the next batch; finish when all is written
+        (scene thread, never blocks)."""
         if self.finished:
             return
         try:
-            if self._ticket is not None:
-                if not self._ticket.done:
-                    return
-                ticket, self._ticket = self._ticket, None
+            if self._inFlight and self._inFlight[0][1].done:
+                batch, ticket = self._inFlight.popleft()
                 if ticket.error is not None:
                     raise ticket.error
                 self.encodings += int(ticket.header.get("encodings", 0))
-                self.run.write(self._batch, ticket.arrays)
-                self._batch = None
+                self.run.write(batch, ticket.arrays)
                 if self.progress is not None:
                     self.progress(self.run.done, self.run.total)
-            self._batch = self.run.nextBatch()
-            if self._batch is None:
+            elif not self._allSent and len(self._inFlight) < self.IN_FLIGHT:
+                batch = self.run.nextBatch()
+                if batch is not None:
+                    self._inFlight.append((batch, self.client.predict(self.spec, batch.views, batch.options)))
+                self._allSent = batch is None or batch.items[-1] + 1 >= self.run.total
+            if self._allSent and not self._inFlight:
                 self._finish(RunOutcome())
-                return
-            self._ticket = self.client.predict(self.spec, self._batch.views, self._batch.options)
         except Exception as error:  # the worker's or the writer's: the run ends with it, what was written stays
             self._finish(RunOutcome(error=error))
 
     def cancel(self, superseded: bool = False) -> None:
-        """Stop: the answer in flight is dropped (never written), what was written stays."""
+        """Stop: the answers in flight are dropped (never written), what was written stays."""
         if self.finished:
             return
-        if self._ticket is not None:
-            self._ticket.cancel()
-            self._ticket = None
         self.run.cancel()
         self._finish(RunOutcome(superseded=superseded))
 
     def _finish(self, outcome: RunOutcome) -> None:
-        if self._ticket is not None:
-            self._ticket.cancel()
-            self._ticket = None
+        for _batch, ticket in self._inFlight:
+            ticket.cancel()
+        self._inFlight.clear()
         try:
             outcome.result = self.run.finish()
         except Exception as error:

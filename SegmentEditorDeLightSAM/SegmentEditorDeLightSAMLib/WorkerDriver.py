@@ -21,7 +21,7 @@ from DeLightSAMSlicerLib.Background import BackgroundSegmenter, viewKey
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 from DeLightSAMSlicerLib.Worker import PredictorSpec
 
-TICK_MS = 50  # how often answers are looked for: well under the time of a decoder pass
+TICK_MS = 20  # how often answers are looked for (a poll costs microseconds): well under a decoder pass
 
 
 _shared = {}  # the one BackgroundSegmenter (and worker process) of this Slicer session, made on first use
