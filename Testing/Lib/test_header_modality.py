@@ -4,36 +4,16 @@ real file with Modality (0008,0060) changed to the codes no public sample has.""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
-import data_store
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
 
+from header_samples import CR, CT, MR, PHOTO, US, with_modality
 from DeLightSAMLib.errors import DeLightSAMError, HeaderModalityError
 from DeLightSAMLib.header_modality import is_auto, modality_for_code, modality_from_header
 from DeLightSAMLib.registry import DICOM_MODALITY_CODES, MODALITIES, OFFICIAL_MODALITY_MAP, resolve_modality
-
-SAMPLES = Path(data_store.__file__).parent / "data"
-CR = SAMPLES / "RG1_UNCR.dcm"  # a computed radiograph, 1841 x 1955
-US = SAMPLES / "US1_UNCR.dcm"  # an RGB ultrasound frame
-CT = SAMPLES / "693_UNCR.dcm"
-MR = SAMPLES / "MR2_UNCR.dcm"
-PHOTO = SAMPLES / "SC_rgb.dcm"  # a 100 x 100 RGB secondary capture (OT): the base of the changed copies
-
-
-def with_modality(folder: Path, code, name: str = "") -> Path:
-    """A copy of PHOTO whose Modality is ``code`` (None: the element removed)."""
-    dataset = pydicom.dcmread(PHOTO)
-    if code is None:
-        del dataset.Modality
-    else:
-        dataset.Modality = code
-    path = folder / (name or f"{code or 'none'}.dcm")
-    dataset.save_as(path)
-    return path
 
 
 @pytest.mark.parametrize("path, modality, code", [(CR, "xray", "CR"), (US, "ultrasound", "US")])
