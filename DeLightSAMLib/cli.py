@@ -213,11 +213,12 @@ def run_predict(args: argparse.Namespace) -> int:
             raise DeLightSAMError("--slices goes with --box; with --modality every slice of a volume is segmented")
     elif len(boxes) > 255:
         raise DeLightSAMError(f"at most 255 boxes at once (labels are 8-bit), got {len(boxes)}")
-    loaded = read_image(args.input)
     chosen = None
-    if boxes is None and is_auto(args.modality):  # the header's modality, or a one-line refusal
-        chosen = modality_from_header(loaded.dicom_files or loaded.source)
+    source = Path(args.input).expanduser()
+    if boxes is None and is_auto(args.modality) and source.exists():  # (a missing input: read_image says so)
+        chosen = modality_from_header(source)  # before the pixels are read; a folder: read_image's series
         args.modality = chosen.modality
+    loaded = read_image(args.input)
     outputs = _check_outputs(args, loaded)
     window = volume_window(loaded, window)
     slice_range = check_boxes(boxes, loaded, args.axis, args.slices) if boxes is not None else None

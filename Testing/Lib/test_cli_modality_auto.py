@@ -7,6 +7,7 @@ import csv
 import shutil
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
@@ -158,3 +159,19 @@ def test_dicomweb_series_take_the_modality_the_server_gave():
         choose_modalities([case("MR")])
     boxed = Case("x", CR, Settings(modality="auto", box=(1, 2, 3, 4)), None, (CR,))
     assert choose_modalities([boxed]) == [boxed]  # a box case has no modality to choose
+
+
+def test_auto_on_a_series_folder_reads_the_series_it_segments(capsys, monkeypatch, tmp_path, tiny):
+    from cohort_data import ct_volume, make_ct_series
+
+    series = tmp_path / "clip"
+    for path in make_ct_series(series, ct_volume(np.random.default_rng(5), 2)):
+        dataset = pydicom.dcmread(path)
+        dataset.Modality = "US"
+        dataset.save_as(path)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "predict", "clip", "-m", "auto", "-c", "tiny", "--device", "cpu")
+    assert code == 0, err
+    assert out.startswith("clip_mask.nrrd  (") and out.strip().endswith("; Modality (0008,0060) = US -> ultrasound)")
+    code, out, err = run(capsys, "predict", "gone.dcm", "-m", "auto", "-c", "tiny")
+    one_line_error(code, err, "input not found")
