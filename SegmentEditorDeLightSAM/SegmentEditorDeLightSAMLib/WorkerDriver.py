@@ -18,6 +18,7 @@ from slicer.i18n import tr as _
 
 from DeLightSAMLib.errors import DeLightSAMError
 from DeLightSAMSlicerLib.Background import BackgroundSegmenter, viewKey
+from DeLightSAMSlicerLib.HeaderModality import resolveModality
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 from DeLightSAMSlicerLib.Worker import PredictorSpec
 
@@ -46,6 +47,7 @@ class WorkerDriver:
         self._progress = None
         self._what = None
         self._model = AUTOMATIC
+        self._chosen = None  # Auto: the modality the DICOM header gave, for the status line
         self.timer = qt.QTimer()
         self.timer.setInterval(TICK_MS)
         self.timer.connect("timeout()", self.onTick)
@@ -77,7 +79,7 @@ class WorkerDriver:
         items of a batch run (a progress dialog with Cancel), None for one slice. A run under way is superseded."""
         from DeLightSAM import DownloadProgressDialog, confirmDialog, userErrorDisplay
 
-        from SegmentEditorDeLightSAMLib.SegmentEditorEffect import EffectWriter
+        from SegmentEditorDeLightSAMLib.SegmentEditorEffect import EffectWriter, fileForInstance
 
         effect = self.effect
         standIn = effect.session.standInPredictor(model)
@@ -89,12 +91,15 @@ class WorkerDriver:
             )
             return
         with userErrorDisplay(_("De-LightSAM segmentation failed.")):
+            options, self._chosen = effect._options(), None
+            if model == AUTOMATIC:  # Auto: the header's modality, or a message, before any download
+                options, self._chosen = resolveModality(options, effect._sourceVolume(), fileForInstance)
             with DownloadProgressDialog() as download:
                 checkpoint = effect.session.checkpointFile(confirmDialog, download.report, model)
             spec = PredictorSpec.of(model, checkpoint, effect.session.device)
             self._specs[model] = ((effect.session.checkpointReference(model), effect.session.device), spec)
             self._model = model
-            segmentationRun = start(effect._options(), EffectWriter(effect.scriptedEffect))
+            segmentationRun = start(options, EffectWriter(effect.scriptedEffect))
             self._closeProgress()
             self._what = what
             self.segmenter.start(segmentationRun, spec, self._finished, self._report if what else None)
@@ -125,6 +130,10 @@ class WorkerDriver:
             return
         if outcome.result is not None:
             self.effect.statusLabel.text = self.effect._statusText(outcome.result, None, self._model)
+            if self._chosen is not None:
+                self.effect.statusLabel.text += " " + _("Modality from the DICOM header: {reason}.").format(
+                    reason=self._chosen.reason
+                )
         if outcome.error is not None:
             with userErrorDisplay(_("De-LightSAM segmentation failed.")):
                 raise outcome.error
