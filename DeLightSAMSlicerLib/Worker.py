@@ -220,6 +220,13 @@ class EncodingCache:
             self._restore(entry)
         entry.used = True
 
+    def predict_batch(self, images, *args, **kwargs):
+        """Several images at once (All slices, All frames): encoded in batches by the predictor, not kept (each is
+        written once); counted as encoder runs."""
+        images = list(images)
+        self.encodings += len(images)
+        return self.predictor.predict_batch(images, *args, **kwargs)
+
     def _encode(self, key, image, window) -> _Encoding:
         start = time.process_time()
         self.predictor.set_image(image, window)

@@ -182,6 +182,7 @@ def test_worker_masks_equal_the_in_process_path_voxel_for_voxel(scene, client, s
     )
     outcome = _finish(segmenter, run)
     assert outcome.error is None and progress == [(2, 3), (3, 3)]
+    assert run.encodings == 3  # batches are encoded together, never from the cache
     inWorker = _segment(scene)
     assert all(inWorker[k].any() for k in range(SHAPE[0]))
     assert np.array_equal(inWorker, inProcess(lambda: logic.startAllSlices(*_targets(scene), "xray")))
