@@ -246,13 +246,13 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
         """The editor widget deletes its effects without deactivating them (5.8), or after cleanup() (5.10 and later):
         either way the effect's scene-close observer goes with it, and a later scene close runs none of its code."""
         volume, segmentation, segmentId, sliceNode, editorWidget = self._scene()
-        effect = self._effect(editorWidget).self()
-        scene, tag = effect.sceneCloseObserver
+        pythonEffect = self._effect(editorWidget).self()
+        scene, tag = pythonEffect.sceneCloseObserver
         self.assertIsNotNone(scene.GetCommand(tag))
         self.editorWidgets.remove(editorWidget)
         editorWidget.delete()
         slicer.app.processEvents()
-        self.assertIsNone(effect.sceneCloseObserver)
+        self.assertIsNone(pythonEffect.sceneCloseObserver)
         self.assertIsNone(scene.GetCommand(tag))
         slicer.mrmlScene.Clear(0)  # nothing of the deleted effect runs
 

@@ -449,8 +449,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def _sliceNode(self):
         viewName = self._viewName()
-        widget = slicer.app.layoutManager().sliceWidget(viewName) if viewName else None
-        return widget.mrmlSliceNode() if widget else None
+        sliceWidget = slicer.app.layoutManager().sliceWidget(viewName) if viewName else None
+        return sliceWidget.mrmlSliceNode() if sliceWidget else None
 
     def _sequenceBrowser(self):
         volume = self._sourceVolume()
