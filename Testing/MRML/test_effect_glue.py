@@ -280,6 +280,50 @@ def test_the_status_of_a_written_result_never_fails(effectModule, monkeypatch):
     assert effect.statusLabel.text.startswith("Done: slice 3: 5 voxels added, 0 removed, 0.1 s (stand-in on cpu; )")
 
 
+# ------------------------------------------------------------------------------------ the shared Qt side
+def test_errors_fail_a_self_test_and_end_in_one_message_for_users(effectModule, monkeypatch):
+    """Testing mode: the error itself propagates (Slicer shows no message box there, so it would be lost); otherwise
+    a user's mistake is one plain message and the action ends."""
+    from DeLightSAMLib.errors import DeLightSAMError
+    from DeLightSAMQt.Dialogs import userErrorDisplay
+
+    shown = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: shown.append((text, kwargs)))
+    with pytest.raises(DeLightSAMError, match="no checkpoint"):
+        with userErrorDisplay("De-LightSAM segmentation failed."):
+            raise DeLightSAMError("no checkpoint")
+    assert shown == []
+    monkeypatch.setattr(slicer.app, "testingEnabled", lambda: False)
+    with userErrorDisplay("De-LightSAM segmentation failed."):
+        raise DeLightSAMError("no checkpoint")
+    assert shown == [("De-LightSAM segmentation failed.\n\nno checkpoint", {})]
+
+
+def test_reinstalling_torch_does_not_import_it_in_this_process(effectModule, monkeypatch):
+    """PyTorchUtils' installTorch imports torch right after installing; over a torch that failed to import, the
+    installer hands it a placeholder instead, and this process's modules are as before afterwards."""
+    from DeLightSAMQt.SlicerApp import SlicerInstaller, _NotLoaded
+
+    seen = []
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, torchVersionRequirement=None):
+            import torch  # what PyTorchUtils does after its light-the-torch run
+
+            seen.append((torchVersionRequirement, torch))
+            return torch
+
+    pyTorchUtils = types.ModuleType("PyTorchUtils")
+    pyTorchUtils.PyTorchUtilsLogic = PyTorchUtilsLogic
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", pyTorchUtils)
+    before = sys.modules.get("torch")
+    SlicerInstaller().installTorch(">=2.1", load=False)
+    ((requirement, placeholder),) = seen
+    assert requirement == ">=2.1" and isinstance(placeholder, _NotLoaded) and sys.modules.get("torch") is before
+    SlicerInstaller().installTorch(">=2.1")  # a first install: PyTorchUtils imports the real one
+    assert not isinstance(seen[1][1], _NotLoaded)
+
+
 # ---------------------------------------------------------------------------------------- the source, as a tree
 def _tree(path):
     return ast.parse(Path(path).read_text())
