@@ -13,7 +13,7 @@ class SegmentEditorDeLightSAM(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Segment Editor De-LightSAM")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = ["Segmentations", "DeLightSAM"]  # the effect uses DeLightSAM's session
+        self.parent.dependencies = ["Segmentations", "DeLightSAM"]  # the effect uses its DeLightSAMQt and path
         self.parent.contributors = ["De-LightSAM for Slicer contributors"]
         self.parent.hidden = True
         self.parent.helpText = _("Registers the De-LightSAM effect in the Segment Editor.")

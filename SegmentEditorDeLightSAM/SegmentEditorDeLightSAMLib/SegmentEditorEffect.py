@@ -2,8 +2,8 @@
 or of what lies inside a box dragged on a slice view (LiteMedSAM, box mode).
 
 UI, parameters and the box's rubber band only. The session (DeLightSAMSlicerLib.Session) loads the predictors and
-asks, through the dialogs both panels share (DeLightSAMQt.Dialogs), to install or download; the MRML logic (DeLightSAMSlicerLib.MRMLLogic) maps the
-box into the image the model sees, segments and writes through this effect's modifySelectedSegmentByLabelmap in the
+asks, through the dialogs both panels share (DeLightSAMQt.Dialogs), to install or download; the MRML logic
+(DeLightSAMSlicerLib.MRMLLogic) maps the box into the image the model sees, segments and writes through this effect's modifySelectedSegmentByLabelmap in the
 editor's modifier geometry, so the editor's undo, editable area, intensity range and overwrite settings hold. Both
 are Qt-free and tested under slicer-core.
 """
@@ -174,7 +174,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "fillHoles": self.fillHolesCheckBox,
         }
         self.modalitySelector.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
-        self.viewSelector.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        self.viewSelector.connect("currentIndexChanged(int)", self.onViewChanged)
         self.thresholdSlider.connect("valueChanged(double)", self.updateMRMLFromGUI)
         for checkBox in (self.replaceCheckBox, self.largestCheckBox, self.fillHolesCheckBox):
             checkBox.connect("toggled(bool)", self.updateMRMLFromGUI)
@@ -256,9 +256,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for name, value in options.toParameters().items():
             self.scriptedEffect.setParameter(name, value)
         self.session.setModality(options.modality)
+        self.scriptedEffect.setParameter(BOX_MODE_PARAMETER, "1" if self.boxModeCheckBox.checked else "0")
+
+    def onViewChanged(self, *_args):
+        """The user chose a view (only then is it stored: a stored view the layout lacks stays for a layout that has
+        it, while the selector shows the view used meanwhile)."""
         if self.viewSelector.currentText:
             self.scriptedEffect.setParameter(VIEW_PARAMETER, self.viewSelector.currentText)
-        self.scriptedEffect.setParameter(BOX_MODE_PARAMETER, "1" if self.boxModeCheckBox.checked else "0")
 
     def _fillViewSelector(self):
         """The layout's slice views, showing the one Apply uses (``resolveView``); writes no parameter."""

@@ -179,6 +179,8 @@ def test_the_view_selector_shows_the_view_apply_uses(effectModule):
     effect.layoutChanged()
     assert (effect.viewSelector.items, effect.viewSelector.currentText) == (["Red"], "Red")
     assert effect._sliceNode() == "slice node Red"  # what Apply segments is what the selector shows
+    effect.optionWidgets, effect.boxModeCheckBox = {}, types.SimpleNamespace(checked=True)
+    effect.updateMRMLFromGUI()  # another option changed: the shown view is not stored over the chosen one
     assert scriptedEffect.parameter("SliceView") == "Green"  # kept for a layout that has it again
     slicer.app.layout.views = ["Red", "Yellow", "Green"]
     effect.layoutChanged()
@@ -187,6 +189,9 @@ def test_the_view_selector_shows_the_view_apply_uses(effectModule):
     slicer.app.layout.views = []
     effect.layoutChanged()
     assert effect.viewSelector.items == [] and effect._sliceNode() is None
+    effect.viewSelector.currentText = "Yellow"
+    effect.onViewChanged()  # the user's choice is stored
+    assert scriptedEffect.parameter("SliceView") == "Yellow"
     assert effectModule.resolveView("Yellow", ("Red", "Yellow")) == "Yellow"
     assert effectModule.resolveView("Green", ("Red", "Yellow")) == "Red"
 
