@@ -9,9 +9,10 @@ import types
 import slicer
 from slicer.i18n import tr as _
 
-from DeLightSAMLib.errors import DeLightSAMError
+# The logic first: importing DeLightSAMSlicerLib is what finds the library (or says what to do when it is missing).
 from DeLightSAMSlicerLib.Requirements import installedVersion
 from DeLightSAMSlicerLib.Session import DeLightSAMSession
+from DeLightSAMLib.errors import DeLightSAMError
 
 _session = None
 
