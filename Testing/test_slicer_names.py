@@ -37,10 +37,19 @@ RECEIVERS = {
     "layoutManager": "layoutManager",
     "slicer.app.layoutManager()": "layoutManager",
     "torchUtils": "PyTorchUtilsLogic",
+    # VTK-wrapped classes the self-tests drive (the MRML logic's own calls run under slicer-core in Testing/MRML)
+    "slicer.mrmlScene": "mrmlScene",
+    "slicer.vtkMRMLLayoutNode": "vtkMRMLLayoutNode",
+    "sliceNode": "vtkMRMLSliceNode",
+    "segmentation": "vtkMRMLSegmentationNode",
+    "slicer.vtkSlicerSegmentationsModuleLogic": "vtkSlicerSegmentationsModuleLogic",
+    "geometryLogic": "vtkSlicerSegmentationGeometryLogic",
 }
 # What PythonQt and Qt give every wrapped QObject (PythonQt's connect/delete/className, QObject's blockSignals,
-# QCoreApplication's processEvents): not Slicer's, so not in Slicer's headers.
+# QCoreApplication's processEvents), and VTK every vtkObject: not Slicer's, so not in Slicer's headers.
 QT_AND_PYTHONQT = {"connect", "disconnect", "delete", "className", "blockSignals", "objectName", "processEvents"}
+# vtkObject's (VTK's own base, outside Slicer's tree).
+QT_AND_PYTHONQT |= {"AddObserver", "RemoveObserver", "GetCommand", "HasObserver", "Modified"}
 
 
 def _uses(path: Path) -> list[tuple[str, str, int]]:
@@ -92,3 +101,22 @@ def test_every_name_the_glue_uses_exists_in_each_supported_slicer(version):
         if name not in available[receiver]
     ]
     assert missing == [], f"missing in Slicer {version} ({NAMES['versions'][version]}): " + "; ".join(missing)
+
+
+def test_the_committed_lists_are_what_the_script_makes(tmp_path):
+    """With clones of Slicer and SlicerPyTorch at hand (DELIGHTSAM_SLICER_GIT, DELIGHTSAM_SLICERPYTORCH_GIT: git
+    directories), the committed file is exactly what extract.py makes from them."""
+    import os
+    import subprocess
+    import sys
+
+    slicerGit, pyTorchGit = os.environ.get("DELIGHTSAM_SLICER_GIT"), os.environ.get("DELIGHTSAM_SLICERPYTORCH_GIT")
+    if not (slicerGit and pyTorchGit):
+        pytest.skip("set DELIGHTSAM_SLICER_GIT and DELIGHTSAM_SLICERPYTORCH_GIT to git directories to rerun it")
+    script = REPO / "Testing" / "slicer_names" / "extract.py"
+    run = subprocess.run([sys.executable, str(script), slicerGit, pyTorchGit], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    made = json.loads(run.stdout)
+    if made["slicer_revisions"] != NAMES["slicer_revisions"]:
+        pytest.skip("the clone's branches have moved on since the file was made; rerun extract.py")
+    assert made == NAMES

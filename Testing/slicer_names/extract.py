@@ -8,7 +8,10 @@ Rerun when a Slicer version is added (edit VERSIONS) or the glue starts using an
     python Testing/slicer_names/extract.py slicer.git pytorch.git > Testing/slicer_names/slicer_names.json
 
 What PythonQt exposes of a QObject class: its public slots, Q_PROPERTY and Q_INVOKABLE methods and its enums, and
-those of its base classes; plus the PythonQt decorators Slicer declares for it (qSlicer*PythonQtDecorators.h). The
+those of its base classes; plus the PythonQt decorators Slicer declares for it (qSlicer*PythonQtDecorators.h). What
+VTK's wrapping exposes of a vtk class: its public methods, the Get/Set/On/Off methods of its vtkGet/vtkSet/
+vtkBoolean macros, and its enums, with those of its bases inside Slicer's tree (VTK's own, such as vtkObject's, are
+not read: the test lists the few it uses). The
 ``slicer`` namespace: the documented attributes of slicer/__init__.py, its submodules, and every vtk*/q* class
 header of the tree (each wrapped class has one). ``slicer.util``: the module's top-level functions and classes.
 ``PyTorchUtilsLogic``: the class's methods in PyTorchUtils.py.
@@ -30,6 +33,22 @@ CLASSES = {  # the receiver a test maps glue variables to -> the C++ class it is
     "sliceWidget": "qMRMLSliceWidget",
     "layoutManager": "qSlicerLayoutManager",
 }
+VTK_CLASSES = {
+    "mrmlScene": "vtkMRMLScene",
+    "vtkMRMLLayoutNode": "vtkMRMLLayoutNode",
+    "vtkMRMLSliceNode": "vtkMRMLSliceNode",
+    "vtkMRMLSegmentationNode": "vtkMRMLSegmentationNode",
+    "vtkSlicerSegmentationsModuleLogic": "vtkSlicerSegmentationsModuleLogic",
+    "vtkSlicerSegmentationGeometryLogic": "vtkSlicerSegmentationGeometryLogic",
+}
+MACROS = {  # VTK macro -> the method names it declares for its first argument X
+    "vtkGetMacro": ("Get{}",), "vtkSetMacro": ("Set{}",), "vtkBooleanMacro": ("{}On", "{}Off"),
+    "vtkGetObjectMacro": ("Get{}",), "vtkSetObjectMacro": ("Set{}",), "vtkGetStringMacro": ("Get{}",),
+    "vtkSetStringMacro": ("Set{}",), "vtkGetVector3Macro": ("Get{}",), "vtkSetVector3Macro": ("Set{}",),
+    "vtkGetVectorMacro": ("Get{}",), "vtkSetVectorMacro": ("Set{}",), "vtkSetClampMacro": ("Set{}",),
+    "vtkGetEnumMacro": ("Get{}",), "vtkSetEnumMacro": ("Set{}",), "vtkGetSmartPointerMacro": ("Get{}",),
+    "vtkGetNewMacro": ("Get{}",), "vtkSetNewMacro": ("Set{}",),
+}  # fmt: skip
 
 
 def git(repo: str, *args: str) -> str:
@@ -73,6 +92,26 @@ def exposed(text: str, className: str) -> tuple[set[str], list[str]]:
     ]
 
 
+def vtkExposed(text: str, className: str) -> tuple[set[str], list[str]]:
+    """(names VTK's wrapping exposes, base class names) of ``className`` declared in header ``text``."""
+    text = _uncomment(text)
+    match = re.search(rf"class\s+(?:\w+_EXPORT\s+)?{className}\b\s*(?::([^{{]*))?\{{", text)
+    if match is None:
+        return set(), []
+    bases = re.findall(r"public\s+(\w+)", match.group(1) or "")
+    body = text[match.end() :]
+    names = set()
+    access = re.split(r"\b(public|protected|private)\s*:", body)
+    sections = [code for label, code in zip(access[1::2], access[2::2]) if label == "public"]  # class: private first
+    for section in sections:
+        names |= set(re.findall(r"(\w+)\s*\([^;{]*\)\s*(?:const)?\s*(?:override)?\s*(?:[;{=]|VTK_)", section))
+        for macro, argument in re.findall(r"\b(vtk\w+Macro)\s*\(\s*(\w+)", section):
+            names |= {pattern.format(argument) for pattern in MACROS.get(macro, ())}
+    for enum in re.finditer(r"enum\s+(?:class\s+)?\w*\s*(?::\s*\w+\s*)?\{([^}]*)\}", body):
+        names |= {value.split("=")[0].strip() for value in enum.group(1).split(",") if value.strip()}
+    return {name for name in names if name.isidentifier()}, bases
+
+
 def decorators(repo: str, revision: str, className: str) -> set[str]:
     """Methods Slicer's PythonQt decorators add to ``className``: ``X(className* self, ...)`` and
     ``static_className_X(...)``."""
@@ -85,15 +124,16 @@ def decorators(repo: str, revision: str, className: str) -> set[str]:
     return names
 
 
-def classNames(repo: str, revision: str, className: str, found: dict[str, str]) -> set[str]:
+def classNames(repo: str, revision: str, className: str, found: dict[str, str], vtk: bool = False) -> set[str]:
     names, pending, seen = set(), [className], set()
     while pending:
         current = pending.pop()
         if current in seen or current not in found:
             continue  # Qt's and VTK's own bases: not read here
         seen.add(current)
-        members, bases = exposed(git(repo, "show", f"{revision}:{found[current]}"), current)
-        names |= members | decorators(repo, revision, current)
+        text = git(repo, "show", f"{revision}:{found[current]}")
+        members, bases = vtkExposed(text, current) if vtk else exposed(text, current)
+        names |= members if vtk else members | decorators(repo, revision, current)
         pending += bases
     return names
 
@@ -116,7 +156,7 @@ def slicerNamespace(repo: str, revision: str, found: dict[str, str]) -> set[str]
 
 
 def main(slicerRepo: str, pyTorchRepo: str) -> None:
-    data = {"versions": VERSIONS, "classes": CLASSES, "names": {}}
+    data = {"versions": VERSIONS, "classes": {**CLASSES, **VTK_CLASSES}, "names": {}}
     for version, revision in VERSIONS.items():
         found = headers(slicerRepo, revision)
         names = {
@@ -125,6 +165,8 @@ def main(slicerRepo: str, pyTorchRepo: str) -> None:
         }
         for receiver, className in CLASSES.items():
             names[receiver] = classNames(slicerRepo, revision, className, found)
+        for receiver, className in VTK_CLASSES.items():
+            names[receiver] = classNames(slicerRepo, revision, className, found, vtk=True)
         names["PyTorchUtilsLogic"] = pythonNames(
             git(pyTorchRepo, "show", "HEAD:PyTorchUtils/PyTorchUtils.py"), "PyTorchUtilsLogic"
         )
