@@ -25,6 +25,19 @@ MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
 }
 MODALITIES: tuple[str, ...] = tuple(MODALITY_ALIASES)
 
+# The DICOM Modality (0008,0060) codes of the images each modality was trained on: what ``auto`` (the modality read
+# from the image's own header, header_modality.py) accepts. CR, DX, RG: radiographs; OP: ophthalmic photography;
+# ES: endoscopy; DMS: dermoscopy; XC: external-camera photography; SM, GM: slide and general microscopy.
+DICOM_MODALITY_CODES: dict[str, tuple[str, ...]] = {
+    "xray": ("CR", "DX", "RG"),
+    "ultrasound": ("US",),
+    "fundus": ("OP",),
+    "colonoscopy": ("ES",),
+    "dermoscopy": ("DMS", "XC"),
+    "microscopy": ("SM", "GM"),
+}
+AUTO_MODALITY = "auto"  # the modality a DICOM image's header names (never a name of MODALITIES)
+
 # Where the released model was trained for each index; names are those of MODALITIES.
 OFFICIAL_MODALITY_MAP: dict[str, int] = {
     "dermoscopy": 0,

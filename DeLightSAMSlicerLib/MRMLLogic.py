@@ -59,7 +59,7 @@ class SegmentationOptions:
 
     ``box`` chooses the model: None, De-LightSAM segments the whole view for ``modality``; a box (x0, y0, x1, y1) in
     view pixel positions (``Geometry``: x along columns, the image spans 0..cols and 0..rows), LiteMedSAM segments
-    what lies inside it. The loop hands the options to ``_predictMasks``, the only step that depends on how a mask
+    what lies inside it. The loop hands the options to ``predictMasks``, the only step that depends on how a mask
     is predicted; writing is the same for every mask.
     """
 
@@ -208,12 +208,190 @@ class SliceResult:
 @dataclass
 class _Job:
     """The items of one run: ``viewAt(i)`` shows item i; ``selectForWriting(i)``, for frames, makes item i's
-    segmentation the one the writer modifies (then each item is written on its own; otherwise a batch at once)."""
+    segmentation the one the writer modifies (then each item is written on its own; otherwise a batch at once).
+    ``prepare`` runs once, just before the first view is read (frames: the snapshot for undo), ``restore`` once at the
+    end unless the scene closed; ``describe(done)`` says what the run covered."""
 
     count: int
     viewAt: Callable[[int], SliceView]
+    describe: Callable[[int], str]
     selectForWriting: Optional[Callable[[int], None]] = None
     undoable: bool = True  # one editor undo state before the first change
+    prepare: Optional[Callable[[], None]] = None
+    restore: Optional[Callable[[], None]] = None
+
+
+@dataclass
+class RunBatch:
+    """The views of one batch of a run, read on the scene's thread: what ``predictMasks`` needs, and nothing of MRML."""
+
+    items: list
+    views: list  # SliceView per item
+    options: SegmentationOptions
+
+
+def predictMasks(predictor, views: Sequence[SliceView], options: SegmentationOptions) -> list[np.ndarray]:
+    """(rows, cols) bool masks of ``views``. Touches no MRML: safe on any thread or in another process.
+
+    The raw view and its display window go to the predictor, which converts them to 8 bits (one pixel pipeline, the
+    library's). One view: ``set_image`` then ``predict``, so the image stays cached in the predictor; several:
+    ``predict_batch``, per display window. With a box: LiteMedSAM's mask of the box (its predictor keeps the encoding
+    of an unchanged image, ``Models.ReusedEncoding``)."""
+    if options.box is not None:
+        masks = []
+        for view in views:
+            predictor.set_image(view.image, view.window)
+            masks.append(predictor.predict(np.asarray(options.box, np.float64), threshold=options.threshold).mask)
+        return masks
+    if len(views) == 1:
+        predictor.set_image(views[0].image, views[0].window)
+        return [predictor.predict(options.modality, threshold=options.threshold).mask]
+    masks: list = [None] * len(views)
+    byWindow: dict = {}
+    for index, view in enumerate(views):
+        byWindow.setdefault(tuple(float(value) for value in view.window), []).append(index)
+    for window, indices in byWindow.items():
+        results = predictor.predict_batch(
+            [views[i].image for i in indices], options.modality, threshold=options.threshold, window=window
+        )
+        for index, result in zip(indices, results):
+            masks[index] = result.mask
+    return masks
+
+
+class SegmentationRun:
+    """One run, split into the steps a front end schedules: ``nextBatch()`` reads views and ``write()`` writes masks
+    on the thread that owns the scene (Slicer's main thread, the web app's event loop); ``predictMasks`` runs anywhere
+    in between (a worker thread or process). ``finish()`` ends it (always call it). Made by the logic's ``start...``
+    methods, which check their inputs and change nothing in the scene.
+
+    Masks are written into the slices their views came from, whatever the views show by then. A scene closed during
+    the run ends it: nothing in it is touched after that.
+    """
+
+    def __init__(
+        self,
+        job: _Job,
+        sourceVolumeNode,
+        segmentationNode,
+        segmentId: str,
+        options: SegmentationOptions,
+        writer: Union[LabelmapWriter, Callable[[], LabelmapWriter]],
+        batchSize: int,
+    ) -> None:
+        self.model = options.model  # the predictor it needs: Models.AUTOMATIC or Models.BOX
+        self.total = job.count
+        self.done = 0  # items written
+        self.options = options
+        self._job = job
+        self._sourceVolumeNode = sourceVolumeNode
+        self._segmentationNode = segmentationNode
+        self._segmentId = segmentId
+        self._writerSource = writer  # a writer, or a callable making one (on first write: no scene change before)
+        self._writer: Optional[LabelmapWriter] = None
+        self._batchSize = max(1, int(batchSize))
+        self._next = 0
+        self._added = self._removed = self._covered = 0
+        self._cancelled = False
+        self._prepared = False
+        self._result: Optional[SliceResult] = None
+        self._start = time.perf_counter()
+        self._scene = _SceneCloseObservation(segmentationNode.GetScene()).start()
+
+    @property
+    def sceneClosed(self) -> bool:
+        return self._scene.closed
+
+    def cancel(self) -> None:
+        """Stop after the batch under way: the next ``nextBatch()`` returns None; what was written stays."""
+        self._cancelled = True
+
+    def nextBatch(self) -> Optional[RunBatch]:
+        """The views of the next ``batchSize`` items (scene thread), or None when the run is over."""
+        if self._cancelled or self._scene.closed or self._result is not None or self._next >= self.total:
+            return None
+        if not self._prepared:
+            self._prepared = True
+            if self._job.prepare is not None:
+                self._job.prepare()
+        items = list(range(self._next, min(self._next + self._batchSize, self.total)))
+        self._next = items[-1] + 1
+        return RunBatch(items, [self._job.viewAt(item) for item in items], self.options)
+
+    def write(self, batch: RunBatch, masks: Sequence[np.ndarray]) -> None:
+        """Write ``predictMasks``' answer for ``batch`` (scene thread), as one labelmap per batch (frames: per item)."""
+        if self._scene.closed or self._result is not None:
+            return
+        if len(masks) != len(batch.views):
+            raise ValueError(f"{len(masks)} masks for {len(batch.views)} views")
+        DeLightSAMMRMLLogic._checkSegment(self._segmentationNode, self._segmentId)
+        if self._writer is None:
+            source = self._writerSource
+            writer = source if hasattr(source, "modifierGeometry") else source()
+            self._writer = _UndoStateBeforeFirstChange(writer) if self._job.undoable else writer
+        entries = list(zip(batch.items, batch.views, masks))
+        groups = [entries] if self._job.selectForWriting is None else [[entry] for entry in entries]
+        for group in groups:
+            if self._job.selectForWriting is not None:
+                self._job.selectForWriting(group[0][0])
+            change = _writeGroup(group, self._segmentationNode, self._segmentId, self.options, self._writer)
+            if change is not None:
+                self._added += change[0]
+                self._removed += change[1]
+                self._covered += len(group)
+        self.done += len(batch.items)
+
+    def finish(self) -> SliceResult:
+        """End the run (scene thread): stop watching the scene, put back what the run moved (frames), and say what was
+        written. Raises SegmentationError when the slices covered no voxel of the segmentation. Idempotent."""
+        if self._result is not None:
+            return self._result
+        self._scene.stop()
+        closed = self._scene.closed
+        if self._prepared and self._job.restore is not None and not closed:
+            self._job.restore()
+        self._result = SliceResult(
+            self._added,
+            self._removed,
+            self.done,
+            time.perf_counter() - self._start,
+            self._job.describe(self.done),
+            self._cancelled or closed,
+            closed,
+        )
+        if self.done and not self._covered and not closed:
+            raise SegmentationError(
+                _(
+                    "the slice covers no voxel of '{segmentation}' (it lies outside the segmentation's geometry, or "
+                    "between its voxels where they are coarser than the volume's); give the segmentation the geometry of "
+                    "'{volume}' (Segment Editor: Specify geometry) and apply again"
+                ).format(segmentation=self._segmentationNode.GetName(), volume=self._sourceVolumeNode.GetName())
+            )
+        return self._result
+
+
+def _writeGroup(
+    group, segmentationNode, segmentId: str, options: SegmentationOptions, writer: LabelmapWriter
+) -> Optional[tuple[int, int]]:
+    """Write the masks of ``group`` (item, view, mask) as one labelmap in the modifier geometry (a Remove of the
+    covered voxels first, with ``replace``); returns the segment's voxels (added, removed), read back, or None
+    when the slices lie outside the modifier geometry."""
+    geometry = writer.modifierGeometry()
+    batch = BatchLabelmap(geometry)
+    worldToSegmentation = np.linalg.inv(worldFromNode(segmentationNode))
+    for _item, view, mask in group:
+        ijk, values = sliceVoxels(options.cleanUp(np.asarray(mask, bool)), view.plane)
+        batch.add(ijk, values, worldToSegmentation @ view.plane.ijkToWorld)
+    if batch.empty:
+        return None
+    extent, mask, covered = batch.arrays()
+    before = segmentVoxels(segmentationNode, segmentId, geometry, extent)
+    if options.replace and (covered > mask).any():
+        writer.remove(geometry.image(covered & (1 - mask), extent))
+    if mask.any():
+        writer.add(geometry.image(mask, extent))
+    after = segmentVoxels(segmentationNode, segmentId, geometry, extent)
+    return int((after > before).sum()), int((after < before).sum())
 
 
 class DeLightSAMMRMLLogic:
@@ -246,7 +424,7 @@ class DeLightSAMMRMLLogic:
         view = self.sliceView(sourceVolumeNode, sliceNode)
         return view.rgb8(), view.plane
 
-    # ------------------------------------------------------------------ the three runs
+    # ------------------------------------------------------------------ runs, in one call
     def segmentSlice(
         self,
         sourceVolumeNode,
@@ -261,10 +439,9 @@ class DeLightSAMMRMLLogic:
 
         ``options``: :class:`SegmentationOptions` or a modality; keyword arguments replace its fields.
         """
-        options = SegmentationOptions.of(options, **changes)
-        self._checkSegment(segmentationNode, segmentId)
-        view = self.sliceView(sourceVolumeNode, sliceNode)
-        return self._segmentView(view, sourceVolumeNode, segmentationNode, segmentId, options, writer)
+        return self.execute(
+            self.startSlice(sourceVolumeNode, sliceNode, segmentationNode, segmentId, options, writer, **changes)
+        )
 
     def segmentBox(
         self,
@@ -277,21 +454,9 @@ class DeLightSAMMRMLLogic:
         writer: Optional[LabelmapWriter] = None,
         **changes,
     ) -> SliceResult:
-        """LiteMedSAM's mask of what lies inside a box drawn on the view ``sliceNode``: ``corners`` are two opposite
-        corners in world RAS (where the drag started and ended). The box is mapped to the pixels of the image the
-        model sees through the same geometry as the mask, and clipped to it; written as ``segmentSlice`` writes
-        (one undo step, the editor's masking and overwrite settings, ``replace``)."""
-        options = SegmentationOptions.of(options, **changes)
-        self._checkSegment(segmentationNode, segmentId)
-        view = self.sliceView(sourceVolumeNode, sliceNode)
-        box = viewBox(view.plane, corners, sliceNode.GetName(), sourceVolumeNode.GetName())
-        return self._segmentView(
-            view,
-            sourceVolumeNode,
-            segmentationNode,
-            segmentId,
-            SegmentationOptions.of(options, box=tuple(float(value) for value in box)),
-            writer,
+        """LiteMedSAM's mask of what lies inside a box drawn on the view ``sliceNode`` (see ``startBox``)."""
+        return self.execute(
+            self.startBox(sourceVolumeNode, sliceNode, segmentationNode, segmentId, options, corners, writer, **changes)
         )
 
     def segmentBoxFromSegment(
@@ -304,6 +469,115 @@ class DeLightSAMMRMLLogic:
         writer: Optional[LabelmapWriter] = None,
         **changes,
     ) -> SliceResult:
+        """Refine the segment on the slice ``sliceNode`` shows with LiteMedSAM (see ``startBoxFromSegment``)."""
+        return self.execute(
+            self.startBoxFromSegment(
+                sourceVolumeNode, sliceNode, segmentationNode, segmentId, options, writer, **changes
+            )
+        )
+
+    def segmentAllSlices(
+        self,
+        sourceVolumeNode,
+        sliceNode,
+        segmentationNode,
+        segmentId: str,
+        options,
+        writer: Optional[LabelmapWriter] = None,
+        *,
+        progress: Optional[ProgressCallback] = None,
+        **changes,
+    ) -> SliceResult:
+        """Every slice of the volume along the view's normal (see ``startAllSlices``); ``progress(done, total)`` after
+        each batch, and raising ``SegmentationCancelled`` there keeps the slices already written."""
+        run = self.startAllSlices(sourceVolumeNode, sliceNode, segmentationNode, segmentId, options, writer, **changes)
+        return self.execute(run, progress)
+
+    def segmentAllFrames(
+        self,
+        browserNode,
+        sourceVolumeNode,
+        sliceNode,
+        segmentationNode,
+        segmentId: str,
+        options,
+        writer: Optional[LabelmapWriter] = None,
+        *,
+        progress: Optional[ProgressCallback] = None,
+        **changes,
+    ) -> SliceResult:
+        """The slice ``sliceNode`` shows, in every frame of a sequence (see ``startAllFrames``)."""
+        run = self.startAllFrames(
+            browserNode, sourceVolumeNode, sliceNode, segmentationNode, segmentId, options, writer, **changes
+        )
+        return self.execute(run, progress)
+
+    def execute(self, run: SegmentationRun, progress: Optional[ProgressCallback] = None, predictor=None) -> SliceResult:
+        """Run ``run`` here and now: the model (``predictorProvider(run.model)`` unless given; loaded, asking the
+        user, before anything in the scene changes), then view, predict and write batch by batch, reporting
+        ``progress(done, total)`` after each. ``SegmentationCancelled`` from ``progress`` keeps what was written."""
+        try:
+            predictor = predictor or self.predictorProvider(run.model)
+            while (batch := run.nextBatch()) is not None:
+                run.write(batch, predictMasks(predictor, batch.views, batch.options))
+                if progress is not None:
+                    try:
+                        progress(run.done, run.total)
+                    except SegmentationCancelled:
+                        run.cancel()
+        finally:
+            result = run.finish()
+        return result
+
+    # ------------------------------------------------------------------ runs, step by step (see SegmentationRun)
+    def startSlice(
+        self,
+        sourceVolumeNode,
+        sliceNode,
+        segmentationNode,
+        segmentId: str,
+        options,
+        writer: Optional[LabelmapWriter] = None,
+        **changes,
+    ) -> SegmentationRun:
+        """The run that writes the slice ``sliceNode`` shows now (read at once: the view may change while it runs)."""
+        options = SegmentationOptions.of(options, **changes)
+        self._checkSegment(segmentationNode, segmentId)
+        view = self.sliceView(sourceVolumeNode, sliceNode)
+        return self._viewRun(view, sourceVolumeNode, segmentationNode, segmentId, options, writer)
+
+    def startBox(
+        self,
+        sourceVolumeNode,
+        sliceNode,
+        segmentationNode,
+        segmentId: str,
+        options,
+        corners,
+        writer: Optional[LabelmapWriter] = None,
+        **changes,
+    ) -> SegmentationRun:
+        """LiteMedSAM's mask of what lies inside a box drawn on the view ``sliceNode``: ``corners`` are two opposite
+        corners in world RAS (where the drag started and ended). The box is mapped to the pixels of the image the
+        model sees through the same geometry as the mask, and clipped to it; written as ``segmentSlice`` writes
+        (one undo step, the editor's masking and overwrite settings, ``replace``)."""
+        options = SegmentationOptions.of(options, **changes)
+        self._checkSegment(segmentationNode, segmentId)
+        view = self.sliceView(sourceVolumeNode, sliceNode)
+        box = viewBox(view.plane, corners, sliceNode.GetName(), sourceVolumeNode.GetName())
+        options = SegmentationOptions.of(options, box=tuple(float(value) for value in box))
+        return self._viewRun(view, sourceVolumeNode, segmentationNode, segmentId, options, writer)
+
+    def startBoxFromSegment(
+        self,
+        sourceVolumeNode,
+        sliceNode,
+        segmentationNode,
+        segmentId: str,
+        options,
+        writer: Optional[LabelmapWriter] = None,
+        **changes,
+    ) -> SegmentationRun:
         """Refine the segment on the slice ``sliceNode`` shows: LiteMedSAM segments the box that just holds the
         segment's pixels on that view, and the segment's part of the slice becomes that mask (``replace``)."""
         options = SegmentationOptions.of(options, **changes)
@@ -322,9 +596,9 @@ class DeLightSAMMRMLLogic:
                 )
             )
         options = SegmentationOptions.of(options, box=tuple(float(value) for value in box), replace=True)
-        return self._segmentView(view, sourceVolumeNode, segmentationNode, segmentId, options, writer)
+        return self._viewRun(view, sourceVolumeNode, segmentationNode, segmentId, options, writer)
 
-    def _segmentView(
+    def _viewRun(
         self,
         view: SliceView,
         sourceVolumeNode,
@@ -332,19 +606,19 @@ class DeLightSAMMRMLLogic:
         segmentId: str,
         options: SegmentationOptions,
         writer: Optional[LabelmapWriter],
-    ) -> SliceResult:
-        """Predict and write one view (one undo step)."""
-        result = self._run(_Job(1, lambda _item: view), sourceVolumeNode, segmentationNode, segmentId, options, writer)
-        result.description = view.plane.description
+    ) -> SegmentationRun:
+        """One view, one undo step."""
+        description = view.plane.description
         if options.box is not None:
-            result.description = _("box of {width} x {height} px on {plane}").format(
+            description = _("box of {width} x {height} px on {plane}").format(
                 width=f"{options.box[2] - options.box[0]:.0f}",
                 height=f"{options.box[3] - options.box[1]:.0f}",
                 plane=view.plane.description,
             )
-        return result
+        job = _Job(1, lambda _item: view, lambda _done: description)
+        return self._newRun(job, sourceVolumeNode, segmentationNode, segmentId, options, writer)
 
-    def segmentAllSlices(
+    def startAllSlices(
         self,
         sourceVolumeNode,
         sliceNode,
@@ -352,15 +626,12 @@ class DeLightSAMMRMLLogic:
         segmentId: str,
         options,
         writer: Optional[LabelmapWriter] = None,
-        *,
-        progress: Optional[ProgressCallback] = None,
         **changes,
-    ) -> SliceResult:
+    ) -> SegmentationRun:
         """Every slice of the volume along the view's normal, in batches; one undo step for the whole run.
 
         Slices with one value everywhere (padding, air outside the field of view) cost one network pass per distinct
-        value (the predictor reuses the result). Cancelling (``SegmentationCancelled`` from ``progress``) keeps the
-        slices already written.
+        value (the predictor reuses the result). Cancelling keeps the slices already written.
         """
         options = self._withoutBox(SegmentationOptions.of(options, **changes))
         self._checkSegment(segmentationNode, segmentId)
@@ -375,15 +646,14 @@ class DeLightSAMMRMLLogic:
             return SliceView(viewImage(voxels, planeAtIndex), window, planeAtIndex)
 
         total = plane.volumeDimensions[plane.axis]
-        result = self._run(
-            _Job(total, viewAt), sourceVolumeNode, segmentationNode, segmentId, options, writer, progress
+        describe = lambda done: _("{done} of {total} slices along {axis}").format(  # noqa: E731
+            done=done, total=total, axis="IJK"[plane.axis]
         )
-        result.description = _("{done} of {total} slices along {axis}").format(
-            done=result.sliceCount, total=total, axis="IJK"[plane.axis]
+        return self._newRun(
+            _Job(total, viewAt, describe), sourceVolumeNode, segmentationNode, segmentId, options, writer
         )
-        return result
 
-    def segmentAllFrames(
+    def startAllFrames(
         self,
         browserNode,
         sourceVolumeNode,
@@ -392,19 +662,17 @@ class DeLightSAMMRMLLogic:
         segmentId: str,
         options,
         writer: Optional[LabelmapWriter] = None,
-        *,
-        progress: Optional[ProgressCallback] = None,
         **changes,
-    ) -> SliceResult:
+    ) -> SegmentationRun:
         """The slice ``sliceNode`` shows, in every frame of a sequence; each frame's mask goes into the matching
         item of the segmentation sequence synchronised with ``browserNode`` (one modification per frame).
 
         ``sourceVolumeNode`` and ``segmentationNode`` are the browser's proxy nodes. Frames whose segmentation
-        item is missing get an empty copy of the current segments first, so nothing leaks between frames.
-        Undo: ``undoLastFrames()`` restores every item as it was before the run. The editor's undo cannot: Slicer
-        clears the editor's undo history whenever the shown frame changes (each frame has its own segmentation
-        object, and ``vtkSegmentationHistory::SetSegmentation`` drops its states), so no undo state is saved.
-        Cancelling keeps the frames already written.
+        item is missing get an empty copy of the current segments first (when the first frame is read), so nothing
+        leaks between frames. Undo: ``undoLastFrames()`` restores every item as it was before the run. The editor's
+        undo cannot: Slicer clears the editor's undo history whenever the shown frame changes (each frame has its own
+        segmentation object, and ``vtkSegmentationHistory::SetSegmentation`` drops its states), so no undo state is
+        saved. Cancelling keeps the frames already written; the browser returns to the frame it showed.
         """
         options = self._withoutBox(SegmentationOptions.of(options, **changes))
         self._checkSegment(segmentationNode, segmentId)
@@ -432,29 +700,49 @@ class DeLightSAMMRMLLogic:
         self._checkedVoxels(sourceVolumeNode)
         if sliceNode is None:
             raise SegmentationError(_("no slice view selected; choose the view whose slice to segment"))
-        predictor = self.predictorProvider(options.model)  # load the model (asking to install, download) first
         primary = browserNode.GetMasterSequenceNode()
         indexValues = [primary.GetNthIndexValue(i) for i in range(primary.GetNumberOfDataNodes())]
-        self._framesSnapshot = FramesSnapshot(browserNode, segmentationSequence, segmentationNode, indexValues)
-        fillMissingItems(segmentationSequence, segmentationNode, indexValues)
-        saveChanges = browserNode.GetSaveChanges(segmentationSequence)
-        browserNode.SetSaveChanges(segmentationSequence, True)  # the proxy's edits are stored in the frame's item
-        startItem = browserNode.GetSelectedItemNumber()
+        before = {}
+
+        def prepare():
+            self._framesSnapshot = FramesSnapshot(browserNode, segmentationSequence, segmentationNode, indexValues)
+            fillMissingItems(segmentationSequence, segmentationNode, indexValues)
+            before["saveChanges"] = browserNode.GetSaveChanges(segmentationSequence)
+            before["item"] = browserNode.GetSelectedItemNumber()
+            browserNode.SetSaveChanges(segmentationSequence, True)  # the proxy's edits are stored in the frame's item
+
+        def restore():
+            browserNode.SetSelectedItemNumber(before["item"])
+            browserNode.SetSaveChanges(segmentationSequence, before["saveChanges"])
 
         def viewAt(item):
             browserNode.SetSelectedItemNumber(item)
             return self.sliceView(sourceVolumeNode, sliceNode)
 
-        result = None
-        try:
-            job = _Job(len(indexValues), viewAt, browserNode.SetSelectedItemNumber, undoable=False)
-            result = self._run(job, sourceVolumeNode, segmentationNode, segmentId, options, writer, progress, predictor)
-        finally:
-            if result is None or not result.sceneClosed:
-                browserNode.SetSelectedItemNumber(startItem)
-                browserNode.SetSaveChanges(segmentationSequence, saveChanges)
-        result.description = _("{done} of {total} frames").format(done=result.sliceCount, total=len(indexValues))
-        return result
+        describe = lambda done: _("{done} of {total} frames").format(done=done, total=len(indexValues))  # noqa: E731
+        job = _Job(
+            len(indexValues),
+            viewAt,
+            describe,
+            browserNode.SetSelectedItemNumber,
+            undoable=False,
+            prepare=prepare,
+            restore=restore,
+        )
+        return self._newRun(job, sourceVolumeNode, segmentationNode, segmentId, options, writer)
+
+    def _newRun(
+        self,
+        job: _Job,
+        sourceVolumeNode,
+        segmentationNode,
+        segmentId: str,
+        options: SegmentationOptions,
+        writer: Optional[LabelmapWriter],
+    ) -> SegmentationRun:
+        if writer is None:
+            writer = lambda: self._defaultWriter(sourceVolumeNode, segmentationNode, segmentId)  # noqa: E731
+        return SegmentationRun(job, sourceVolumeNode, segmentationNode, segmentId, options, writer, self.batchSize)
 
     @property
     def framesSnapshot(self) -> Optional[FramesSnapshot]:
@@ -474,110 +762,6 @@ class DeLightSAMMRMLLogic:
             return False
         snapshot.restore()
         return True
-
-    # ------------------------------------------------------------------ the loop
-    def _run(
-        self,
-        job: _Job,
-        sourceVolumeNode,
-        segmentationNode,
-        segmentId: str,
-        options: SegmentationOptions,
-        writer: Optional[LabelmapWriter],
-        progress: Optional[ProgressCallback] = None,
-        predictor=None,
-    ) -> SliceResult:
-        """View, predict and write ``job``'s items ``batchSize`` at a time; report progress per batch; stop
-        cleanly when ``progress`` cancels or the scene is closed (nothing in it is touched after that)."""
-        start = time.perf_counter()
-        predictor = predictor or self.predictorProvider(options.model)  # before anything in the scene changes
-        writer = writer or self._defaultWriter(sourceVolumeNode, segmentationNode, segmentId)
-        if job.undoable:
-            writer = _UndoStateBeforeFirstChange(writer)
-        added = removed = done = covered = 0
-        cancelled = False
-        with _SceneCloseObservation(segmentationNode.GetScene()) as scene:
-            try:
-                for first in range(0, job.count, self.batchSize):
-                    items = list(range(first, min(first + self.batchSize, job.count)))
-                    views = [job.viewAt(item) for item in items]
-                    masks = self._predictMasks(predictor, views, options)
-                    batch = list(zip(items, views, masks))
-                    groups = [batch] if job.selectForWriting is None else [[entry] for entry in batch]
-                    for group in groups:
-                        if job.selectForWriting is not None:
-                            job.selectForWriting(group[0][0])
-                        change = self._write(group, segmentationNode, segmentId, options, writer)
-                        if change is not None:
-                            added, removed, covered = added + change[0], removed + change[1], covered + len(group)
-                    done += len(items)
-                    if progress is not None:
-                        progress(done, job.count)
-                    if scene.closed:
-                        break
-            except SegmentationCancelled:
-                cancelled = True
-        if done and not covered and not scene.closed:
-            raise SegmentationError(
-                _(
-                    "the slice covers no voxel of '{segmentation}' (it lies outside the segmentation's geometry, or "
-                    "between its voxels where they are coarser than the volume's); give the segmentation the geometry of "
-                    "'{volume}' (Segment Editor: Specify geometry) and apply again"
-                ).format(segmentation=segmentationNode.GetName(), volume=sourceVolumeNode.GetName())
-            )
-        return SliceResult(
-            added, removed, done, time.perf_counter() - start, "", cancelled or scene.closed, scene.closed
-        )
-
-    @staticmethod
-    def _predictMasks(predictor, views: Sequence[SliceView], options: SegmentationOptions) -> list[np.ndarray]:
-        """(rows, cols) bool masks of ``views``: the raw view and its display window go to the predictor, which
-        converts them to 8 bits (one pixel pipeline, the library's). One view: ``set_image`` then ``predict``, so the
-        image stays cached in the predictor; several: ``predict_batch``, per display window. With a box: LiteMedSAM's
-        mask of the box (its predictor keeps the encoding of an unchanged image, ``Models.ReusedEncoding``)."""
-        if options.box is not None:
-            masks = []
-            for view in views:
-                predictor.set_image(view.image, view.window)
-                masks.append(predictor.predict(np.asarray(options.box, np.float64), threshold=options.threshold).mask)
-            return masks
-        if len(views) == 1:
-            predictor.set_image(views[0].image, views[0].window)
-            return [predictor.predict(options.modality, threshold=options.threshold).mask]
-        masks: list = [None] * len(views)
-        byWindow: dict = {}
-        for index, view in enumerate(views):
-            byWindow.setdefault(tuple(float(value) for value in view.window), []).append(index)
-        for window, indices in byWindow.items():
-            results = predictor.predict_batch(
-                [views[i].image for i in indices], options.modality, threshold=options.threshold, window=window
-            )
-            for index, result in zip(indices, results):
-                masks[index] = result.mask
-        return masks
-
-    def _write(
-        self, group, segmentationNode, segmentId: str, options: SegmentationOptions, writer: LabelmapWriter
-    ) -> Optional[tuple[int, int]]:
-        """Write the masks of ``group`` (item, view, mask) as one labelmap in the modifier geometry (a Remove of the
-        covered voxels first, with ``replace``); returns the segment's voxels (added, removed), read back, or None
-        when the slices lie outside the modifier geometry."""
-        geometry = writer.modifierGeometry()
-        batch = BatchLabelmap(geometry)
-        worldToSegmentation = np.linalg.inv(worldFromNode(segmentationNode))
-        for _item, view, mask in group:
-            ijk, values = sliceVoxels(options.cleanUp(np.asarray(mask, bool)), view.plane)
-            batch.add(ijk, values, worldToSegmentation @ view.plane.ijkToWorld)
-        if batch.empty:
-            return None
-        extent, mask, covered = batch.arrays()
-        before = segmentVoxels(segmentationNode, segmentId, geometry, extent)
-        if options.replace and (covered > mask).any():
-            writer.remove(geometry.image(covered & (1 - mask), extent))
-        if mask.any():
-            writer.add(geometry.image(mask, extent))
-        after = segmentVoxels(segmentationNode, segmentId, geometry, extent)
-        return int((after > before).sum()), int((after < before).sum())
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

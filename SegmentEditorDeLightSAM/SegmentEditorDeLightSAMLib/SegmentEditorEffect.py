@@ -18,6 +18,7 @@ from slicer.i18n import tr as _
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from DeLightSAMSlicerLib.Geometry import SegmentationError
+from DeLightSAMSlicerLib.HeaderModality import AUTO, headerModality, knownCodes, resolveModality
 from DeLightSAMSlicerLib.Labelmaps import ModifierGeometry
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationCancelled, SegmentationOptions
@@ -41,8 +42,9 @@ def resolveView(storedView, layoutViews):
 
 
 def modalityLabels():
-    """Modality name -> what the user reads."""
+    """Modality name -> what the user reads (Auto first: the default for a volume with a DICOM header)."""
     return {
+        AUTO: _("Auto (from the DICOM header)"),
         "dermoscopy": _("Dermoscopy (skin lesion)"),
         "xray": _("Chest X-ray (lungs)"),
         "ultrasound": _("Ultrasound (breast lesion)"),
@@ -104,7 +106,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.modalitySelector = qt.QComboBox()
         for name, label in modalityLabels().items():
             self.modalitySelector.addItem(label, name)
-        self.modalitySelector.toolTip = _("The kind of image: selects the matching De-LightSAM modality query")
+        self.modalitySelector.toolTip = _(
+            "The kind of image: selects the matching De-LightSAM modality query. Auto reads it from the source "
+            "volume's DICOM header, Modality (0008,0060): {codes}"
+        ).format(codes=knownCodes())
         self.scriptedEffect.addLabeledOptionsWidget(_("Modality:"), self.modalitySelector)
 
         self.viewSelector = qt.QComboBox()
@@ -215,6 +220,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.undoFramesButton.enabled = False
         self.statusLabel.text = ""
 
+    def sourceVolumeNodeChanged(self):
+        # Auto is the default for a volume whose DICOM header names a modality the model knows; any other volume
+        # keeps (or gets back) the remembered choice.
+        if self.scriptedEffect.parameterSetNode() is None:
+            return
+        name = SegmentationOptions.PARAMETER_NAMES["modality"]
+        if headerModality(self._sourceVolume(), fileForInstance) is not None:
+            self.scriptedEffect.setParameter(name, AUTO)
+        elif self.scriptedEffect.parameter(name) == AUTO:
+            self.scriptedEffect.setParameter(name, self.session.modality)
+
     def createCursor(self, widget):
         return slicer.util.mainWindow().cursor  # no painting: keep the normal cursor
 
@@ -255,7 +271,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         options = SegmentationOptions(**values)
         for name, value in options.toParameters().items():
             self.scriptedEffect.setParameter(name, value)
-        self.session.setModality(options.modality)
+        if options.modality != AUTO:  # the remembered choice is a modality, for volumes without a header
+            self.session.setModality(options.modality)
         self.scriptedEffect.setParameter(BOX_MODE_PARAMETER, "1" if self.boxModeCheckBox.checked else "0")
 
     def onViewChanged(self, *_args):
@@ -386,6 +403,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         with userErrorDisplay(_("De-LightSAM segmentation failed.")), self.session.job(_("segmenting")):
             self._updateButtons(running=True)
             try:
+                options, chosen = self._options(), None
+                if model == AUTOMATIC:  # Auto: the header's modality, or a message, before any download
+                    options, chosen = resolveModality(options, self._sourceVolume(), fileForInstance)
                 with DownloadProgressDialog(model) as download:
                     predictor = self.session.predictor(confirmDialog, download.report, model)
                 with (
@@ -400,8 +420,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                             _("De-LightSAM: {done} of {total} {what}").format(done=done, total=total, what=what),
                         )
 
-                    result = action(self._options(), EffectWriter(self.scriptedEffect), report if what else None)
+                    result = action(options, EffectWriter(self.scriptedEffect), report if what else None)
                 self.statusLabel.text = self._statusText(result, predictor, self.session.checkpointInUse(model))
+                if chosen is not None:
+                    self.statusLabel.text += " " + _("Modality from the DICOM header: {reason}.").format(
+                        reason=chosen.reason
+                    )
             finally:
                 self._updateButtons(running=False)
 
@@ -461,6 +485,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if volume is None or not hasattr(slicer.modules, "sequences"):
             return None
         return slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(volume)
+
+
+def fileForInstance(instanceUID):
+    """The file of a DICOM instance in Slicer's DICOM database ("" without a database)."""
+    database = getattr(slicer, "dicomDatabase", None)  # set by the DICOM module
+    return database.fileForInstance(instanceUID) if database is not None and database.isOpen else ""
 
 
 class RubberBand:

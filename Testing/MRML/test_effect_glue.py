@@ -58,6 +58,9 @@ class ScriptedEffect(Signal):
     def parameterSetNode(self):
         return self
 
+    def GetSourceVolumeNode(self):  # the parameter set node's: no source volume (no DICOM header: no Auto)
+        return None
+
     def confirmCurrentSegmentVisible(self):
         self.asked += 1
         return self.confirmation
@@ -218,6 +221,8 @@ class Recorder:
 
 def _driven(effectModule, monkeypatch):
     """An effect whose MRML logic and dialogs record their calls, with stand-in predictors of both models."""
+    from DeLightSAMSlicerLib.MRMLLogic import SegmentationOptions
+
     recorder = Recorder()
     monkeypatch.setattr(effectModule, "DownloadProgressDialog", recorder.downloadDialog)
     effect, scriptedEffect = _effect(effectModule)
@@ -239,7 +244,7 @@ def _driven(effectModule, monkeypatch):
     effect.logic = Logic()
     effect._targets = lambda: ("volume", "slice node", "segmentation", "segment")
     effect._sequenceBrowser = lambda: "browser"
-    effect._options = lambda: "options"
+    effect._options = lambda: SegmentationOptions(modality="xray")
     return effect, scriptedEffect, recorder
 
 
