@@ -353,9 +353,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     # ------------------------------------------------------------------ actions
     def onApply(self):
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():  # as Slicer's own effects ask before they write
+            return
         self._run(None, lambda options, writer, progress: self.logic.segmentSlice(*self._targets(), options, writer))
 
     def onApplyAllSlices(self):
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():  # as Slicer's own effects ask before they write
+            return
         self._run(
             _("slices"),
             lambda options, writer, progress: self.logic.segmentAllSlices(
@@ -364,6 +368,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         )
 
     def onApplyAllFrames(self):
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():  # as Slicer's own effects ask before they write
+            return
         browser = self._sequenceBrowser()
         self._run(
             _("frames"),
@@ -380,9 +386,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             source, _chosenView, segmentation, segmentId = self._targets()
             return self.logic.segmentBox(source, sliceNode, segmentation, segmentId, options, corners, writer)
 
-        self._run(None, segmentBox, model=BOX, askVisible=False)  # the press asked (processInteractionEvents)
+        self._run(None, segmentBox, model=BOX)  # the press asked about a hidden segment (processInteractionEvents)
 
     def onBoxFromSegment(self):
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():  # as Slicer's own effects ask before they write
+            return
         self._run(
             None,
             lambda options, writer, progress: self.logic.segmentBoxFromSegment(*self._targets(), options, writer),
@@ -394,12 +402,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.statusLabel.text = _("All-frames run undone.") if self.logic.undoLastFrames() else ""
         self._updateButtons(running=False)
 
-    def _run(self, what, action, model=AUTOMATIC, askVisible=True):
+    def _run(self, what, action, model=AUTOMATIC):
         """Load ``model`` (asking to install or download), then run ``action(options, writer, progress)`` with the
-        buttons disabled; the progress dialog (batch runs) closes also when the run fails. First, as Slicer's own
-        effects do before they write, ``askVisible`` asks whether to edit a hidden segment (the editor's dialog)."""
-        if askVisible and not self.scriptedEffect.confirmCurrentSegmentVisible():
-            return
+        buttons disabled; the progress dialog (batch runs) closes also when the run fails. Each caller has asked
+        whether to edit a hidden segment (confirmCurrentSegmentVisible) before."""
         with userErrorDisplay(_("De-LightSAM segmentation failed.")), self.session.job(_("segmenting")):
             self._updateButtons(running=True)
             try:

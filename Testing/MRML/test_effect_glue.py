@@ -352,25 +352,22 @@ def test_every_download_dialog_is_told_its_model(path):
         assert call.args or call.keywords, f"{path.name}:{call.lineno}: DownloadProgressDialog() names no model"
 
 
-def test_the_effect_asks_about_hidden_segments_in_the_one_place_that_writes():
-    """Every action runs through _run, which asks first; only the box drag skips it, because its press has asked."""
+def test_the_effect_asks_about_hidden_segments_before_every_write():
+    """Each action that runs (_run makes the only writer) first asks, as Slicer's Islands and Margin effects do in
+    their onApply; the box drag asks on the press (processInteractionEvents), so its release does not ask again."""
     tree = _tree(EFFECT)
     (effectClass,) = [
         node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "SegmentEditorEffect"
     ]
     methods = {node.name: node for node in effectClass.body if isinstance(node, ast.FunctionDef)}
-    run = methods["_run"]
-    asked = _calls(run, "confirmCurrentSegmentVisible")
-    writes = [call for call in _calls(run, "action")]
-    assert asked and writes and asked[0].lineno < min(call.lineno for call in writes)
-    skipping = [
-        name
-        for name, method in methods.items()
-        for call in _calls(method, "self._run")
-        if any(keyword.arg == "askVisible" for keyword in call.keywords)
-    ]
-    assert skipping == ["onBoxDrawn"]
+    running = {name for name, method in methods.items() if _calls(method, "self._run")}
+    assert running == {*WRITES, "onBoxDrawn"}
+    for name in WRITES:
+        (asked,) = _calls(methods[name], "confirmCurrentSegmentVisible")
+        (run,) = _calls(methods[name], "self._run")
+        assert asked.lineno < run.lineno, name
     assert _calls(methods["processInteractionEvents"], "confirmCurrentSegmentVisible")
+    assert not _calls(methods["onBoxDrawn"], "confirmCurrentSegmentVisible")
     for name, method in methods.items():  # nothing else writes: the writer is made in _run only
         if name != "_run":
             assert not _calls(method, "EffectWriter"), name
