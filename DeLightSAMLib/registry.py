@@ -68,6 +68,7 @@ class CheckpointEntry:
     description: str
     sha256: str | None = None
     size_bytes: int | None = None
+    approximate_size_bytes: int | None = None  # what to tell a user before downloading when size_bytes is None
     config: Union[ModelConfig, LiteMedSAMConfig] = DEFAULT_CONFIG
     modality_map: dict[str, int] = field(default_factory=lambda: dict(OFFICIAL_MODALITY_MAP))
 
@@ -83,6 +84,7 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {
         description="De-LightSAM released checkpoint (TCSVT 2025), one file for all six modalities",
         sha256=None,  # not published by the authors
         size_bytes=None,  # not published; the download reports the size the server announces
+        approximate_size_bytes=52_000_000,  # the released file as downloaded in 2025
     ),
     BOX_CHECKPOINT: CheckpointEntry(
         name=BOX_CHECKPOINT,

@@ -46,7 +46,7 @@ class WorkerDriver:
         self._specs = {}  # model -> ((checkpoint reference, device), its PredictorSpec or None), for encoding ahead
         self._progress = None
         self._what = None
-        self._model = AUTOMATIC
+        self._checkpoint = ""  # of the run under way, for the status line
         self._chosen = None  # Auto: the modality the DICOM header gave, for the status line
         self.timer = qt.QTimer()
         self.timer.setInterval(TICK_MS)
@@ -77,7 +77,7 @@ class WorkerDriver:
     def run(self, what, start, model=AUTOMATIC):
         """Segment with ``start(options, writer)`` (a ``MRMLLogic`` ``start...`` call) in the worker; ``what`` names the
         items of a batch run (a progress dialog with Cancel), None for one slice. A run under way is superseded."""
-        from DeLightSAM import DownloadProgressDialog, confirmDialog, userErrorDisplay
+        from DeLightSAMQt.Dialogs import DownloadProgressDialog, confirmDialog, userErrorDisplay
 
         from SegmentEditorDeLightSAMLib.SegmentEditorEffect import EffectWriter, fileForInstance
 
@@ -94,11 +94,11 @@ class WorkerDriver:
             options, self._chosen = effect._options(), None
             if model == AUTOMATIC:  # Auto: the header's modality, or a message, before any download
                 options, self._chosen = resolveModality(options, effect._sourceVolume(), fileForInstance)
-            with DownloadProgressDialog() as download:
+            with DownloadProgressDialog(model) as download:
                 checkpoint = effect.session.checkpointFile(confirmDialog, download.report, model)
             spec = PredictorSpec.of(model, checkpoint, effect.session.device)
             self._specs[model] = ((effect.session.checkpointReference(model), effect.session.device), spec)
-            self._model = model
+            self._checkpoint = effect.session.checkpointReference(model)
             segmentationRun = start(options, EffectWriter(effect.scriptedEffect))
             self._closeProgress()
             self._what = what
@@ -122,14 +122,14 @@ class WorkerDriver:
         )
 
     def _finished(self, outcome):
-        from DeLightSAM import userErrorDisplay
+        from DeLightSAMQt.Dialogs import userErrorDisplay
 
         self._closeProgress()
         self.effect._updateButtons(running=False)
         if outcome.superseded:
             return
         if outcome.result is not None:
-            self.effect.statusLabel.text = self.effect._statusText(outcome.result, None, self._model)
+            self.effect.statusLabel.text = self.effect._statusText(outcome.result, None, self._checkpoint)
             if self._chosen is not None:
                 self.effect.statusLabel.text += " " + _("Modality from the DICOM header: {reason}.").format(
                     reason=self._chosen.reason

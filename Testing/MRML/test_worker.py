@@ -301,7 +301,7 @@ def test_the_worker_gets_the_checkpoint_file_and_nothing_is_loaded_here(referenc
     asked = []
     assert session.checkpointFile(asked.append) == reference_weights_path
     assert session.readyCheckpointFile() == reference_weights_path
-    assert session._predictors == {} and asked == []
+    assert session._loadedPredictor("automatic") is None and asked == []  # nothing loaded in this process
     assert _session("").readyCheckpointFile() is None  # no file chosen: encode nothing ahead, ask nothing
     monkeypatch.setattr(Session, "installedVersion", lambda name: None)  # torch not installed (metadata)
     assert session.readyCheckpointFile() is None
