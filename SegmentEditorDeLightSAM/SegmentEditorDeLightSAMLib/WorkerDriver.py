@@ -115,7 +115,7 @@ class WorkerDriver:
                 labelText=_("De-LightSAM: segmenting"), maximum=100, windowTitle=_("De-LightSAM")
             )
             self._progress.setCancelButtonText(_("Stop (keep what is done)"))
-            self._progress.connect("canceled()", self.segmenter.cancel)
+            self._progress.connect("canceled()", self._onStop)
         self._progress.setValue(int(100 * done / total) if total else 0)
         self._progress.setLabelText(
             _("De-LightSAM: {done} of {total} {what}").format(done=done, total=total, what=self._what)
@@ -138,10 +138,14 @@ class WorkerDriver:
             with userErrorDisplay(_("De-LightSAM segmentation failed.")):
                 raise outcome.error
 
+    def _onStop(self):
+        if self._progress is not None:  # the user's Stop (closing the dialog emits canceled() too: see _closeProgress)
+            self.segmenter.cancel()
+
     def _closeProgress(self):
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        dialog, self._progress = self._progress, None
+        if dialog is not None:
+            dialog.close()
 
     # ------------------------------------------------------------------ the timer
     def onTick(self):
