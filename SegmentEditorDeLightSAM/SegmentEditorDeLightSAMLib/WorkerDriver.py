@@ -81,32 +81,32 @@ class WorkerDriver:
 
         from SegmentEditorDeLightSAMLib.SegmentEditorEffect import EffectWriter, fileForInstance
 
-        effect = self.effect
-        standIn = effect.session.standInPredictor(model)
+        owner = self.effect
+        standIn = owner.session.standInPredictor(model)
         if standIn is not None:  # a self-test's stand-in: in this process, as before
-            effect._run(
+            owner._run(
                 what,
-                lambda options, writer, progress: effect.logic.execute(start(options, writer), progress, standIn),
+                lambda options, writer, progress: owner.logic.execute(start(options, writer), progress, standIn),
                 model,
             )
             return
         with userErrorDisplay(_("De-LightSAM segmentation failed.")):
-            options, self._chosen = effect._options(), None
+            options, self._chosen = owner._options(), None
             if model == AUTOMATIC:  # Auto: the header's modality, or a message, before any download
-                options, self._chosen = resolveModality(options, effect._sourceVolume(), fileForInstance)
+                options, self._chosen = resolveModality(options, owner._sourceVolume(), fileForInstance)
             with DownloadProgressDialog(model) as download:
-                checkpoint = effect.session.checkpointFile(confirmDialog, download.report, model)
-            spec = PredictorSpec.of(model, checkpoint, effect.session.device)
-            self._specs[model] = ((effect.session.checkpointReference(model), effect.session.device), spec)
-            self._checkpoint = effect.session.checkpointReference(model)
-            segmentationRun = start(options, EffectWriter(effect.scriptedEffect))
+                checkpoint = owner.session.checkpointFile(confirmDialog, download.report, model)
+            spec = PredictorSpec.of(model, checkpoint, owner.session.device)
+            self._specs[model] = ((owner.session.checkpointReference(model), owner.session.device), spec)
+            self._checkpoint = owner.session.checkpointReference(model)
+            segmentationRun = start(options, EffectWriter(owner.scriptedEffect))
             self._closeProgress()
             self._what = what
             self.segmenter.start(segmentationRun, spec, self._finished, self._report if what else None)
             if what is not None and self.segmenter.busy:
                 self._report(0, segmentationRun.total)  # the dialog (and its Stop) from the start
-            effect.statusLabel.text = _("De-LightSAM: segmenting in the background...")
-            effect._updateButtons(running=what is not None)
+            owner.statusLabel.text = _("De-LightSAM: segmenting in the background...")
+            owner._updateButtons(running=what is not None)
             self.timer.start()
 
     def _report(self, done, total):
@@ -159,16 +159,16 @@ class WorkerDriver:
             self.timer.stop()
 
     def _encodeAhead(self):
-        effect = self.effect
-        model = BOX if effect._boxMode() else AUTOMATIC
+        owner = self.effect
+        model = BOX if owner._boxMode() else AUTOMATIC
         spec = self._aheadSpec(model)
-        volume = effect._sourceVolume()
-        sliceNode = (self.hoveredSliceNode if model == BOX else None) or effect._sliceNode()
+        volume = owner._sourceVolume()
+        sliceNode = (self.hoveredSliceNode if model == BOX else None) or owner._sliceNode()
         key = viewKey(volume, sliceNode, model, spec.checkpoint if spec else "")
 
         def readView():
             try:
-                return effect.logic.sliceView(volume, sliceNode)
+                return owner.logic.sliceView(volume, sliceNode)
             except Exception:  # nothing to encode (no volume, a 4D one): Apply will say why
                 return None
 
