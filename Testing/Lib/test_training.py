@@ -20,7 +20,7 @@ from DeLightSAMLib.cli import main
 from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.errors import CheckpointError, DeLightSAMError
 from DeLightSAMLib.modeling import ImageEncoder
-from DeLightSAMLib.training import engine
+from DeLightSAMLib.training import loops
 from DeLightSAMLib.training.data import DataError, check_not_all_empty, open_dataset
 from DeLightSAMLib.training.embedding_cache import EmbeddingCache
 from DeLightSAMLib.training.metrics import hausdorff95, score, summarize
@@ -65,15 +65,15 @@ def test_fine_tuning_learns_and_saves_a_strictly_loadable_checkpoint(disks, tmp_
     torch.manual_seed(0)
     model = build_model(TINY_CONFIG)
     train_set, valid_set, test_set = (open_dataset(disks, split) for split in ("train", "valid", "test"))
-    before = engine.evaluate(model, test_set, 1, CPU)["summary"]["dice"]["mean"]
-    settings = engine.TrainSettings(
+    before = loops.evaluate(model, test_set, 1, CPU)["summary"]["dice"]["mean"]
+    settings = loops.TrainSettings(
         modality=1, epochs=40, batch_size=4, learning_rate=1e-3, out_dir=str(tmp_path / "run")
     )
-    result = engine.train(model, train_set, valid_set, settings, CPU)
+    result = loops.train(model, train_set, valid_set, settings, CPU)
     losses = [entry["loss"] for entry in result["history"]]
     assert losses[-1] < 0.6 * losses[0]
     reloaded, _ = load_model(tmp_path / "run" / "best.pth", TINY_CONFIG)  # official keys, strict
-    after = engine.evaluate(reloaded, test_set, 1, CPU)["summary"]["dice"]["mean"]
+    after = loops.evaluate(reloaded, test_set, 1, CPU)["summary"]["dice"]["mean"]
     assert after > before + 0.2, (before, after)
     assert (tmp_path / "run" / "train.log").read_text().count('"epoch"') == 40
 
@@ -83,14 +83,14 @@ def test_only_the_chosen_groups_train_and_resume_continues(disks, tmp_path):
     model = build_model(TINY_CONFIG)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     train_set = open_dataset(disks, "train")
-    settings = engine.TrainSettings(
+    settings = loops.TrainSettings(
         modality=1, epochs=1, batch_size=8, learning_rate=1e-3, trainable=["queries"], out_dir=str(tmp_path / "run")
     )
-    engine.train(model, train_set, None, settings, CPU)
+    loops.train(model, train_set, None, settings, CPU)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
     assert changed == {"mask_query.weight"}
     settings.epochs, settings.resume = 2, True
-    result = engine.train(model, train_set, None, settings, CPU)
+    result = loops.train(model, train_set, None, settings, CPU)
     assert [entry["epoch"] for entry in result["history"]] == [1, 2]
 
 
@@ -123,7 +123,7 @@ def test_empty_mask_conventions():
 
 
 def test_evaluate_writes_per_image_csv_summary_and_overlays(disks, tmp_path):
-    result = engine.evaluate(build_model(TINY_CONFIG), open_dataset(disks, "test"), 1, CPU, tmp_path, overlays=True)
+    result = loops.evaluate(build_model(TINY_CONFIG), open_dataset(disks, "test"), 1, CPU, tmp_path, overlays=True)
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0] == "image,dice,iou,hd95,precision,recall,seconds" and len(lines) == 1 + len(result["rows"])
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -257,10 +257,10 @@ def test_distillation_lowers_the_embedding_error_training_only_the_adapters(disk
     teacher = load_teacher("sam_vit_tiny", str(tmp_path / "sam_tiny.pth"), _tiny_vit_teacher())
     model = build_model(TINY_CONFIG)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = engine.TrainSettings(
+    settings = loops.TrainSettings(
         modality=0, epochs=6, batch_size=4, learning_rate=3e-3, out_dir=str(tmp_path / "distill")
     )
-    result = engine.distill(model, teacher, open_dataset(disks, "train"), settings, CPU)
+    result = loops.distill(model, teacher, open_dataset(disks, "train"), settings, CPU)
     mse = [entry["mse"] for entry in result["history"]]
     assert mse[-1] < mse[0]
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
@@ -293,13 +293,13 @@ import os
 import torch
 from DeLightSAMLib.build import build_model
 from DeLightSAMLib.config import TINY_CONFIG
-from DeLightSAMLib.training import engine
+from DeLightSAMLib.training import loops
 from DeLightSAMLib.training.data import open_dataset
 for name, groups in (("ddp", ["adapters", "queries", "prompt", "decoder"]), ("ddp-cached", ["queries", "prompt", "decoder"])):
     torch.manual_seed(0)
     model = build_model(TINY_CONFIG)
-    settings = engine.TrainSettings(modality=1, epochs=2, batch_size=2, trainable=groups, out_dir={str(tmp_path)!r} + "/" + name)
-    result = engine.train(model, open_dataset({str(disks)!r}, "train"), None, settings, torch.device("cpu"))
+    settings = loops.TrainSettings(modality=1, epochs=2, batch_size=2, trainable=groups, out_dir={str(tmp_path)!r} + "/" + name)
+    result = loops.train(model, open_dataset({str(disks)!r}, "train"), None, settings, torch.device("cpu"))
     os.write(1, f"RANK_DONE {{name}} {{len(result['history'])}}\\n".encode())  # one write(2): the ranks share the pipe
 """)
     completed = subprocess.run(
@@ -338,7 +338,7 @@ def test_a_frozen_encoder_encodes_each_image_once_and_the_losses_do_not_change(s
         torch.manual_seed(5)
         model = build_model(TINY_CONFIG)
         encoded = _count_encoded_images(model)
-        settings = engine.TrainSettings(
+        settings = loops.TrainSettings(
             modality=1,
             epochs=3,
             batch_size=2,
@@ -347,7 +347,7 @@ def test_a_frozen_encoder_encodes_each_image_once_and_the_losses_do_not_change(s
             trainable=["decoder", "queries", "prompt"],
             out_dir=str(tmp_path / f"cached-{cached}"),
         )
-        runs[cached] = engine.train(model, train_set, valid_set, settings, CPU), encoded[0]
+        runs[cached] = loops.train(model, train_set, valid_set, settings, CPU), encoded[0]
     (with_cache, encoded_with), (without, encoded_without) = runs[True], runs[False]
     assert encoded_with == len(train_set) + len(valid_set)  # once each, in the first epoch
     assert encoded_without == 3 * (len(train_set) + len(valid_set))
@@ -390,9 +390,9 @@ def test_cached_embeddings_are_keyed_by_the_image_and_the_encoder_weights(tmp_pa
 
 def test_the_cache_is_used_only_with_a_frozen_encoder_and_a_dataset_without_augmentation(small):
     model, dataset = build_model(TINY_CONFIG), open_dataset(small, "train")
-    settings = engine.TrainSettings(modality=1, trainable=["decoder", "queries", "prompt"])
-    engine.select_trainable(model, settings.trainable)
-    assert engine._cache_plan(model, dataset, settings) is None
+    settings = loops.TrainSettings(modality=1, trainable=["decoder", "queries", "prompt"])
+    loops.select_trainable(model, settings.trainable)
+    assert loops._cache_plan(model, dataset, settings) is None
 
     class Augmented(torch.utils.data.Dataset):  # a dataset that does not declare augments = False
         def __len__(self):
@@ -401,10 +401,10 @@ def test_the_cache_is_used_only_with_a_frozen_encoder_and_a_dataset_without_augm
         def __getitem__(self, index):
             return dataset[index]
 
-    assert "may change its images" in engine._cache_plan(model, Augmented(), settings)
+    assert "may change its images" in loops._cache_plan(model, Augmented(), settings)
     settings.trainable = ["adapters", "decoder"]
-    engine.select_trainable(model, settings.trainable)
-    assert engine._cache_plan(model, dataset, settings) == "the encoder trains (group adapters)"
+    loops.select_trainable(model, settings.trainable)
+    assert loops._cache_plan(model, dataset, settings) == "the encoder trains (group adapters)"
 
 
 def test_a_run_that_learns_nothing_ends_with_a_clear_warning(small, tmp_path):
@@ -412,10 +412,10 @@ def test_a_run_that_learns_nothing_ends_with_a_clear_warning(small, tmp_path):
     model = build_model(TINY_CONFIG)
     model.mask_decoder.register_forward_hook(lambda module, inputs, output: output - 100)  # background everywhere
     lines = []
-    settings = engine.TrainSettings(
+    settings = loops.TrainSettings(
         modality=1, epochs=2, batch_size=2, trainable=["queries"], out_dir=str(tmp_path / "run")
     )
-    result = engine.train(
+    result = loops.train(
         model,
         open_dataset(small, "train"),
         open_dataset(small, "valid"),
@@ -516,7 +516,7 @@ def test_ctrl_c_says_what_was_kept_and_resume_continues_with_one_based_epochs(
     small, tmp_path, capsys, tiny_checkpoints, monkeypatch
 ):
     steps = []
-    real_loss = engine.mask_loss
+    real_loss = loops.mask_loss
 
     def interrupt_in_the_second_epoch(logits, masks):
         steps.append(1)
@@ -524,14 +524,14 @@ def test_ctrl_c_says_what_was_kept_and_resume_continues_with_one_based_epochs(
             raise KeyboardInterrupt
         return real_loss(logits, masks)
 
-    monkeypatch.setattr(engine, "mask_loss", interrupt_in_the_second_epoch)
+    monkeypatch.setattr(loops, "mask_loss", interrupt_in_the_second_epoch)
     run = tmp_path / "run"
     assert main(_train_command(small, run)) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("delightsam: interrupted in epoch 2/2; kept ")
     assert f"{run / 'last.pth'} (after epoch 1:" in err and f"{run / 'best.pth'} (epoch 1, validation Dice" in err
     assert err.endswith("to continue, rerun the same command with --resume")
-    monkeypatch.setattr(engine, "mask_loss", real_loss)
+    monkeypatch.setattr(loops, "mask_loss", real_loss)
 
     assert main(_train_command(small, run, "--trainable", "decoder", "--resume")) == 2  # other groups: refused
     assert "was trained with trainable ['decoder', 'queries', 'prompt']" in capsys.readouterr().err

@@ -240,7 +240,7 @@ def train(
     loader, sampler = _loader(train_set, settings, transform, model.config.embedding_size // 2, True, world, rank)
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = _schedule(optimizer, settings.epochs * max(1, len(loader)), settings.warmup_fraction)
-    progress = _Progress(settings.epochs)
+    progress = EpochHistory(settings.epochs)
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -390,7 +390,7 @@ def _comparable(value):
     return sorted(value) if isinstance(value, (list, tuple)) else value
 
 
-class _Progress:
+class EpochHistory:
     """Epochs done, the best epoch and the history of one fine-tuning run; writes its readable lines."""
 
     def __init__(self, epochs: int) -> None:
