@@ -285,35 +285,48 @@ def test_mobilesam_teacher_loads_its_published_keys_and_refuses_others(tmp_path)
 
 def test_two_processes_with_torchrun(disks, tmp_path):
     """DistributedDataParallel through PyTorch's launcher (gloo on the CPU): both ranks train, rank 0 saves; with the
-    whole network, and with the decoder side on cached embeddings."""
+    whole network in a process group train() sets up and destroys, and with the decoder side on cached embeddings
+    in a group the script set up (train() uses it and leaves it). One training per process: PyTorch cannot be
+    relied on to set a group up again in a process under torchrun (the new group reuses the old one's store keys)."""
     script = tmp_path / "ddp.py"
     script.write_text(f"""
 import os
+import sys
 
 import torch
 from DeLightSAMLib.build import build_model
 from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.training import loops
 from DeLightSAMLib.training.data import open_dataset
-for name, groups in (("ddp", ["adapters", "queries", "prompt", "decoder"]), ("ddp-cached", ["queries", "prompt", "decoder"])):
-    torch.manual_seed(0)
-    model = build_model(TINY_CONFIG)
-    settings = loops.TrainSettings(modality=1, epochs=2, batch_size=2, trainable=groups, out_dir={str(tmp_path)!r} + "/" + name)
-    result = loops.train(model, open_dataset({str(disks)!r}, "train"), None, settings, torch.device("cpu"))
-    os.write(1, f"RANK_DONE {{name}} {{len(result['history'])}}\\n".encode())  # one write(2): the ranks share the pipe
+
+name, groups = sys.argv[1], sys.argv[2].split(",")
+if name == "ddp-cached":
+    torch.distributed.init_process_group("gloo")
+torch.manual_seed(0)
+model = build_model(TINY_CONFIG)
+settings = loops.TrainSettings(modality=1, epochs=2, batch_size=2, trainable=groups, out_dir={str(tmp_path)!r} + "/" + name)
+result = loops.train(model, open_dataset({str(disks)!r}, "train"), None, settings, torch.device("cpu"))
+group = int(torch.distributed.is_initialized())
+os.write(1, f"RANK_DONE {{name}} {{len(result['history'])}} {{group}}\\n".encode())  # one write(2): the ranks share the pipe
+if group:
+    torch.distributed.destroy_process_group()
 """)
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    for name in ("ddp", "ddp-cached"):  # both ranks finish; rank 0 keeps the history
-        assert completed.stdout.count(f"RANK_DONE {name} ") == 2 and f"RANK_DONE {name} 2\n" in completed.stdout
-    load_model(tmp_path / "ddp" / "best.pth", TINY_CONFIG)
+    for name, groups, group_left in (
+        ("ddp", "adapters,queries,prompt,decoder", "0"),  # train() destroyed the group it set up
+        ("ddp-cached", "queries,prompt,decoder", "1"),  # the script's group is the script's to destroy
+    ):
+        completed = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+            + [name, groups],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        done = [line.split()[2:] for line in completed.stdout.splitlines() if line.startswith(f"RANK_DONE {name} ")]
+        assert sorted(done) == [["0", group_left], ["2", group_left]]  # both ranks finish; rank 0 keeps the history
+        load_model(tmp_path / name / "best.pth", TINY_CONFIG)
     assert "encoder frozen" in (tmp_path / "ddp-cached" / "train.log").read_text()  # the decoder side alone in DDP
-    load_model(tmp_path / "ddp-cached" / "best.pth", TINY_CONFIG)
 
 
 # ---------------------------------------------------------------------------------------------- issue 14
@@ -388,23 +401,45 @@ def test_cached_embeddings_are_keyed_by_the_image_and_the_encoder_weights(tmp_pa
     assert "3 images encoded, 3 embeddings reused" in reopened.describe()
 
 
-def test_the_cache_is_used_only_with_a_frozen_encoder_and_a_dataset_without_augmentation(small):
+class _Augmented(torch.utils.data.Dataset):
+    """A dataset that does not declare ``augments = False``: its images may change every epoch."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+
+@pytest.mark.parametrize(
+    "trainable, augmented, encodings, said",
+    [
+        (["decoder", "queries", "prompt"], False, 1, "encoder frozen: each image is encoded once"),
+        (["decoder", "queries", "prompt"], True, 2, "embedding cache off: the training set may change its images"),
+        (["adapters", "decoder"], False, 2, "embedding cache off: the encoder trains (group adapters)"),
+    ],
+)
+def test_the_cache_is_used_only_with_a_frozen_encoder_and_a_dataset_without_augmentation(
+    small, tmp_path, trainable, augmented, encodings, said
+):
+    torch.manual_seed(0)
     model, dataset = build_model(TINY_CONFIG), open_dataset(small, "train")
-    settings = loops.TrainSettings(modality=1, trainable=["decoder", "queries", "prompt"])
-    loops.select_trainable(model, settings.trainable)
-    assert loops._cache_plan(model, dataset, settings) is None
-
-    class Augmented(torch.utils.data.Dataset):  # a dataset that does not declare augments = False
-        def __len__(self):
-            return len(dataset)
-
-        def __getitem__(self, index):
-            return dataset[index]
-
-    assert "may change its images" in loops._cache_plan(model, Augmented(), settings)
-    settings.trainable = ["adapters", "decoder"]
-    loops.select_trainable(model, settings.trainable)
-    assert loops._cache_plan(model, dataset, settings) == "the encoder trains (group adapters)"
+    encoded = _count_encoded_images(model)
+    settings = loops.TrainSettings(modality=1, epochs=2, batch_size=4, trainable=trainable, out_dir=str(tmp_path))
+    lines = []
+    loops.train(
+        model,
+        _Augmented(dataset) if augmented else dataset,
+        None,
+        settings,
+        CPU,
+        report=lambda message, level: lines.append(message),
+    )
+    assert encoded[0] == encodings * len(dataset)  # once in all with the cache, once an epoch without
+    assert lines[0].startswith(said)
 
 
 def test_a_run_that_learns_nothing_ends_with_a_clear_warning(small, tmp_path):
@@ -537,11 +572,76 @@ def test_ctrl_c_says_what_was_kept_and_resume_continues_with_one_based_epochs(
     assert "was trained with trainable ['decoder', 'queries', 'prompt']" in capsys.readouterr().err
     assert main(_train_command(small, run, "--resume")) == 0
     out, err = capsys.readouterr()
-    assert f"resuming from {run / 'last.pth'}: epochs 1-1 of 2 are done; continuing with epoch 2" in out
+    assert f"resuming from {run / 'last.pth'}: epoch 1 of 2 is done; continuing with epoch 2" in out
     assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch ")] == ["2/2"]
     assert "epoch 1/2" not in err and "epoch 2/2: 100%" in err
     history = json.loads(torch.load(run / "last.pth", weights_only=True)["history"])
     assert [entry["epoch"] for entry in history] == [1, 2]
+
+
+class _Recorded(torch.utils.data.Dataset):
+    """A training set that records which items the loader reads, and presses Ctrl-C at item ``interrupt_at``."""
+
+    augments = False
+
+    def __init__(self, dataset, interrupt_at=None) -> None:
+        self.dataset, self.interrupt_at, self.read = dataset, interrupt_at, []
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        if len(self.read) == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.read.append(index)
+        return self.dataset[index]
+
+
+@pytest.mark.parametrize("trainable", [["decoder", "queries", "prompt"], ["adapters", "queries"]])
+def test_a_resumed_run_is_the_run_it_continues(small, tmp_path, trainable):
+    """Interrupted in epoch 2 and resumed, a run reads the uninterrupted run's batches in its order and gives its
+    losses, validation scores and weights (with the embedding cache, and with the encoder training)."""
+    valid_set = open_dataset(small, "valid")
+
+    def run(out, dataset, resume=False):
+        torch.manual_seed(5)
+        model = build_model(TINY_CONFIG)
+        settings = loops.TrainSettings(
+            modality=1, epochs=3, batch_size=2, learning_rate=1e-3, trainable=trainable, out_dir=str(out), resume=resume
+        )
+        lines = []
+        try:
+            result = loops.train(
+                model, dataset, valid_set, settings, CPU, report=lambda text, level: lines.append(text)
+            )
+        except loops.TrainingInterrupted as interrupted:
+            return str(interrupted), lines
+        return (result, model), lines
+
+    probe = _Recorded(open_dataset(small, "train"))
+    check_not_all_empty(probe)  # train() reads these items first, before any epoch
+    before, epoch = len(probe.read), len(probe.dataset)
+    whole = _Recorded(open_dataset(small, "train"))
+    (uninterrupted, whole_model), _ = run(tmp_path / "whole", whole)
+    first = _Recorded(open_dataset(small, "train"), interrupt_at=before + epoch + 1)  # an item into epoch 2
+    kept, _ = run(tmp_path / "cut", first)
+    assert kept.startswith("interrupted in epoch 2/3; kept ")
+    second = _Recorded(open_dataset(small, "train"))
+    (resumed, resumed_model), lines = run(tmp_path / "cut", second, resume=True)
+
+    epochs = [whole.read[before + start : before + start + epoch] for start in range(0, 3 * epoch, epoch)]
+    assert (
+        first.read[before : before + epoch] == epochs[0] and second.read[before:] == epochs[1] + epochs[2]
+    )  # the same batches
+    assert epochs[1] != epochs[0] and sorted(epochs[1]) == sorted(epochs[0])  # each epoch shuffled anew
+    for name in ("loss", "valid_dice"):
+        assert [entry[name] for entry in resumed["history"]] == [entry[name] for entry in uninterrupted["history"]]
+    for key, value in whole_model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[key], value), key
+    log = (tmp_path / "cut" / "train.log").read_text()
+    assert kept in log  # the Ctrl-C message is in the run's log like every other message
+    assert lines[0] == (f"resuming from {tmp_path / 'cut' / 'last.pth'}: epoch 1 of 3 is done; continuing with epoch 2")
+    assert lines[0] in log
 
 
 def test_resume_without_last_checkpoint_is_refused_before_writing_anything(small, tmp_path, capsys, tiny_checkpoints):
