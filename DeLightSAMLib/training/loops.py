@@ -60,7 +60,7 @@ class TrainSettings:
     num_workers: int = 0
     embedding_cache: bool = True  # with a frozen encoder, encode each image once (see embedding_cache.py)
     embedding_cache_memory_mb: int = 4096  # beyond this, cached embeddings go to files in the run folder
-    seed: int = 0
+    seed: int = 0  # everything random in epoch e (batch order, loader seeds) is drawn from (seed, e) alone
     out_dir: str = "runs/delightsam"
     resume: bool = False
 
@@ -645,22 +645,23 @@ def evaluate(
         else Predictor(model_or_predictor, device=device)
     )
     run_log = _file_logger(Path(out_dir), "evaluate") if out_dir is not None else None
+    overlay_folder = Path(out_dir) / "overlays" if overlays and out_dir is not None else None
     rows, names, seconds = [], [], []
-    with tqdm(total=len(dataset), desc="evaluate", unit="image", leave=True) as bar:
-        for index in range(len(dataset)):
-            image, reference, name = dataset[index]
-            start = time.perf_counter()
-            predictor.set_image(image)
-            mask = predictor.predict(modality, threshold=threshold).mask
-            seconds.append(time.perf_counter() - start)
-            rows.append(score(mask, reference))
-            names.append(name)
-            if run_log is not None:
-                run_log.info("%s %s", name, json.dumps(asdict(rows[-1])))
-            if overlays and out_dir is not None:
-                write_overlay(image, mask, reference, Path(out_dir) / "overlays" / f"{Path(name).stem}.png")
-            bar.set_postfix(dice=f"{np.mean([row.dice for row in rows]):.4f}", refresh=False)  # shown by update
-            bar.update()
+    try:
+        with tqdm(total=len(dataset), desc="evaluate", unit="image", leave=True) as bar:
+            for index in range(len(dataset)):
+                name, row, second = _score_image(predictor, dataset[index], modality, threshold, overlay_folder)
+                rows.append(row)
+                names.append(name)
+                seconds.append(second)
+                if run_log is not None:
+                    run_log.info("%s %s", name, json.dumps(asdict(row)))
+                bar.set_postfix(dice=f"{np.mean([row.dice for row in rows]):.4f}", refresh=False)  # shown by update
+                bar.update()
+    except KeyboardInterrupt:
+        if run_log is not None:
+            run_log.warning(f"interrupted after {len(rows)} of {len(dataset)} images; no metrics written")
+        raise
     summary = summarize(rows)
     summary["images_per_second"] = len(rows) / sum(seconds) if seconds else math.nan
     if out_dir is not None:
@@ -675,3 +676,15 @@ def evaluate(
             temporary.write_text(json.dumps(summary, indent=2))
         run_log.info("summary %s", json.dumps(summary))
     return {"rows": list(zip(names, rows)), "summary": summary}
+
+
+def _score_image(predictor, item, modality: int, threshold: float, overlay_folder: Optional[Path]):
+    """(name, scores, seconds) of one (image, reference mask, name) item; its overlay PNG when asked for."""
+    image, reference, name = item
+    start = time.perf_counter()
+    predictor.set_image(image)
+    mask = predictor.predict(modality, threshold=threshold).mask
+    seconds = time.perf_counter() - start
+    if overlay_folder is not None:
+        write_overlay(image, mask, reference, overlay_folder / f"{Path(name).stem}.png")
+    return name, score(mask, reference), seconds

@@ -131,6 +131,17 @@ def test_evaluate_writes_per_image_csv_summary_and_overlays(disks, tmp_path):
     assert len(list((tmp_path / "overlays").glob("*.png"))) == len(result["rows"])
 
 
+def test_an_interrupted_evaluation_says_so_in_its_log_and_writes_no_metrics(disks, tmp_path):
+    test_set = open_dataset(disks, "test")
+    interrupted = _Recorded(test_set, interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        loops.evaluate(build_model(TINY_CONFIG), interrupted, 1, CPU, tmp_path)
+    assert (
+        f"interrupted after 2 of {len(test_set)} images; no metrics written" in (tmp_path / "evaluate.log").read_text()
+    )
+    assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "summary.json").exists()
+
+
 @pytest.mark.parametrize(
     "problem, message",
     [
