@@ -101,6 +101,24 @@ def effectModule(monkeypatch):
     qt.QApplication = types.SimpleNamespace(setOverrideCursor=lambda cursor: None, restoreOverrideCursor=lambda: None)
     qt.Qt = types.SimpleNamespace(WaitCursor=3)
     qt.QComboBox, qt.QCheckBox = ComboBox, type("QCheckBox", (), {})
+
+    class QTimer:  # the worker driver's tick; these tests run no background run
+        def __init__(self):
+            self.active = False
+
+        def setInterval(self, milliseconds):
+            pass
+
+        def connect(self, signal, slot):
+            pass
+
+        def start(self):
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+    qt.QTimer = QTimer
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = i18n.translate = lambda *text: text[-1]
     editorEffects = types.ModuleType("SegmentEditorEffects")
@@ -123,12 +141,14 @@ def effectModule(monkeypatch):
         processEvents=lambda: None,
         userSettings=lambda: settings,
         layoutManager=lambda: application.layout,
+        connect=lambda signal, slot: None,
     )
     application.layout = LayoutManager(["Red", "Yellow", "Green"])
     monkeypatch.setattr(slicer, "app", application, raising=False)
     monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
     monkeypatch.syspath_prepend(str(REPO / "DeLightSAM"))
-    for name in [name for name in sys.modules if name.startswith("DeLightSAMQt")]:
+    monkeypatch.syspath_prepend(str(REPO / "SegmentEditorDeLightSAM"))  # the effect's own package, as in Slicer
+    for name in [name for name in sys.modules if name.startswith(("DeLightSAMQt", "SegmentEditorDeLightSAMLib"))]:
         monkeypatch.delitem(sys.modules, name)
     spec = importlib.util.spec_from_file_location("SegmentEditorEffectUnderTest", EFFECT)
     module = importlib.util.module_from_spec(spec)
@@ -231,15 +251,20 @@ def _driven(effectModule, monkeypatch):
     )
 
     class Logic:
+        """start... records which run the action makes; execute (the stand-in predictors run in this process, as
+        the self-tests' do) returns what the run wrote."""
+
         framesSnapshot = None
 
         def __getattr__(self, name):
-            def run(*args, **kwargs):
-                effect._predictor(model="box" if "Box" in name else "automatic")
+            def start(*args, **kwargs):
                 recorder.runs.append(name)
-                return result
+                return name
 
-            return run
+            return start
+
+        def execute(self, run, progress=None, predictor=None):
+            return result
 
     effect.logic = Logic()
     effect._targets = lambda: ("volume", "slice node", "segmentation", "segment")
@@ -249,10 +274,10 @@ def _driven(effectModule, monkeypatch):
 
 
 WRITES = {  # the effect's actions that write, the MRML logic's run each makes, and the model it uses
-    "onApply": ("segmentSlice", "automatic"),
-    "onApplyAllSlices": ("segmentAllSlices", "automatic"),
-    "onApplyAllFrames": ("segmentAllFrames", "automatic"),
-    "onBoxFromSegment": ("segmentBoxFromSegment", "box"),
+    "onApply": ("startSlice", "automatic"),
+    "onApplyAllSlices": ("startAllSlices", "automatic"),
+    "onApplyAllFrames": ("startAllFrames", "automatic"),
+    "onBoxFromSegment": ("startBoxFromSegment", "box"),
 }
 
 
@@ -275,7 +300,7 @@ def test_download_dialogs_name_the_model_the_run_loads(effectModule, monkeypatch
     with effect.session.temporaryPredictor(object(), "automatic"), effect.session.temporaryPredictor(object(), "box"):
         getattr(effect, action)()
     model = WRITES[action][1]
-    assert recorder.dialogs == [model, model]  # the load before the run, and the provider the run asks
+    assert recorder.dialogs == [model]  # the load before the run (the run itself is handed that predictor)
 
 
 def test_the_status_of_a_written_result_never_fails(effectModule, monkeypatch):
@@ -286,7 +311,7 @@ def test_the_status_of_a_written_result_never_fails(effectModule, monkeypatch):
     effect.session.setCheckpoint(LOCAL_FILE, "")
     with effect.session.temporaryPredictor(types.SimpleNamespace(description="stand-in on cpu")):
         effect.onApply()
-    assert recorder.runs == ["segmentSlice"]
+    assert recorder.runs == ["startSlice"]
     assert effect.statusLabel.text.startswith("Done: slice 3: 5 voxels added, 0 removed, 0.1 s (stand-in on cpu; )")
 
 
@@ -353,18 +378,19 @@ def test_every_download_dialog_is_told_its_model(path):
 
 
 def test_the_effect_asks_about_hidden_segments_before_every_write():
-    """Each action that runs (_run makes the only writer) first asks, as Slicer's Islands and Margin effects do in
-    their onApply; the box drag asks on the press (processInteractionEvents), so its release does not ask again."""
+    """Each action that runs (the worker driver's run makes the only writer) first asks, as Slicer's Islands and Margin
+    effects do in their onApply; the box drag asks on the press (processInteractionEvents), so its release does not
+    ask again."""
     tree = _tree(EFFECT)
     (effectClass,) = [
         node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "SegmentEditorEffect"
     ]
     methods = {node.name: node for node in effectClass.body if isinstance(node, ast.FunctionDef)}
-    running = {name for name, method in methods.items() if _calls(method, "self._run")}
+    running = {name for name, method in methods.items() if _calls(method, "self.worker.run")}
     assert running == {*WRITES, "onBoxDrawn"}
     for name in WRITES:
         (asked,) = _calls(methods[name], "confirmCurrentSegmentVisible")
-        (run,) = _calls(methods[name], "self._run")
+        (run,) = _calls(methods[name], "self.worker.run")
         assert asked.lineno < run.lineno, name
     assert _calls(methods["processInteractionEvents"], "confirmCurrentSegmentVisible")
     assert not _calls(methods["onBoxDrawn"], "confirmCurrentSegmentVisible")
