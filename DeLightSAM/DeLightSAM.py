@@ -2,19 +2,17 @@
 Python packages.
 
 Segmentation happens in the Segment Editor (effect "De-LightSAM", module SegmentEditorDeLightSAM). The work is in
-the Qt-free package DeLightSAMSlicerLib, tested under slicer-core: ``Session`` owns the settings, installs,
-downloads and the predictor; ``MRMLLogic`` writes masks. This file is glue, and the dialogs both panels share.
+the Qt-free package DeLightSAMSlicerLib, tested under slicer-core: ``Session`` owns a user's settings, installs and
+downloads over the process's loaded predictors; ``MRMLLogic`` writes masks. The dialogs both panels share and the
+adapters to the Slicer application are in the package DeLightSAMQt beside this file. This file is glue.
 
 DeLightSAMLib (the library) is imported inside functions only: importing DeLightSAMSlicerLib first is what makes it
 importable when Slicer runs the module from a source checkout.
 """
 
-import contextlib
 import importlib.util
-import logging
 import os
 import sys
-import traceback
 
 import qt
 import slicer
@@ -42,7 +40,9 @@ def addSourceCheckoutOfTheLogicToPath(moduleFile):
 addSourceCheckoutOfTheLogicToPath(__file__)
 
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, MODELS, modelTitle
-from DeLightSAMSlicerLib.Session import DEVICES, LOCAL_FILE, DeLightSAMSession
+from DeLightSAMSlicerLib.Session import DEVICES, LOCAL_FILE
+from DeLightSAMQt.Dialogs import DownloadProgressDialog, confirmDialog, userErrorDisplay
+from DeLightSAMQt.SlicerApp import sharedSession
 
 #
 # DeLightSAM
@@ -77,7 +77,7 @@ class DeLightSAM(ScriptedLoadableModule):
 class DeLightSAMWidget(ScriptedLoadableModuleWidget):
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        self.session = DeLightSAMSession.shared()
+        self.session = sharedSession()
 
         self.weights = {model: WeightsWidgets(self, model) for model in MODELS}
         for widgets in self.weights.values():
@@ -106,7 +106,9 @@ class DeLightSAMWidget(ScriptedLoadableModuleWidget):
         self.updateGUIFromSession()
 
     def enter(self):
-        self.updateGUIFromSession()  # packages or weights may have changed since the panel was last shown
+        # Packages or weights may have changed since the panel was last shown. Read from package metadata and files:
+        # nothing is imported (loaded torch files can block an uninstall on Windows).
+        self.updateGUIFromSession()
 
     def updateSessionFromGUI(self, model):
         widgets = self.weights[model]
@@ -216,83 +218,6 @@ class WeightsWidgets:
 
 
 #
-# Dialogs shared by the module panel and the effect
-#
-
-
-def confirmDialog(text):
-    """The session's ``confirm`` callback: an OK/Cancel question."""
-    return slicer.util.confirmOkCancelDisplay(text, _("De-LightSAM"))
-
-
-class ProgressDialog:
-    """A modal progress dialog with a cancel button, shown from the first ``update`` on (a run that reports nothing
-    shows nothing) and closed when the block ends, also when it fails.
-
-    ``update(done, total, text)`` shows progress and raises ``cancelled()`` once the user has cancelled.
-    """
-
-    def __init__(self, cancelled, cancelText=None):
-        self.cancelled = cancelled
-        self.cancelText = cancelText
-        self.dialog = None
-
-    def __enter__(self):
-        return self
-
-    def update(self, done, total, text):
-        if self.dialog is None:
-            self.dialog = slicer.util.createProgressDialog(labelText=text, maximum=100, windowTitle=_("De-LightSAM"))
-            if self.cancelText:
-                self.dialog.setCancelButtonText(self.cancelText)
-        self.dialog.setValue(int(100 * done / total) if total else 0)
-        self.dialog.setLabelText(text)
-        slicer.app.processEvents()
-        if self.dialog.wasCanceled:
-            raise self.cancelled()
-
-    def __exit__(self, *exc):
-        if self.dialog is not None:
-            self.dialog.close()
-            self.dialog = None
-
-
-class DownloadProgressDialog(ProgressDialog):
-    def __init__(self, model=AUTOMATIC):
-        from DeLightSAMLib.errors import DownloadCancelled
-
-        super().__init__(lambda: DownloadCancelled(_("download cancelled; nothing was saved")))
-        self.model = model
-
-    def report(self, done, total):
-        self.update(
-            done,
-            total,
-            _("Downloading the {model} weights: {megabytes} MB").format(
-                model=modelTitle(self.model), megabytes=f"{done / 1e6:.1f}"
-            ),
-        )
-
-
-@contextlib.contextmanager
-def userErrorDisplay(message):
-    """Like slicer.util.tryWithErrorDisplay, but a user's mistake (DeLightSAMError) shows as a plain message
-    without details; anything else shows with its traceback. The exception does not propagate."""
-    try:
-        yield
-    except Exception as error:
-        from DeLightSAMLib.errors import DeLightSAMError
-
-        while qt.QApplication.overrideCursor():
-            qt.QApplication.restoreOverrideCursor()
-        if isinstance(error, DeLightSAMError):
-            slicer.util.errorDisplay(f"{message}\n\n{error}")
-        else:
-            logging.exception(message)
-            slicer.util.errorDisplay(f"{message}\n\n{error}", detailedText=traceback.format_exc())
-
-
-#
 # DeLightSAMTest
 #
 
@@ -309,7 +234,7 @@ class DeLightSAMTest(ScriptedLoadableModuleTest):
         self.test_panel_states_the_checkpoint_problem()
 
     def test_panel_states_the_checkpoint_problem(self):
-        session = DeLightSAMSession.shared()
+        session = sharedSession()
         saved = {model: (session.checkpointChoice(model), session.localCheckpointPath(model)) for model in MODELS}
         try:
             slicer.util.selectModule("DeLightSAM")

@@ -18,8 +18,8 @@ from torch import nn
 from .checkpoint import load_model
 from .config import LiteMedSAMConfig
 from .device import select_device, select_dtype
-from .engines import AUTO, get_engine
-from .errors import CheckpointError, UnknownNameError
+from .engines import AUTO, LITEMEDSAM, get_engine
+from .errors import CheckpointError
 from .modeling import LiteMedSAM
 from .registry import BOX_CHECKPOINT
 from .transforms import LongestSideTransform, Window, check_threshold, clip_boxes
@@ -87,16 +87,7 @@ class BoxPredictor:
             )
         self.device = select_device(device)
         self.dtype = select_dtype(dtype, self.device)
-        if engine == AUTO and self.device.type == "cpu":
-            # eager, not the CPU's fast default: upstream's arithmetic order keeps the logits within 1e-4 of the
-            # released pipeline's; fast's reassociation adds up to 1.3e-4 (same masks) for about 0.8 x the time.
-            engine = "eager"
-        self.engine = get_engine(engine, self.device.type)
-        if not self.engine.any_module:
-            raise UnknownNameError(
-                f"engine '{self.engine.name}' runs De-LightSAM only; for LiteMedSAM use auto, "
-                "eager, fused, fast or compiled"
-            )
+        self.engine = get_engine(engine, self.device.type, LITEMEDSAM)  # auto: the registry's default for LiteMedSAM
         self.model = model.to(self.device).eval()
         # The image encoder is the costly part and runs on the engine (a container, so that engines that swap
         # modules find it as a child); the prompt encoder and decoder run as written, once per box.

@@ -18,7 +18,8 @@ from . import __version__
 from .cohort import command as cohort_command
 from .engines import AUTO, ENGINES
 from .errors import DeLightSAMError
-from .registry import BOX_CHECKPOINT, CHECKPOINTS, MODALITIES, OFFICIAL_CHECKPOINT, resolve_modality
+from .header_modality import is_auto, known_codes, modality_from_header
+from .registry import AUTO_MODALITY, BOX_CHECKPOINT, CHECKPOINTS, MODALITIES, OFFICIAL_CHECKPOINT, resolve_modality
 from .training.cli import add_commands as add_training_commands
 
 EXIT_USER_ERROR = 2
@@ -49,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         "a folder of them, a CSV manifest or a dicomweb:// address segment a cohort",
     )
     predict.add_argument(
-        "--modality", "-m", default=None, help=f"De-LightSAM: one of {', '.join(MODALITIES)}, or an index"
+        "--modality",
+        "-m",
+        default=None,
+        help=f"De-LightSAM: one of {', '.join(MODALITIES)}, or an index; or {AUTO_MODALITY}: the one a DICOM "
+        f"image's Modality (0008,0060) names ({known_codes()})",
     )
     predict.add_argument(
         "--box",
@@ -223,11 +228,17 @@ def run_predict(args: argparse.Namespace) -> int:
             "(LiteMedSAM, the structure inside the box)"
         )
     if boxes is None:
-        resolve_modality(args.modality)  # fail on a typo before loading anything
+        if not is_auto(args.modality):
+            resolve_modality(args.modality)  # fail on a typo before loading anything
         if args.slices is not None:
             raise DeLightSAMError("--slices goes with --box; with --modality every slice of a volume is segmented")
     elif len(boxes) > 255:
         raise DeLightSAMError(f"at most 255 boxes at once (labels are 8-bit), got {len(boxes)}")
+    chosen = None
+    source = Path(args.input).expanduser()
+    if boxes is None and is_auto(args.modality) and source.exists():  # (a missing input: read_image says so)
+        chosen = modality_from_header(source)  # before the pixels are read; a folder: read_image's series
+        args.modality = chosen.modality
     loaded = read_image(args.input)
     outputs = _check_outputs(args, loaded)
     window = volume_window(loaded, window)
@@ -238,7 +249,7 @@ def run_predict(args: argparse.Namespace) -> int:
     check_model(predictor, boxes, checkpoint)
     segmentation = _segment(predictor, loaded, boxes, slice_range, args, window)
     _write_outputs(outputs, segmentation, loaded, args, window)
-    print(f"{outputs['output']}  ({segmentation.summary()})")
+    print(f"{outputs['output']}  ({segmentation.summary()}{f'; {chosen.reason}' if chosen else ''})")
     return 0
 
 

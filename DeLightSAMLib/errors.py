@@ -35,3 +35,7 @@ class EngineError(DeLightSAMError, ValueError):
 
 class ArgumentError(DeLightSAMError, ValueError):
     """A value given to the library that is of the wrong type or out of range (a threshold, a batch size)."""
+
+
+class HeaderModalityError(DeLightSAMError, ValueError):
+    """An image whose header cannot choose the modality: no DICOM header, or one naming none the model knows."""

@@ -14,7 +14,7 @@ import torch
 from .checkpoint import load_delightsam, load_model
 from .config import DEFAULT_CONFIG, ModelConfig
 from .device import select_device, select_dtype
-from .engines import AUTO, get_engine
+from .engines import AUTO, DELIGHTSAM, get_engine
 from .errors import ArgumentError
 from .intensity import check_window
 from .modeling import DeLightSAM, binarize_patch_logits
@@ -60,7 +60,7 @@ class Predictor:
     ) -> None:
         self.device = select_device(device)
         self.dtype = select_dtype(dtype, self.device)
-        self.engine = get_engine(engine, self.device.type)  # checked before the model is moved or rebuilt
+        self.engine = get_engine(engine, self.device.type, DELIGHTSAM)  # checked before the model is moved or rebuilt
         self.model = model.to(self.device).eval()
         self.runner = self.engine.build(self.model)  # what _run calls; the model itself stays as loaded
         self.modality_map = dict(modality_map or OFFICIAL_MODALITY_MAP)

@@ -25,6 +25,19 @@ MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
 }
 MODALITIES: tuple[str, ...] = tuple(MODALITY_ALIASES)
 
+# The DICOM Modality (0008,0060) codes of the images each modality was trained on: what ``auto`` (the modality read
+# from the image's own header, header_modality.py) accepts. CR, DX, RG: radiographs; OP: ophthalmic photography;
+# ES: endoscopy; DMS: dermoscopy; XC: external-camera photography; SM, GM: slide and general microscopy.
+DICOM_MODALITY_CODES: dict[str, tuple[str, ...]] = {
+    "xray": ("CR", "DX", "RG"),
+    "ultrasound": ("US",),
+    "fundus": ("OP",),
+    "colonoscopy": ("ES",),
+    "dermoscopy": ("DMS", "XC"),
+    "microscopy": ("SM", "GM"),
+}
+AUTO_MODALITY = "auto"  # the modality a DICOM image's header names (never a name of MODALITIES)
+
 # Where the released model was trained for each index; names are those of MODALITIES.
 OFFICIAL_MODALITY_MAP: dict[str, int] = {
     "dermoscopy": 0,
@@ -55,6 +68,7 @@ class CheckpointEntry:
     description: str
     sha256: str | None = None
     size_bytes: int | None = None
+    approximate_size_bytes: int | None = None  # what to tell a user before downloading when size_bytes is None
     config: Union[ModelConfig, LiteMedSAMConfig] = DEFAULT_CONFIG
     modality_map: dict[str, int] = field(default_factory=lambda: dict(OFFICIAL_MODALITY_MAP))
 
@@ -70,6 +84,7 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {
         description="De-LightSAM released checkpoint (TCSVT 2025), one file for all six modalities",
         sha256=None,  # not published by the authors
         size_bytes=None,  # not published; the download reports the size the server announces
+        approximate_size_bytes=52_000_000,  # the released file as downloaded in 2025
     ),
     BOX_CHECKPOINT: CheckpointEntry(
         name=BOX_CHECKPOINT,

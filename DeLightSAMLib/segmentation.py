@@ -9,17 +9,15 @@ Arrays are numpy in SimpleITK's order ([k, j, i]); image axis i=0, j=1, k=2 is n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from .errors import DeLightSAMError
 from .imageio import LoadedImage
+from .progress import ProgressCallback
 from .registry import BOX_CHECKPOINT
 from .transforms import Window
-
-# progress(slices done, slices in all), after each network pass over a volume
-SliceProgress = Callable[[int, int], None]
 
 
 @dataclass
@@ -108,9 +106,10 @@ def by_modality(
     window: Optional[Window] = None,
     batch_size: Optional[int] = None,
     return_logits: bool = False,
-    progress: Optional[SliceProgress] = None,
+    progress: Optional[ProgressCallback] = None,
 ) -> Segmentation:
-    """De-LightSAM's mask of ``modality``; a volume's slices are batched (``batch_size`` per network pass)."""
+    """De-LightSAM's mask of ``modality``; a volume's slices are batched (``batch_size`` per network pass).
+    ``progress(slices done, slices in all)`` after each pass."""
     if loaded.is_2d:
         predictor.set_image(loaded.array, window)
         prediction = predictor.predict(modality, threshold=threshold, return_logits=return_logits)
@@ -142,10 +141,11 @@ def by_boxes(
     threshold: float = 0.5,
     window: Optional[Window] = None,
     return_logits: bool = False,
-    progress: Optional[SliceProgress] = None,
+    progress: Optional[ProgressCallback] = None,
 ) -> Segmentation:
     """LiteMedSAM's masks for (N, 4) ``boxes``. 2D: one encoder pass, all boxes decoded together. Volumes: the
-    same on every slice of ``slice_range`` (from ``check_boxes``); slices outside it stay 0 (logits -inf there)."""
+    same on every slice of ``slice_range`` (from ``check_boxes``); slices outside it stay 0 (logits -inf there).
+    ``progress(slices done, slices in the range)`` after each slice."""
     if loaded.is_2d:
         predictor.set_image(loaded.array, window)
         result = predictor.predict(boxes, threshold=threshold, return_logits=True)

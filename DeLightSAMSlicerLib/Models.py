@@ -33,6 +33,29 @@ def isCheckpointFor(model: str, entry: CheckpointEntry) -> bool:
     return isinstance(entry.config, LiteMedSAMConfig) == (model == BOX)
 
 
+def loadPredictor(reference: str, model: str, device: str = "auto"):
+    """The library's predictor of the checkpoint ``reference`` (registry name or file), refused with what to do when
+    it holds the other model's weights. Imports torch (the session and the background worker call it)."""
+    from DeLightSAMLib.box_predictor import BoxPredictor
+    from DeLightSAMLib.errors import CheckpointError
+    from DeLightSAMLib.predictor import load_predictor
+
+    predictor = load_predictor(reference, device=device)
+    if isinstance(predictor, BoxPredictor) != (model == BOX):
+        raise CheckpointError(
+            _(
+                "{reference} holds {found} weights, not {model} weights; choose {model} weights for "
+                "{purpose} in the De-LightSAM module"
+            ).format(
+                reference=reference,
+                found=modelTitle(BOX if model == AUTOMATIC else AUTOMATIC),
+                model=modelTitle(model),
+                purpose=_("boxes") if model == BOX else _("Apply"),
+            )
+        )
+    return predictor
+
+
 class ReusedEncoding:
     """A box predictor that encodes an image only when it differs from the one it encoded last.
 

@@ -2,8 +2,9 @@
 
 The decisions (oldest Slicer, packages for the running Python, whether PyTorch is usable) are plain functions,
 tested under pytest; installing goes through an *installer*: Slicer's (the PyTorch extension and
-``slicer.util.pip_install``) inside Slicer, a stand-in in tests. Nothing here imports torch unless asked whether
-it works, and a torch that fails to import is reported, never raised.
+``slicer.util.pip_install``, in the Slicer face's DeLightSAMQt) inside Slicer, a stand-in in tests. Versions are read
+from package metadata; torch is imported only by ``torchImportProblem``, when a model is about to run, and a torch
+that fails to import is reported, never raised.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import platform
 import re
 import sys
 from dataclasses import dataclass
@@ -70,40 +72,40 @@ def installedVersion(distribution: str) -> Optional[str]:
 
 @dataclass(frozen=True)
 class TorchState:
-    """Whether PyTorch can be used: ``problem`` is None when it can, else one line saying what is wrong and what to
-    do. ``missing``, ``tooOld`` and ``broken`` (installed but its import raises) tell the cases apart."""
+    """What torch's metadata says: ``problem`` is None when it is installed and new enough, else one line saying what
+    is wrong and what to do; ``missing`` and ``tooOld`` tell the cases apart."""
 
     version: Optional[str] = None
     problem: Optional[str] = None
     missing: bool = False
     tooOld: bool = False
-    broken: bool = False
 
 
 def torchState() -> TorchState:
-    """Looks at the installed torch: its metadata first, then an import (guarded: any exception means broken)."""
+    """What the installed torch's metadata says (nothing is imported: loaded torch files can block an uninstall on
+    Windows, and a broken torch must not break the panel): missing, too old, or installed. Whether it imports is
+    known only when a model is loaded (``torchImportProblem``)."""
     version = installedVersion("torch")
     if version is None and importlib.util.find_spec("torch") is None:
         return TorchState(
             problem=_("PyTorch is not installed; click 'Install dependencies' (asks first)"), missing=True
         )
     if version is not None and versionTuple(version) < versionTuple(MINIMUM_TORCH_VERSION):
-        return _tooOld(version)  # refused before importing: an old torch may not even import in this Python
-    try:
-        torch = importlib.import_module("torch")
-    except Exception as error:  # OSError (a missing DLL), ImportError of a part of it, ...
-        return TorchState(
-            version,
-            _(
-                "PyTorch {version} is installed but cannot be imported ({error}); click 'Install dependencies' to "
-                "reinstall it, then restart Slicer"
-            ).format(version=version or "", error=_firstLine(error)),
-            broken=True,
-        )
-    version = version or str(getattr(torch, "__version__", ""))
-    if versionTuple(version) < versionTuple(MINIMUM_TORCH_VERSION):
         return _tooOld(version)
     return TorchState(version)
+
+
+def torchImportProblem() -> Optional[str]:
+    """Import torch (to run a model, never for a status): None when it imports, else one line saying what failed and
+    what to do. Any exception counts (OSError for a missing DLL, ImportError of a part of it, ...)."""
+    try:
+        importlib.import_module("torch")
+    except Exception as error:
+        return _(
+            "PyTorch {version} is installed but cannot be imported ({error}); click 'Install dependencies' to "
+            "reinstall it, then restart Slicer"
+        ).format(version=installedVersion("torch") or "", error=_firstLine(error))
+    return None
 
 
 def _tooOld(version: str) -> TorchState:
@@ -117,6 +119,30 @@ def _tooOld(version: str) -> TorchState:
     )
 
 
+def platformPins(system: Optional[str] = None, machine: Optional[str] = None) -> dict[str, str]:
+    """Distribution -> requirement that torch needs on this platform besides itself (default: the running one).
+
+    On x86-64 macOS (Intel Macs, and Slicer under Rosetta 2) the newest torch is 2.2, built against NumPy 1: with the
+    NumPy 2 that Slicer 5.10 (2.0.2) and 5.12 (2.4.6) ship, ``Tensor.numpy()`` fails. SlicerTotalSegmentator pins
+    numpy<2 on macOS for the same reason.
+    """
+    system = sys.platform if system is None else system
+    machine = platform.machine() if machine is None else machine
+    if system == "darwin" and machine.lower() in ("x86_64", "amd64", "i386"):
+        return {"numpy": "numpy<2"}
+    return {}
+
+
+def missingPins(system: Optional[str] = None, machine: Optional[str] = None) -> dict[str, str]:
+    """The ``platformPins`` the installed versions break (read from metadata): distribution -> requirement."""
+    missing = {}
+    for distribution, requirement in platformPins(system, machine).items():
+        version = installedVersion(distribution)
+        if distribution == "numpy" and version is not None and versionTuple(version) >= (2,):
+            missing[distribution] = requirement
+    return missing
+
+
 def missingPackages(pythonVersion: Optional[Sequence[int]] = None) -> dict[str, str]:
     """The packages of ``pipRequirements`` that are not installed: import name -> pip requirement."""
     return {
@@ -127,46 +153,17 @@ def missingPackages(pythonVersion: Optional[Sequence[int]] = None) -> dict[str, 
 
 
 class Installer(Protocol):
-    """How packages get installed: inside Slicer, :class:`SlicerInstaller`."""
+    """How packages get installed: inside Slicer, ``DeLightSAMQt.SlicerApp.SlicerInstaller``.
 
-    def installTorch(self, requirement: str) -> None: ...
+    ``installTorch(requirement, load=False)`` installs without importing torch in this process (a reinstall: the
+    files of the broken one may still be loaded; Slicer restarts before torch is used).
+    """
+
+    def installTorch(self, requirement: str, load: bool = True) -> None: ...
 
     def uninstallTorch(self) -> None: ...
 
     def pipInstall(self, requirement: str) -> None: ...
-
-
-class SlicerInstaller:
-    """Slicer's ways to install: PyTorch through the PyTorch extension's ``PyTorchUtils`` (which picks the build for
-    the computer's GPU and driver), anything else through ``slicer.util.pip_install``."""
-
-    def installTorch(self, requirement: str) -> None:
-        torchUtils = self._pyTorchUtils()
-        if torchUtils.installTorch(askConfirmation=False, torchVersionRequirement=requirement) is None:
-            raise DeLightSAMError(
-                _("PyTorch was not installed; open the PyTorch Utils module to install it, then try again")
-            )
-
-    def uninstallTorch(self) -> None:
-        self._pyTorchUtils().uninstallTorch()
-
-    def pipInstall(self, requirement: str) -> None:
-        import slicer.util
-
-        slicer.util.pip_install(requirement)
-
-    @staticmethod
-    def _pyTorchUtils():
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise DeLightSAMError(
-                _(
-                    "De-LightSAM installs PyTorch through the PyTorch extension: install 'PyTorch' in the Extensions "
-                    "Manager, restart Slicer, then try again"
-                )
-            ) from None
-        return PyTorchUtils.PyTorchUtilsLogic()
 
 
 def _firstLine(error: BaseException) -> str:

@@ -1,20 +1,25 @@
-"""The De-LightSAM session: the one owner of the settings, the dependency installs, the weights downloads and the
-predictors of a Slicer session, one for each model (``Models``: De-LightSAM, automatic; LiteMedSAM, by box). The
-module panel and the Segment Editor effect both ask it.
+"""The De-LightSAM session: what one user owns (the settings, the busy state, the questions to ask before installing
+or downloading) over what a process shares (``PredictorCache``: the loaded predictors, one set per process because
+they hold GPU memory), for both models (``Models``: De-LightSAM, automatic; LiteMedSAM, by box). In Slicer the module
+panel and the Segment Editor effect ask one session (``DeLightSAMQt.SlicerApp.sharedSession``); a web server keeps
+one session per user over one cache.
 
-Qt-free: settings go through a small interface (Slicer's user settings inside Slicer, a dict in tests), installs
-through an installer (``Requirements``), and the user is asked through callbacks the caller passes in (``confirm``
-for a question, ``progress`` for a download), so the session runs and is tested under ``slicer-core``. Nothing here
-imports torch until a predictor is needed, and nothing fails because torch is missing or broken: the status says
-so, and installing is the way out.
+Host-free: settings go through a small interface (Slicer's user settings inside Slicer, a dict in tests), installs
+through an installer (``Requirements.Installer``), and the user is asked through callbacks the caller passes in
+(``confirm`` for a question, ``progress`` for a download); nothing here refers to ``slicer.app`` or Qt, so the
+session runs in Slicer, in a server and under ``slicer-core``. Versions are read from package metadata: torch is
+imported only to load a model, and nothing fails because torch is missing or broken: the status says so, and
+installing is the way out.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import importlib.util
 import logging
+import sys
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, Sequence
 
@@ -35,14 +40,17 @@ from DeLightSAMSlicerLib.Models import (
     MODELS,
     ReusedEncoding,
     isCheckpointFor,
+    loadPredictor,
     modelTitle,
 )
 from DeLightSAMSlicerLib.Requirements import (
     MINIMUM_TORCH_VERSION,
     Installer,
-    SlicerInstaller,
     checkSlicerVersion,
+    installedVersion,
     missingPackages,
+    missingPins,
+    torchImportProblem,
     torchState,
 )
 
@@ -75,44 +83,59 @@ class DictSettings(dict):
         self[key] = value
 
 
-class SlicerSettings:
-    """Slicer's per-user settings (``slicer.app.userSettings()``, the QSettings every module uses)."""
+PredictorKey = tuple[str, str, str]  # (model, checkpoint reference, device setting)
 
-    def value(self, key: str, default=None):
-        import slicer
 
-        return slicer.app.userSettings().value(key, default)
+class PredictorCache:
+    """The loaded predictors of a process, shared by every session in it: a predictor holds the weights in (GPU)
+    memory, so sessions that choose the same weights and device get the same one.
 
-    def setValue(self, key: str, value) -> None:
-        import slicer
+    Keyed by (model, checkpoint reference, device setting); at most ``perModel`` predictors of a model stay loaded
+    (the least recently used goes first): Slicer's one user keeps one of each model, as before; a server may keep
+    more. Also remembers what only a restart undoes: why torch failed to import in this process (``importProblem``),
+    and what was installed that this process cannot load (``restartNeeded``).
+    """
 
-        slicer.app.userSettings().setValue(key, value)
+    def __init__(self, perModel: int = 1) -> None:
+        self.perModel = perModel
+        self._loaded: collections.OrderedDict[PredictorKey, object] = collections.OrderedDict()
+        self.importProblem: Optional[str] = None
+        self.restartNeeded: Optional[str] = None  # what was installed that this process cannot load
+
+    def get(self, key: PredictorKey):
+        """The loaded predictor of ``key``, or None."""
+        predictor = self._loaded.get(key)
+        if predictor is not None:
+            self._loaded.move_to_end(key)
+        return predictor
+
+    def put(self, key: PredictorKey, predictor) -> None:
+        self._loaded[key] = predictor
+        self._loaded.move_to_end(key)
+        sameModel = [other for other in self._loaded if other[0] == key[0]]
+        for other in sameModel[: max(0, len(sameModel) - self.perModel)]:
+            del self._loaded[other]
 
 
 class DeLightSAMSession:
-    """Settings, dependencies, weights and one predictor per model; ``shared()`` is the instance of the Slicer session.
+    """One user's settings, busy state and questions over a process's ``PredictorCache``.
 
     Every method about weights or predictors takes the model (``Models.AUTOMATIC``, the default, or ``Models.BOX``).
     """
 
-    _shared: Optional["DeLightSAMSession"] = None
-
-    @classmethod
-    def shared(cls) -> "DeLightSAMSession":
-        """The session's instance inside Slicer (Slicer's settings and installers), made on first use."""
-        if cls._shared is None:
-            import slicer
-
-            cls._shared = cls(SlicerSettings(), SlicerInstaller(), (slicer.app.majorVersion, slicer.app.minorVersion))
-        return cls._shared
-
     def __init__(
-        self, settings: Settings, installer: Optional[Installer] = None, slicerVersion: Optional[Sequence[int]] = None
+        self,
+        settings: Settings,
+        installer: Optional[Installer] = None,
+        slicerVersion: Optional[Sequence[int]] = None,
+        predictors: Optional[PredictorCache] = None,
     ) -> None:
         self.settings = settings
         self.installer = installer
         self.slicerVersion = tuple(slicerVersion) if slicerVersion is not None else None
-        self._predictors: dict[str, object] = {}  # model -> its loaded predictor
+        self.predictors = predictors if predictors is not None else PredictorCache()
+        self._standIns: dict[str, object] = {}  # model -> a stand-in predictor (temporaryPredictor)
+        self._inUse: dict[str, str] = {}  # model -> the checkpoint its last predictor came from
         self._job: Optional[str] = None
 
     # ------------------------------------------------------------------ settings
@@ -147,17 +170,13 @@ class DeLightSAMSession:
         self.settings.setValue(SETTINGS_PREFIX + "Modality", modality)
 
     def setCheckpoint(self, checkpointChoice: str, localCheckpointPath: str, model: str = AUTOMATIC) -> None:
-        """Choose ``model``'s weights; its predictor is reloaded on next use if they changed."""
-        if (checkpointChoice, localCheckpointPath) != (self.checkpointChoice(model), self.localCheckpointPath(model)):
-            self._predictors.pop(model, None)
+        """Choose ``model``'s weights; its predictor is (re)loaded on next use if they changed."""
         choiceKey, pathKey = CHECKPOINT_SETTINGS[model]
         self.settings.setValue(SETTINGS_PREFIX + choiceKey, checkpointChoice)
         self.settings.setValue(SETTINGS_PREFIX + pathKey, localCheckpointPath)
 
     def setDevice(self, device: str) -> None:
-        """Choose the device of both models; loaded predictors are reloaded on next use if it changed."""
-        if device != self.device:
-            self._predictors.clear()
+        """Choose the device of both models; their predictors are (re)loaded on next use if it changed."""
         self.settings.setValue(SETTINGS_PREFIX + "Device", device)
 
     def checkpointReference(self, model: str = AUTOMATIC) -> str:
@@ -173,20 +192,15 @@ class DeLightSAMSession:
             )
         return self.localCheckpointPath(model).strip()
 
-    # ------------------------------------------------------------------ status
-    def statusText(self) -> str:
-        """What is ready and what is missing, one line each, with what to do: the packages, both models' weights,
-        the device. Never raises."""
-        try:
-            checkSlicerVersion(self.slicerVersion)
-        except DeLightSAMError as error:
-            return str(error)
-        return "\n".join(
-            self.requirementsStatus() + [self.weightsStatus(model) for model in MODELS] + self.deviceStatus()
-        )
+    def checkpointInUse(self, model: str = AUTOMATIC) -> str:
+        """The registry name or file the last predictor of ``model`` this session used came from ('' for a stand-in or
+        none yet): what a written result names, whatever the settings say since. Never raises."""
+        return self._inUse.get(model, "")
 
+    # ------------------------------------------------------------------ status
     def environmentStatus(self) -> str:
-        """What is not about one model's weights: the Slicer version, the packages, the device. Never raises."""
+        """What is not about one model's weights: the Slicer version, the packages, the device. Never raises, and
+        imports nothing (torch is imported only to load a model)."""
         try:
             checkSlicerVersion(self.slicerVersion)
         except DeLightSAMError as error:
@@ -194,16 +208,25 @@ class DeLightSAMSession:
         return "\n".join(self.requirementsStatus() + self.deviceStatus())
 
     def requirementsStatus(self) -> list[str]:
-        """A line for a missing, broken or old PyTorch and one for missing packages; none when all is there."""
+        """A line for a missing, broken or old PyTorch, one for missing packages and one for a package version torch
+        needs on this platform; none when all is there."""
+        if self.predictors.restartNeeded:
+            return [self.predictors.restartNeeded]
         lines = []
         torch = torchState()
-        if torch.problem:
-            lines.append(torch.problem)
+        if torch.problem or self.predictors.importProblem:
+            lines.append(torch.problem or self.predictors.importProblem)
         missing = missingPackages()
         if missing:
             lines.append(
                 _("Missing Python packages: {names}; click 'Install dependencies' (asks first)").format(
                     names=", ".join(missing)
+                )
+            )
+        for requirement in missingPins().values():
+            lines.append(
+                _("PyTorch on this computer needs {requirement}; click 'Install dependencies' (asks first)").format(
+                    requirement=requirement
                 )
             )
         return lines
@@ -223,7 +246,7 @@ class DeLightSAMSession:
                 where = f"{path} — {origin}"
         except DeLightSAMError as error:
             return f"{title} {error}"
-        predictor = self._predictors.get(model)
+        predictor = self._loadedPredictor(model)
         state = (
             _("loaded on {device}").format(device=getattr(predictor, "description", ""))
             if predictor is not None
@@ -232,13 +255,16 @@ class DeLightSAMSession:
         return f"{title} {where} — {state}"
 
     def deviceStatus(self) -> list[str]:
-        """A warning when the models run on the CPU; a line saying why the device cannot be used; else nothing."""
-        if torchState().problem:
+        """A warning when the models run on the CPU; a line saying why the device cannot be used; else nothing. Said
+        once torch is loaded (by a model: the status never imports it)."""
+        if torchState().problem or self.predictors.importProblem or self.predictors.restartNeeded:
+            return []
+        if "torch" not in sys.modules:
             return []
         try:
             from DeLightSAMLib.device import select_device
 
-            loaded = next(iter(self._predictors.values()), None)
+            loaded = next(filter(None, (self._loadedPredictor(model) for model in MODELS)), None)
             device = getattr(loaded, "device", None) or select_device(self.device)
         except DeLightSAMError as error:
             return [_("Device: {problem}").format(problem=error)]
@@ -268,27 +294,32 @@ class DeLightSAMSession:
     def installRequirements(self, confirm: Confirm) -> None:
         """Install what is missing, only after ``confirm``: torch through the PyTorch extension, the rest with pip.
 
-        A torch older than MINIMUM_TORCH_VERSION is refused with what to do; a torch that fails to import is
-        reinstalled, after which Slicer must restart (the failed import cannot be undone in this process).
+        A torch older than MINIMUM_TORCH_VERSION is refused with what to do. A torch that failed to import in this
+        process is reinstalled without importing it again (its files may still be loaded), and a package version
+        Slicer had already loaded (NumPy on Intel Macs) is replaced: both need a restart of Slicer, and say so.
         """
         checkSlicerVersion(self.slicerVersion)
+        if self.predictors.restartNeeded:
+            raise DeLightSAMError(self.predictors.restartNeeded)
         torch = torchState()
         if torch.tooOld:
             raise DeLightSAMError(torch.problem)
+        broken = not torch.missing and self.predictors.importProblem is not None
         packages = missingPackages()
-        if not (torch.missing or torch.broken or packages):
+        pins = missingPins()
+        if not (torch.missing or broken or packages or pins):
             return
         if self.installer is None:
             raise DeLightSAMError(
                 _("cannot install Python packages here; install torch>={minimum} and {packages} with pip").format(
-                    minimum=MINIMUM_TORCH_VERSION, packages=" ".join(packages.values())
+                    minimum=MINIMUM_TORCH_VERSION, packages=" ".join([*packages.values(), *pins.values()])
                 )
             )
         names = (
-            [_("PyTorch (reinstalled: it fails to import)") if torch.broken else _("PyTorch")]
-            if torch.missing or torch.broken
+            [_("PyTorch (reinstalled: it fails to import)") if broken else _("PyTorch")]
+            if torch.missing or broken
             else []
-        ) + list(packages)
+        ) + [*packages, *pins.values()]
         if not confirm(
             _(
                 "De-LightSAM needs these Python packages: {names}. Install them now? This needs a network "
@@ -296,15 +327,23 @@ class DeLightSAMSession:
             ).format(names=", ".join(names))
         ):
             raise DeLightSAMError(_("installation cancelled; De-LightSAM cannot run without its Python packages"))
-        if torch.broken:
+        if broken:
             self.installer.uninstallTorch()
-        if torch.missing or torch.broken:
+            self.installer.installTorch(f">={MINIMUM_TORCH_VERSION}", load=False)
+        elif torch.missing:
             self.installer.installTorch(f">={MINIMUM_TORCH_VERSION}")
-        for requirement in packages.values():
+        for requirement in [*packages.values(), *pins.values()]:
             self.installer.pipInstall(requirement)
         importlib.invalidate_caches()
-        if torch.broken:
-            raise DeLightSAMError(_("PyTorch was reinstalled; restart Slicer to use it"))
+        if broken or pins:
+            self.predictors.restartNeeded = (
+                _("PyTorch was reinstalled; restart Slicer to use it")
+                if broken
+                else _("{requirements} installed; restart Slicer to use it").format(
+                    requirements=", ".join(pins.values())
+                )
+            )
+            raise DeLightSAMError(self.predictors.restartNeeded)
         still = list(missingPackages()) + (["torch"] if torchState().problem else [])
         if still:
             raise DeLightSAMError(
@@ -332,11 +371,14 @@ class DeLightSAMSession:
         if drive and not others:
             self._installDownloader(confirm)
         size = entry.size_bytes or remote_size(entry.urls[0])
-        sizeText = (
-            _("{megabytes} MB").format(megabytes=f"{size / 1e6:.0f}")
-            if size
-            else _("about 52 MB; the publisher does not state the size")
-        )
+        if size:
+            sizeText = _("{megabytes} MB").format(megabytes=f"{size / 1e6:.0f}")
+        elif entry.approximate_size_bytes:
+            sizeText = _("about {megabytes} MB; the publisher does not state the size").format(
+                megabytes=f"{entry.approximate_size_bytes / 1e6:.0f}"
+            )
+        else:
+            sizeText = _("size not stated by the publisher")
         if not confirm(
             _("Download '{description}' ({size}) to {path}?").format(
                 description=entry.description, size=sizeText, path=cached_path(entry.name)
@@ -373,47 +415,76 @@ class DeLightSAMSession:
 
     # ------------------------------------------------------------------ the predictors
     def predictor(self, confirm: Confirm, progress: Optional[DownloadProgress] = None, model: str = AUTOMATIC):
-        """``model``'s predictor, loaded on first use: asks (``confirm``) to install what is missing and to download
-        the weights, with ``progress`` for the download. The box model's predictor reuses an image's encoding for
-        every box on it (``Models.ReusedEncoding``)."""
+        """``model``'s predictor, loaded on first use (or shared from the cache): asks (``confirm``) to install what is
+        missing and to download the weights, with ``progress`` for the download. The box model's predictor reuses an
+        image's encoding for every box on it (``Models.ReusedEncoding``)."""
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; one of {MODELS}")
-        if model not in self._predictors:
-            self.installRequirements(confirm)
+        if model in self._standIns:
+            self._inUse[model] = ""
+            return self._standIns[model]
+        loaded = self._loadedPredictor(model)
+        if loaded is None:
             reference = self.checkpointReference(model)
-            try:
-                resolve_checkpoint(reference)
-            except CheckpointError:
-                if self.checkpointChoice(model) == LOCAL_FILE:
-                    raise
-                if self.downloadCheckpoint(confirm, progress, model) is None:
-                    raise DeLightSAMError(
-                        _("the {model} weights were not downloaded; it cannot segment without them").format(
-                            model=modelTitle(model)
-                        )
-                    )
-            self._predictors[model] = self._load(reference, model)
-            logger.info("%s loaded %s on %s", modelTitle(model), reference, self._predictors[model].description)
-        return self._predictors[model]
+            self.checkpointFile(confirm, progress, model)
+            self.predictors.importProblem = self.predictors.importProblem or torchImportProblem()
+            if self.predictors.importProblem:
+                raise DeLightSAMError(self.predictors.importProblem)
+            loaded = self._load(reference, model)
+            self.predictors.put((model, reference, self.device), loaded)
+            logger.info("%s loaded %s on %s", modelTitle(model), reference, loaded.description)
+        self._inUse[model] = self.checkpointReference(model)
+        return loaded
+
+    def _loadedPredictor(self, model: str):
+        """The stand-in or the cache's predictor for this session's settings of ``model``; None if not loaded."""
+        if model in self._standIns:
+            return self._standIns[model]
+        try:
+            return self.predictors.get((model, self.checkpointReference(model), self.device))
+        except DeLightSAMError:  # no local file chosen: nothing can be loaded
+            return None
 
     def _load(self, reference: str, model: str):
-        from DeLightSAMLib.box_predictor import BoxPredictor
-        from DeLightSAMLib.predictor import load_predictor
-
-        predictor = load_predictor(reference, device=self.device)
-        if isinstance(predictor, BoxPredictor) != (model == BOX):
-            raise CheckpointError(
-                _(
-                    "{reference} holds {found} weights, not {model} weights; choose {model} weights for "
-                    "{purpose} in the De-LightSAM module"
-                ).format(
-                    reference=reference,
-                    found=modelTitle(BOX if model == AUTOMATIC else AUTOMATIC),
-                    model=modelTitle(model),
-                    purpose=_("boxes") if model == BOX else _("Apply"),
-                )
-            )
+        predictor = loadPredictor(reference, model, self.device)
         return ReusedEncoding(predictor) if model == BOX else predictor
+
+    def checkpointFile(
+        self, confirm: Confirm, progress: Optional[DownloadProgress] = None, model: str = AUTOMATIC
+    ) -> Path:
+        """``model``'s checkpoint file, ready to load here or in the background worker (``Worker``): asks (``confirm``)
+        to install what is missing and to download the weights, as ``predictor`` does, but loads nothing."""
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; one of {MODELS}")
+        self.installRequirements(confirm)
+        reference = self.checkpointReference(model)
+        try:
+            return resolve_checkpoint(reference)[0]
+        except CheckpointError:
+            if self.checkpointChoice(model) == LOCAL_FILE:
+                raise
+            if self.downloadCheckpoint(confirm, progress, model) is None:
+                raise DeLightSAMError(
+                    _("the {model} weights were not downloaded; it cannot segment without them").format(
+                        model=modelTitle(model)
+                    )
+                )
+        return resolve_checkpoint(reference)[0]
+
+    def readyCheckpointFile(self, model: str = AUTOMATIC) -> Optional[Path]:
+        """``model``'s checkpoint file when it can be used without asking anything (packages installed, weights
+        there), else None. For work nobody asked for yet (the effect encoding the shown slice ahead)."""
+        try:
+            checkSlicerVersion(self.slicerVersion)
+            if installedVersion("torch") is None or missingPackages():  # metadata only: torch is not imported here
+                return None
+            return resolve_checkpoint(self.checkpointReference(model))[0]
+        except DeLightSAMError:
+            return None
+
+    def standInPredictor(self, model: str = AUTOMATIC):
+        """The predictor ``temporaryPredictor`` put in place for ``model`` (it runs in this process), or None."""
+        return self._standIns.get(model)
 
     def predictorProvider(
         self, confirm: Confirm, progress: Optional[DownloadProgress] = None
@@ -423,14 +494,14 @@ class DeLightSAMSession:
 
     @contextlib.contextmanager
     def temporaryPredictor(self, predictor, model: str = AUTOMATIC) -> Iterator[None]:
-        """Use ``predictor`` as ``model``'s inside the block (self-tests' stand-ins); the previous one is back
-        afterwards, also when the block raises."""
-        previous = self._predictors.get(model)
-        self._predictors[model] = predictor
+        """Use ``predictor`` as this session's ``model`` inside the block (self-tests' stand-ins; other sessions and the
+        cache are untouched); the previous one is back afterwards, also when the block raises."""
+        previous = self._standIns.get(model)
+        self._standIns[model] = predictor
         try:
             yield
         finally:
             if previous is None:
-                self._predictors.pop(model, None)
+                self._standIns.pop(model, None)
             else:
-                self._predictors[model] = previous
+                self._standIns[model] = previous

@@ -13,7 +13,7 @@ class SegmentEditorDeLightSAM(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Segment Editor De-LightSAM")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = ["Segmentations", "DeLightSAM"]  # the effect uses DeLightSAM's session
+        self.parent.dependencies = ["Segmentations", "DeLightSAM"]  # the effect uses its DeLightSAMQt and path
         self.parent.contributors = ["De-LightSAM for Slicer contributors"]
         self.parent.hidden = True
         self.parent.helpText = _("Registers the De-LightSAM effect in the Segment Editor.")
@@ -36,22 +36,32 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
     """The effect end to end in Slicer on generated data, with stand-in models whose answers depend only on position
     (the top-left quadrant of the view; the box itself), so the test needs no weights or network: the shown slice is
     written, in a segmentation oversampled x2 too (the editor's modifier geometry); a box dragged on the Red view
-    (through the effect's interaction handler) and "Box from segment" write their boxes; Ctrl+Z takes each back."""
+    (through the effect's interaction handler) and "Box from segment" write their boxes; Ctrl+Z takes each back; a
+    stored view the layout lacks is not used; a deleted editor widget leaves no observer behind.
+
+    ctest runs each test_ method on its own (unittest's loadTestsFromName); runTest (Reload and Test) runs them all.
+    In testing mode an error inside an action propagates (DeLightSAMQt.Dialogs.userErrorDisplay), so it fails the
+    test by itself rather than as a mismatch later."""
 
     IJK_TO_RAS = ((-0.8, 0, 0, 0), (0, -0.6, 0, 0), (0, 0, 2.0, 0), (0, 0, 0, 1))
 
     def setUp(self):
         slicer.mrmlScene.Clear(0)
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+        self.editorWidgets = []
+
+    def tearDown(self):
+        for editorWidget in self.editorWidgets:  # deleted with the effect active, as scripts do
+            editorWidget.delete()
+        self.editorWidgets = []
 
     def runTest(self):
-        self.setUp()
-        self.test_effect_writes_the_shown_slice_and_undoes(oversampling=1)
-        self.setUp()
-        self.test_effect_writes_the_shown_slice_and_undoes(oversampling=2)
-        self.setUp()
-        self.test_box_dragged_on_the_view_is_segmented_and_undone()
-        self.setUp()
-        self.test_box_from_segment_refines_the_slice()
+        for name in sorted(name for name in dir(self) if name.startswith("test_")):
+            self.setUp()
+            try:
+                getattr(self, name)()
+            finally:
+                self.tearDown()
 
     def _scene(self, oversampling=1):
         """A 12 x 10 x 4 volume on the Red view (axial: i runs rightwards, j downwards), slice k = 2 shown; a
@@ -84,6 +94,7 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
         editorWidget.setSegmentationNode(segmentation)
         editorWidget.setSourceVolumeNode(volume)
         editorWidget.setCurrentSegmentID(segmentId)
+        self.editorWidgets.append(editorWidget)
         return volume, segmentation, segmentId, sliceNode, editorWidget
 
     def _effect(self, editorWidget):
@@ -93,13 +104,19 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
         effect.setParameter("SliceView", "Red")
         return effect
 
-    def test_effect_writes_the_shown_slice_and_undoes(self, oversampling=1):
+    def test_effect_writes_the_shown_slice_and_undoes(self):
+        self._writesTheShownSliceAndUndoes(oversampling=1)
+
+    def test_effect_writes_the_shown_slice_in_an_oversampled_segmentation(self):
+        self._writesTheShownSliceAndUndoes(oversampling=2)
+
+    def _writesTheShownSliceAndUndoes(self, oversampling):
         import numpy as np
 
-        from DeLightSAMSlicerLib.Session import DeLightSAMSession
+        from DeLightSAMQt.SlicerApp import sharedSession
 
         volume, segmentation, segmentId, sliceNode, editorWidget = self._scene(oversampling)
-        with DeLightSAMSession.shared().temporaryPredictor(QuadrantPredictor()):  # restored also if a check fails
+        with sharedSession().temporaryPredictor(QuadrantPredictor()):  # restored also if a check fails
             effect = self._effect(editorWidget)
             effect.setParameter("Modality", "xray")
             effect.self().onApply()
@@ -123,8 +140,8 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
         import numpy as np
         import vtk
 
+        from DeLightSAMQt.SlicerApp import sharedSession
         from DeLightSAMSlicerLib.Models import BOX
-        from DeLightSAMSlicerLib.Session import DeLightSAMSession
 
         volume, segmentation, segmentId, sliceNode, editorWidget = self._scene()
         sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
@@ -137,7 +154,7 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
             for i, j in ((2.4, 1.3), (7.6, 6.7))
         )
         boxModel = BoxAsMask()
-        with DeLightSAMSession.shared().temporaryPredictor(boxModel, BOX):
+        with sharedSession().temporaryPredictor(boxModel, BOX):
             effect = self._effect(editorWidget)
             effect.setParameter("BoxMode", "1")
             for eventId, xy in (
@@ -171,8 +188,8 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
     def test_box_from_segment_refines_the_slice(self):
         import numpy as np
 
+        from DeLightSAMQt.SlicerApp import sharedSession
         from DeLightSAMSlicerLib.Models import BOX
-        from DeLightSAMSlicerLib.Session import DeLightSAMSession
 
         volume, segmentation, segmentId, sliceNode, editorWidget = self._scene()
         blob = np.zeros((4, 10, 12), np.uint8)
@@ -180,7 +197,7 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
         blob[0, 1, 1] = 1  # another slice
         slicer.util.updateSegmentBinaryLabelmapFromArray(blob, segmentation, segmentId, volume)
         boxModel = BoxAsMask()
-        with DeLightSAMSession.shared().temporaryPredictor(boxModel, BOX):
+        with sharedSession().temporaryPredictor(boxModel, BOX):
             effect = self._effect(editorWidget)
             effect.self().onBoxFromSegment()
             self.assertEqual(boxModel.boxes, [(4.0, 3.0, 7.0, 7.0)])
@@ -194,6 +211,50 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
                 slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume), blob
             )
         self.delayDisplay("De-LightSAM box from segment test passed")
+
+    def test_a_stored_view_missing_from_the_layout_is_not_used(self):
+        """The parameter names Green, the layout shows Red only: the selector shows Red and Apply segments Red's slice;
+        back in a layout with Green, the selector (refilled by layoutChanged) shows Green again."""
+        import numpy as np
+
+        from DeLightSAMQt.SlicerApp import sharedSession
+
+        volume, segmentation, segmentId, sliceNode, editorWidget = self._scene()
+        layoutManager = slicer.app.layoutManager()
+        with sharedSession().temporaryPredictor(QuadrantPredictor()):
+            effect = self._effect(editorWidget)
+            effect.setParameter("Modality", "xray")
+            effect.setParameter("SliceView", "Green")
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView)
+            slicer.app.processEvents()
+            selector = effect.self().viewSelector
+            self.assertEqual([selector.itemText(index) for index in range(selector.count)], ["Red"])
+            self.assertEqual(selector.currentText, "Red")
+            effect.self().onApply()
+            expected = np.zeros((4, 10, 12), np.uint8)
+            expected[2, :5, :6] = 1  # Red's slice k = 2, as in the first test
+            np.testing.assert_array_equal(
+                slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume), expected
+            )
+            self.assertEqual(effect.parameter("SliceView"), "Green")  # kept for a layout that has it
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+            slicer.app.processEvents()
+            self.assertIn("Green", [selector.itemText(index) for index in range(selector.count)])
+            self.assertEqual(selector.currentText, "Green")
+
+    def test_a_deleted_editor_widget_leaves_no_scene_observer(self):
+        """The editor widget deletes its effects without deactivating them (5.8), or after cleanup() (5.10 and later):
+        either way the effect's scene-close observer goes with it, and a later scene close runs none of its code."""
+        volume, segmentation, segmentId, sliceNode, editorWidget = self._scene()
+        pythonEffect = self._effect(editorWidget).self()
+        scene, tag = pythonEffect.sceneCloseObserver
+        self.assertIsNotNone(scene.GetCommand(tag))
+        self.editorWidgets.remove(editorWidget)
+        editorWidget.delete()
+        slicer.app.processEvents()
+        self.assertIsNone(pythonEffect.sceneCloseObserver)
+        self.assertIsNone(scene.GetCommand(tag))
+        slicer.mrmlScene.Clear(0)  # nothing of the deleted effect runs
 
 
 class QuadrantPredictor:

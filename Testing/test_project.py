@@ -208,12 +208,55 @@ def test_gui_files_use_the_session_and_the_mrml_logic_openly():
     effect = REPO / "SegmentEditorDeLightSAM" / "SegmentEditorDeLightSAMLib" / "SegmentEditorEffect.py"
     module = REPO / "DeLightSAM" / "DeLightSAM.py"
     for path, expected in (
-        (effect, {"DeLightSAMSlicerLib.Session", "DeLightSAMSlicerLib.MRMLLogic"}),
-        (module, {"DeLightSAMSlicerLib.Session"}),
+        (effect, {"DeLightSAMQt.SlicerApp", "DeLightSAMQt.Dialogs", "DeLightSAMSlicerLib.MRMLLogic"}),
+        (module, {"DeLightSAMQt.SlicerApp", "DeLightSAMQt.Dialogs", "DeLightSAMSlicerLib.Session"}),
     ):
         top = {node.module for node in ast.parse(path.read_text()).body if isinstance(node, ast.ImportFrom)}
         assert expected <= top
         assert not {name for name in top if name.split(".")[0] == "DeLightSAMLib"}
+
+
+FACES = {  # front end -> the folders it is made of and the top-level names it is imported by
+    "slicer": (["DeLightSAM", "SegmentEditorDeLightSAM"], {"DeLightSAM", "DeLightSAMQt", "SegmentEditorDeLightSAMLib"}),
+    "web": (["DeLightSAMWeb"], {"DeLightSAMWeb"}),
+}
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_front_ends_never_import_each_other(face):
+    folders, _names = FACES[face]
+    if not any((REPO / folder).is_dir() for folder in folders):
+        pytest.skip(f"no {face} front end in this tree yet")
+    others = set().union(*(names for other, (_, names) in FACES.items() if other != face))
+    for path in _python_files(*[folder for folder in folders if (REPO / folder).is_dir()]):
+        assert not _imports(path) & others, f"{path.relative_to(REPO)} imports another front end"
+
+
+def test_the_web_face_imports_no_qt():
+    if not (REPO / "DeLightSAMWeb").is_dir():
+        pytest.skip("no DeLightSAMWeb folder in this tree yet")
+    for path in _python_files("DeLightSAMWeb"):
+        assert not _imports(path) & {"qt", "ctk", "PythonQt", "SegmentEditorEffects"}, path.relative_to(REPO)
+
+
+@pytest.mark.parametrize("path", _python_files("DeLightSAMSlicerLib"), ids=lambda p: p.name)
+def test_the_logic_knows_no_front_end_and_no_slicer_application(path):
+    """The one logic runs in any host: it imports no face and never reaches for ``slicer.app`` (the Slicer face's
+    DeLightSAMQt.SlicerApp binds the session to the application)."""
+    faces = set().union(*(names for _folders, names in FACES.values()))
+    assert not _imports(path) & faces
+    tree = ast.parse(path.read_text())
+    uses = [
+        node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and ast.unparse(node) == "slicer.app"
+    ]
+    assert uses == [], f"{path.name} uses slicer.app at lines {uses}"
+
+
+def test_the_effect_reaches_the_shared_dialogs_not_the_module_panel():
+    """The effect and the module panel share DeLightSAMQt; the effect never imports the panel's module."""
+    effect = REPO / "SegmentEditorDeLightSAM" / "SegmentEditorDeLightSAMLib" / "SegmentEditorEffect.py"
+    assert "DeLightSAM" not in _imports(effect)
+    assert (REPO / "DeLightSAM" / "DeLightSAMQt" / "__init__.py").is_file()  # a package: Slicer loads no module from it
 
 
 def test_no_large_files_in_the_repository():

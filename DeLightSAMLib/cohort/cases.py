@@ -11,7 +11,7 @@ The suffix follows the input (DICOM -> DICOM SEG ``.dcm``, photo -> ``.png``, NI
 format is chosen.
 
 Manifest: a CSV file with a header; ``input`` is required, ``output``, ``checkpoint`` (or ``model``),
-``modality``, ``box`` ("X0 Y0 X1 Y1", pixels; LiteMedSAM), ``slices`` ("FIRST LAST": a volume's slices for the box)
+``modality`` (a name, or ``auto``: the one the case's DICOM header names), ``box`` ("X0 Y0 X1 Y1", pixels; LiteMedSAM), ``slices`` ("FIRST LAST": a volume's slices for the box)
 and ``format`` are optional per row (empty: the command line's).
 Relative paths are relative to the manifest's folder. A row is an input like any other: a folder or DICOMweb
 address in a row gives all its cases, with the row's settings.
@@ -29,6 +29,7 @@ from typing import Optional, Sequence, Union
 import SimpleITK as sitk
 
 from ..errors import DeLightSAMError, ImageError
+from ..header_modality import is_auto, modality_for_code, modality_from_header
 from ..imageio import DICOM_SUFFIXES, PLAIN_IMAGE_SUFFIXES, VOLUME_SUFFIXES, full_suffix
 from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT, resolve_modality
 from . import FORMATS
@@ -56,7 +57,8 @@ class Settings:
     """What a case is segmented with: from the command line, overridden per manifest row."""
 
     checkpoint: Optional[str] = None  # None: the model's default (De-LightSAM by modality, LiteMedSAM by box)
-    modality: Optional[str] = None
+    modality: Optional[str] = None  # "auto" until choose_modalities reads the case's header
+    modality_from: str = ""  # which header tag chose the modality ("Modality (0008,0060) = CR -> xray"); "": given
     box: Optional[Box] = None
     slices: Optional[tuple[int, int]] = None  # with a box: the volume's slices FIRST..LAST (default: all)
     format: Optional[str] = None  # a FORMATS key; None: follow the input
@@ -120,7 +122,23 @@ def collect_cases(
                 f"{other} and {case.name} would both write {case.output}; give them different "
                 "outputs (a manifest's output column) or an --output-dir"
             )
-    return cases
+    return choose_modalities(cases)
+
+
+def choose_modalities(cases: Sequence[Case]) -> list[Case]:
+    """The cases, those with modality ``auto`` given the modality their DICOM header names (a DICOMweb series: the
+    server's Modality for it). A case with no header, or one naming nothing the model knows, is a DeLightSAMError:
+    the run is refused before anything is read or written."""
+    chosen = []
+    for case in cases:
+        if case.settings.box is None and is_auto(case.settings.modality):
+            if isinstance(case.source, DicomwebSeries):
+                header = modality_for_code(case.source.modality, str(case.source))
+            else:
+                header = modality_from_header(case.dicom_files or case.source)
+            case = replace(case, settings=replace(case.settings, modality=header.modality, modality_from=header.reason))
+        chosen.append(case)
+    return chosen
 
 
 def read_manifest(path: Path, settings: Settings) -> list[tuple[int, str, Optional[Path], Settings]]:
@@ -194,6 +212,8 @@ def check_format(name: str, where: str) -> str:
 
 
 def _check_modality(name: str, where: str) -> None:
+    if is_auto(name):
+        return  # read from the case's header once its cases are known (choose_modalities)
     try:
         resolve_modality(name)
     except DeLightSAMError as error:

@@ -36,6 +36,7 @@ class DicomwebSeries:
     url: str
     study: str
     series: str
+    modality: str = ""  # its Modality (0008,0060), as the server's search gave it
 
     def __str__(self) -> str:
         return f"{self.url} study {self.study} series {self.series}"
@@ -89,7 +90,7 @@ def list_series(text: str) -> list[DicomwebSeries]:
         modality = _value(item, "00080060")
         if modality and modality.upper() in NOT_IMAGES:
             continue
-        result.append(DicomwebSeries(url, _value(item, "0020000D") or study, _value(item, "0020000E")))
+        result.append(DicomwebSeries(url, _value(item, "0020000D") or study, _value(item, "0020000E"), modality or ""))
     if not result:
         raise DicomwebError(f"no image series found at {text}; check the StudyInstanceUID and filters")
     return sorted(result, key=lambda s: (s.study, s.series))

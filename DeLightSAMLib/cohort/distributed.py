@@ -35,15 +35,17 @@ def local_device(device: str) -> str:
 
 
 class ProcessGroup:
-    """A gloo group for the run's duration when launched with several processes; nothing otherwise."""
+    """A gloo group (or ``backend``'s) for the run's duration when launched with several processes; nothing
+    otherwise. A group the caller already set up is used, and left to the caller."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str = "gloo") -> None:
         self.rank, self.world = rank_and_world()
+        self.backend = backend
         self._owned = False
 
     def __enter__(self) -> "ProcessGroup":
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo", timeout=WAIT_FOR_OTHER_RANKS)
+            dist.init_process_group(self.backend, timeout=WAIT_FOR_OTHER_RANKS)
             self._owned = True
         return self
 

@@ -48,7 +48,20 @@ from .formats import (
 logger = logging.getLogger(__name__)
 
 STATUSES = ("done", "skipped", "failed")
-SUMMARY_COLUMNS = ("case", "status", "seconds", "voxels", "total_voxels", "reason", "input", "output", "rank")
+# modality and modality_from come last: readers of the earlier columns by position keep working
+SUMMARY_COLUMNS = (
+    "case",
+    "status",
+    "seconds",
+    "voxels",
+    "total_voxels",
+    "reason",
+    "input",
+    "output",
+    "rank",
+    "modality",
+    "modality_from",
+)
 
 
 @dataclass
@@ -75,6 +88,8 @@ class CaseResult:
     input: str = ""
     output: str = ""
     rank: int = 0
+    modality: str = ""  # De-LightSAM's modality for the case ("" for a box)
+    modality_from: str = ""  # the header tag that chose it (modality auto), e.g. "Modality (0008,0060) = CR -> xray"
 
 
 @dataclass
@@ -300,6 +315,8 @@ class _Runner:
             input=str(case.source),
             output=str(case.output) if case.output is not None else "",
             rank=self.rank,
+            modality=case.settings.modality or "",
+            modality_from=case.settings.modality_from,
             **fields,
         )
 

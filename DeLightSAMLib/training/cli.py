@@ -107,7 +107,7 @@ def report(message: str, level: int) -> None:
 def run_training(args: argparse.Namespace) -> int:
     from ..checkpoint import load_delightsam
     from ..device import select_device
-    from . import engine
+    from . import loops as engine
     from .data import open_dataset
 
     device = select_device(args.device)

@@ -52,7 +52,7 @@ class FolderDataset(torch.utils.data.Dataset):
     """The paper's layout: ``root/image_1024/NAME.png``, ``root/mask_1024/NAME.png`` and a split JSON
     (``{"train": [...], "valid": [...], "test": [...]}``, names with or without their extension)."""
 
-    augments = False  # the same image every epoch: a frozen encoder's embeddings may be cached (engine.train)
+    augments = False  # the same image every epoch: a frozen encoder's embeddings may be cached (loops.train)
 
     def __init__(self, root: str | Path, split: str, split_file: Optional[str | Path] = None) -> None:
         self.root = Path(root)

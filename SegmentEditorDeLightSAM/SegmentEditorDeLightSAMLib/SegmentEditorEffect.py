@@ -1,9 +1,9 @@
 """The De-LightSAM Segment Editor effect: the mask of the slice or frame a view shows, with no prompts (De-LightSAM),
 or of what lies inside a box dragged on a slice view (LiteMedSAM, box mode).
 
-UI, parameters and the box's rubber band only. The session (DeLightSAMSlicerLib.Session) owns the predictors and
-asks, through this file's dialogs, to install or download; the MRML logic (DeLightSAMSlicerLib.MRMLLogic) maps the
-box into the image the model sees, segments and writes through this effect's modifySelectedSegmentByLabelmap in the
+UI, parameters and the box's rubber band only. The session (DeLightSAMSlicerLib.Session) loads the predictors and
+asks, through the dialogs both panels share (DeLightSAMQt.Dialogs), to install or download; the MRML logic
+(DeLightSAMSlicerLib.MRMLLogic) maps the box into the image the model sees, segments and writes through this effect's modifySelectedSegmentByLabelmap in the
 editor's modifier geometry, so the editor's undo, editable area, intensity range and overwrite settings hold. Both
 are Qt-free and tested under slicer-core.
 """
@@ -18,10 +18,13 @@ from slicer.i18n import tr as _
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from DeLightSAMSlicerLib.Geometry import SegmentationError
+from DeLightSAMSlicerLib.HeaderModality import AUTO, headerModality, knownCodes, resolveModality
 from DeLightSAMSlicerLib.Labelmaps import ModifierGeometry
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationCancelled, SegmentationOptions
-from DeLightSAMSlicerLib.Session import DeLightSAMSession
+from DeLightSAMQt.Dialogs import DownloadProgressDialog, ProgressDialog, confirmDialog, userErrorDisplay
+from DeLightSAMQt.SlicerApp import sharedSession
+from SegmentEditorDeLightSAMLib.WorkerDriver import WorkerDriver
 
 # The effect's own parameters (the others: SegmentationOptions.PARAMETER_NAMES).
 VIEW_PARAMETER = "SliceView"  # the slice view whose slice Apply, All slices/frames and Box from segment use
@@ -30,9 +33,19 @@ DEFAULT_VIEW = "Red"
 MINIMUM_DRAG = 3  # screen pixels: a shorter drag is a click, not a box
 
 
+def resolveView(storedView, layoutViews):
+    """The slice view the effect uses and shows: the stored one when the layout has it, else the layout's first slice
+    view (the stored name stays, for a layout that has it again); None when the layout has no slice view."""
+    layoutViews = list(layoutViews)
+    if storedView in layoutViews:
+        return storedView
+    return layoutViews[0] if layoutViews else None
+
+
 def modalityLabels():
-    """Modality name -> what the user reads."""
+    """Modality name -> what the user reads (Auto first: the default for a volume with a DICOM header)."""
     return {
+        AUTO: _("Auto (from the DICOM header)"),
         "dermoscopy": _("Dermoscopy (skin lesion)"),
         "xray": _("Chest X-ray (lungs)"),
         "ultrasound": _("Ultrasound (breast lesion)"),
@@ -51,10 +64,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.perSegment = True
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self.session = DeLightSAMSession.shared()
+        self.session = sharedSession()
         self.logic = DeLightSAMMRMLLogic(self._predictor)
-        self.sceneCloseObserver = None
+        self.worker = WorkerDriver(self)  # runs the network in the background worker process
+        self.sceneCloseObserver = None  # (scene, observer tag) while the effect is active
         self.rubberBands = {}  # slice widget -> its RubberBand
+        # The editor widget deletes its effects without deactivating them: after cleanup() from Slicer 5.10 on, with no
+        # call at all in 5.8. The effect's own destruction is what 5.8 leaves to remove the scene observer by.
+        scriptedEffect.connect("destroyed()", self._removeSceneObserver)
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -91,7 +108,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.modalitySelector = qt.QComboBox()
         for name, label in modalityLabels().items():
             self.modalitySelector.addItem(label, name)
-        self.modalitySelector.toolTip = _("The kind of image: selects the matching De-LightSAM modality query")
+        self.modalitySelector.toolTip = _(
+            "The kind of image: selects the matching De-LightSAM modality query. Auto reads it from the source "
+            "volume's DICOM header, Modality (0008,0060): {codes}"
+        ).format(codes=knownCodes())
         self.scriptedEffect.addLabeledOptionsWidget(_("Modality:"), self.modalitySelector)
 
         self.viewSelector = qt.QComboBox()
@@ -161,7 +181,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "fillHoles": self.fillHolesCheckBox,
         }
         self.modalitySelector.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
-        self.viewSelector.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        self.viewSelector.connect("currentIndexChanged(int)", self.onViewChanged)
         self.thresholdSlider.connect("valueChanged(double)", self.updateMRMLFromGUI)
         for checkBox in (self.replaceCheckBox, self.largestCheckBox, self.fillHolesCheckBox):
             checkBox.connect("toggled(bool)", self.updateMRMLFromGUI)
@@ -174,22 +194,47 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def activate(self):
         if self.sceneCloseObserver is None:
-            self.sceneCloseObserver = slicer.mrmlScene.AddObserver(
-                slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose
-            )
+            scene = slicer.mrmlScene
+            self.sceneCloseObserver = (scene, scene.AddObserver(scene.StartCloseEvent, self.onSceneStartClose))
+        self.worker.activate()  # encode the shown slice ahead while the effect is active
 
     def deactivate(self):
-        if self.sceneCloseObserver is not None:
-            slicer.mrmlScene.RemoveObserver(self.sceneCloseObserver)
-            self.sceneCloseObserver = None
+        self.worker.deactivate()
+        self._removeSceneObserver()
         for viewWidget, rubberBand in self.rubberBands.items():
             self.scriptedEffect.removeActor2D(viewWidget, rubberBand.actor)
         self.rubberBands = {}
 
+    def cleanup(self):
+        """Called by the editor widget (Slicer 5.10 and later) before it deletes the effect, active or not."""
+        self.deactivate()
+
+    def _removeSceneObserver(self, *_args):
+        if self.sceneCloseObserver is not None:
+            scene, tag = self.sceneCloseObserver
+            scene.RemoveObserver(tag)
+            self.sceneCloseObserver = None
+
+    def layoutChanged(self):
+        """The layout's slice views changed: list the new ones (the stored view is kept for a layout that has it)."""
+        self._fillViewSelector()
+
     def onSceneStartClose(self, caller, event):
+        self.worker.stop()  # the run under way ends, and the worker with its encodings of this scene's slices
         self.logic.clearFramesSnapshot()  # its frames are going; a run in progress stops by itself
         self.undoFramesButton.enabled = False
         self.statusLabel.text = ""
+
+    def sourceVolumeNodeChanged(self):
+        # Auto is the default for a volume whose DICOM header names a modality the model knows; any other volume
+        # keeps (or gets back) the remembered choice.
+        if self.scriptedEffect.parameterSetNode() is None:
+            return
+        name = SegmentationOptions.PARAMETER_NAMES["modality"]
+        if headerModality(self._sourceVolume(), fileForInstance) is not None:
+            self.scriptedEffect.setParameter(name, AUTO)
+        elif self.scriptedEffect.parameter(name) == AUTO:
+            self.scriptedEffect.setParameter(name, self.session.modality)
 
     def createCursor(self, widget):
         return slicer.util.mainWindow().cursor  # no painting: keep the normal cursor
@@ -213,10 +258,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 widget.checked = value
             else:
                 widget.value = value
-        self.viewSelector.clear()
-        for viewName in slicer.app.layoutManager().sliceViewNames():
-            self.viewSelector.addItem(viewName)
-        self.viewSelector.currentText = self.scriptedEffect.parameter(VIEW_PARAMETER)
+        self._fillViewSelector()
         self.boxModeCheckBox.checked = self._boxMode()
         for widget, wasBlocked in zip(widgets, blocked):
             widget.blockSignals(wasBlocked)
@@ -234,10 +276,38 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         options = SegmentationOptions(**values)
         for name, value in options.toParameters().items():
             self.scriptedEffect.setParameter(name, value)
-        self.session.setModality(options.modality)
+        if options.modality != AUTO:  # the remembered choice is a modality, for volumes without a header
+            self.session.setModality(options.modality)
+        self.scriptedEffect.setParameter(BOX_MODE_PARAMETER, "1" if self.boxModeCheckBox.checked else "0")
+
+    def onViewChanged(self, *_args):
+        """The user chose a view (only then is it stored: a stored view the layout lacks stays for a layout that has
+        it, while the selector shows the view used meanwhile)."""
         if self.viewSelector.currentText:
             self.scriptedEffect.setParameter(VIEW_PARAMETER, self.viewSelector.currentText)
-        self.scriptedEffect.setParameter(BOX_MODE_PARAMETER, "1" if self.boxModeCheckBox.checked else "0")
+
+    def _fillViewSelector(self):
+        """The layout's slice views, showing the one Apply uses (``resolveView``); writes no parameter."""
+        if not hasattr(self, "viewSelector"):  # the editor reports layout changes before the options exist
+            return
+        wasBlocked = self.viewSelector.blockSignals(True)
+        self.viewSelector.clear()
+        for viewName in self._layoutViewNames():
+            self.viewSelector.addItem(viewName)
+        self.viewSelector.currentText = self._viewName() or ""
+        self.viewSelector.blockSignals(wasBlocked)
+
+    @staticmethod
+    def _layoutViewNames():
+        layoutManager = slicer.app.layoutManager()
+        return list(layoutManager.sliceViewNames()) if layoutManager is not None else []
+
+    def _viewName(self):
+        """The slice view Apply, All slices/frames and Box from segment use: what the view selector shows."""
+        storedView = (
+            self.scriptedEffect.parameter(VIEW_PARAMETER) if self.scriptedEffect.parameterSetNode() else DEFAULT_VIEW
+        )
+        return resolveView(storedView, self._layoutViewNames())
 
     # ------------------------------------------------------------------ box mode: the drag
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
@@ -246,6 +316,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         does not also act on them (window/level, panning)."""
         if viewWidget.className() != "qMRMLSliceWidget" or not self._boxMode():
             return False
+        if eventId == vtk.vtkCommand.MouseMoveEvent:
+            self.worker.hoveredSliceNode = viewWidget.mrmlSliceNode()  # the slice to encode ahead for a box
         rubberBand = self._rubberBand(viewWidget)
         xy = callerInteractor.GetEventPosition()
         if eventId == vtk.vtkCommand.LeftButtonPressEvent:
@@ -287,59 +359,60 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return self.scriptedEffect.parameter(BOX_MODE_PARAMETER) == "1"
 
     # ------------------------------------------------------------------ actions
+    # Each run starts here (views read, inputs checked) and goes on in the background worker (``WorkerDriver``).
     def onApply(self):
-        self._run(None, lambda options, writer, progress: self.logic.segmentSlice(*self._targets(), options, writer))
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():  # as Slicer's own effects ask before they write
+            return
+        self.worker.run(None, lambda options, writer: self.logic.startSlice(*self._targets(), options, writer))
 
     def onApplyAllSlices(self):
-        self._run(
-            _("slices"),
-            lambda options, writer, progress: self.logic.segmentAllSlices(
-                *self._targets(), options, writer, progress=progress
-            ),
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():  # as Slicer's own effects ask before they write
+            return
+        self.worker.run(
+            _("slices"), lambda options, writer: self.logic.startAllSlices(*self._targets(), options, writer)
         )
 
     def onApplyAllFrames(self):
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():  # as Slicer's own effects ask before they write
+            return
         browser = self._sequenceBrowser()
-        self._run(
-            _("frames"),
-            lambda options, writer, progress: self.logic.segmentAllFrames(
-                browser, *self._targets(), options, writer, progress=progress
-            ),
+        self.worker.run(
+            _("frames"), lambda options, writer: self.logic.startAllFrames(browser, *self._targets(), options, writer)
         )
 
     def onBoxDrawn(self, sliceNode, corners):
         """Segment the box drawn on ``sliceNode``'s view, ``corners`` two opposite corners in RAS: what the release of
         a drag calls (and the self-test)."""
 
-        def segmentBox(options, writer, progress):
+        def startBox(options, writer):
             source, _chosenView, segmentation, segmentId = self._targets()
-            return self.logic.segmentBox(source, sliceNode, segmentation, segmentId, options, corners, writer)
+            return self.logic.startBox(source, sliceNode, segmentation, segmentId, options, corners, writer)
 
-        self._run(None, segmentBox, model=BOX)
+        self.worker.run(None, startBox, model=BOX)  # the press asked about a hidden segment (processInteractionEvents)
 
     def onBoxFromSegment(self):
-        self._run(
-            None,
-            lambda options, writer, progress: self.logic.segmentBoxFromSegment(*self._targets(), options, writer),
-            model=BOX,
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():  # as Slicer's own effects ask before they write
+            return
+        self.worker.run(
+            None, lambda options, writer: self.logic.startBoxFromSegment(*self._targets(), options, writer), model=BOX
         )
 
     def onUndoAllFrames(self):
-        from DeLightSAM import userErrorDisplay
-
         with userErrorDisplay(_("Undoing all frames failed.")), self.session.job(_("undoing all frames")):
             self.statusLabel.text = _("All-frames run undone.") if self.logic.undoLastFrames() else ""
         self._updateButtons(running=False)
 
     def _run(self, what, action, model=AUTOMATIC):
         """Load ``model`` (asking to install or download), then run ``action(options, writer, progress)`` with the
-        buttons disabled; the progress dialog (batch runs) closes also when the run fails."""
-        from DeLightSAM import DownloadProgressDialog, ProgressDialog, confirmDialog, userErrorDisplay
-
+        buttons disabled; the progress dialog (batch runs) closes also when the run fails. Each caller has asked
+        whether to edit a hidden segment (confirmCurrentSegmentVisible) before."""
         with userErrorDisplay(_("De-LightSAM segmentation failed.")), self.session.job(_("segmenting")):
             self._updateButtons(running=True)
             try:
-                with DownloadProgressDialog() as download:
+                options, chosen = self._options(), None
+                if model == AUTOMATIC:  # Auto: the header's modality, or a message, before any download
+                    options, chosen = resolveModality(options, self._sourceVolume(), fileForInstance)
+                with DownloadProgressDialog(model) as download:
                     predictor = self.session.predictor(confirmDialog, download.report, model)
                 with (
                     ProgressDialog(SegmentationCancelled, _("Stop (keep what is done)")) as progress,
@@ -353,12 +426,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                             _("De-LightSAM: {done} of {total} {what}").format(done=done, total=total, what=what),
                         )
 
-                    result = action(self._options(), EffectWriter(self.scriptedEffect), report if what else None)
-                self.statusLabel.text = self._statusText(result, predictor, model)
+                    result = action(options, EffectWriter(self.scriptedEffect), report if what else None)
+                self.statusLabel.text = self._statusText(result, predictor, self.session.checkpointInUse(model))
+                if chosen is not None:
+                    self.statusLabel.text += " " + _("Modality from the DICOM header: {reason}.").format(
+                        reason=chosen.reason
+                    )
             finally:
                 self._updateButtons(running=False)
 
-    def _statusText(self, result, predictor, model):
+    def _statusText(self, result, predictor, checkpoint):
+        """What a finished run wrote; built from the run's own facts only, so it cannot fail after the write."""
         if result.sceneClosed:
             return _("Stopped: the scene was closed.")
         text = _(
@@ -370,7 +448,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             removed=result.voxelsRemoved,
             seconds=f"{result.seconds:.1f}",
             device=getattr(predictor, "description", ""),
-            checkpoint=self.session.checkpointReference(model),
+            checkpoint=checkpoint,
         )
         return text
 
@@ -381,9 +459,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def _predictor(self, model=AUTOMATIC):
         """The predictor provider of the MRML logic: the session's predictor of ``model`` (loaded by ``_run``)."""
-        from DeLightSAM import DownloadProgressDialog, confirmDialog
-
-        with DownloadProgressDialog() as download:
+        with DownloadProgressDialog(model) as download:
             return self.session.predictor(confirmDialog, download.report, model)
 
     def _options(self):
@@ -406,14 +482,21 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return parameters.GetSourceVolumeNode() if parameters is not None else None
 
     def _sliceNode(self):
-        widget = slicer.app.layoutManager().sliceWidget(self.scriptedEffect.parameter(VIEW_PARAMETER))
-        return widget.mrmlSliceNode() if widget else None
+        viewName = self._viewName()
+        sliceWidget = slicer.app.layoutManager().sliceWidget(viewName) if viewName else None
+        return sliceWidget.mrmlSliceNode() if sliceWidget else None
 
     def _sequenceBrowser(self):
         volume = self._sourceVolume()
         if volume is None or not hasattr(slicer.modules, "sequences"):
             return None
         return slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(volume)
+
+
+def fileForInstance(instanceUID):
+    """The file of a DICOM instance in Slicer's DICOM database ("" without a database)."""
+    database = getattr(slicer, "dicomDatabase", None)  # set by the DICOM module
+    return database.fileForInstance(instanceUID) if database is not None and database.isOpen else ""
 
 
 class RubberBand:

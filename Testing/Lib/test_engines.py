@@ -10,7 +10,18 @@ from conftest import reference_file
 from DeLightSAMLib.build import build_model
 from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.modeling.image_encoder import TinyViTBlock
-from DeLightSAMLib.engines import build_runner
+from DeLightSAMLib.engines import (
+    AUTO,
+    DELIGHTSAM,
+    ENGINES,
+    GPUS,
+    LITEMEDSAM,
+    MODELS,
+    build_runner,
+    describe_defaults,
+    get_engine,
+)
+from DeLightSAMLib.errors import UnknownNameError
 from DeLightSAMLib.engines.fused import fold_batchnorm
 
 # fused/fast reassociate float32 sums (folded BatchNorm and LayerNorm affine): the same function, so the
@@ -18,14 +29,28 @@ from DeLightSAMLib.engines.fused import fold_batchnorm
 TOLERANCE = 1e-4
 
 
+def usable(name: str) -> str:
+    """``name``, after skipping what this machine cannot run: missing optional packages, minutes of compiling."""
+    engine = ENGINES[name]
+    for package in engine.requires:
+        pytest.importorskip(package, reason=f"optional engine {name}: pip install {' '.join(engine.requires)}")
+    if engine.compiles:
+        pytest.skip(f"engine {name} compiles for minutes on a CPU (benchmarks/benchmark.py runs it on GPUs)")
+    return name
+
+
+def engines_for(model: str) -> list[str]:
+    return [engine.name for engine in ENGINES.values() if model in engine.models]
+
+
 @pytest.fixture(scope="module")
 def reference_input():
     return torch.from_numpy(np.load(reference_file("reference_input_seed1234.npy")))[None]
 
 
-@pytest.mark.parametrize("engine", ["fused", "fast"])
+@pytest.mark.parametrize("engine", engines_for(DELIGHTSAM))
 def test_engine_reproduces_reference_outputs_and_masks(engine, reference_model, reference_input, reference_outputs):
-    runner = build_runner(reference_model, engine)
+    runner = build_runner(reference_model, usable(engine))
     with torch.inference_mode():
         output = runner(reference_input)
     for modality in range(6):
@@ -65,9 +90,10 @@ def test_onnx_engine_without_onnxruntime_says_what_to_install(monkeypatch):
         build_runner(build_model(TINY_CONFIG), "onnx")
 
 
-def test_engines_leave_the_loaded_model_untouched(reference_model):
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_engines_leave_the_loaded_model_untouched(engine, reference_model):
     before = {k: v.clone() for k, v in reference_model.state_dict().items()}
-    build_runner(reference_model, "fast")
+    build_runner(reference_model, usable(engine))
     after = reference_model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
@@ -205,19 +231,52 @@ def test_fast_decoder_recomputes_its_positional_terms_when_the_encoding_changes(
             )
 
 
-def test_the_registry_is_the_one_list_of_engines():
-    from DeLightSAMLib.cli import build_parser
-    from DeLightSAMLib.engines import AUTO, ENGINES, get_engine
-    from DeLightSAMLib.errors import UnknownNameError
+def test_the_registry_is_the_one_list_of_engines(capsys):
+    from DeLightSAMLib.cli import main
 
-    predict = build_parser()._subparsers._group_actions[0].choices["predict"]
-    engine_option = next(action for action in predict._actions if action.dest == "engine")
-    assert engine_option.choices == [AUTO, *ENGINES]
-    assert get_engine(AUTO, "cpu").name == "fast" and get_engine(AUTO, "cuda").name == "fused"
-    assert get_engine(AUTO, "mps").name == "fused"
+    assert main(["predict", "--help"]) == 0
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also after hyphens
+    assert "{" + ",".join([AUTO, *ENGINES]) + "}" in text
+    assert all("".join(f"{engine.name}: {engine.summary}".split()) in text for engine in ENGINES.values())
     assert [engine.name for engine in ENGINES.values() if engine.fixed_batch] == ["compiled"]
     with pytest.raises(UnknownNameError, match="unknown engine 'turbo'; use auto or one of eager, fused, fast"):
         get_engine("turbo")
+
+
+@pytest.mark.parametrize(
+    "model, device, expected",
+    [
+        (DELIGHTSAM, "cpu", "fast"),
+        (DELIGHTSAM, "cuda", "fused"),
+        (DELIGHTSAM, "mps", "fused"),
+        (LITEMEDSAM, "cpu", "eager"),  # parity with the released pipeline's logits (within 1e-4; fast: 1.3e-4)
+        (LITEMEDSAM, "cuda", "fused"),
+        (LITEMEDSAM, "mps", "fused"),
+    ],
+)
+def test_auto_is_the_registrys_default_for_the_model_and_device(model, device, expected):
+    assert get_engine(AUTO, device, model).name == expected
+    assert f"{MODELS[model]}: " in describe_defaults()
+    said = describe_defaults().split(f"{MODELS[model]}: ")[1].split(";")[0]
+    assert f"{expected} on " in said and device in said.split(f"{expected} on ")[1].split(",")[0]
+
+
+def test_every_model_and_device_has_one_default_that_runs_the_model():
+    for model in MODELS:
+        for device in ("cpu", *GPUS):
+            chosen = [engine.name for engine in ENGINES.values() if (model, device) in engine.default_for]
+            assert len(chosen) == 1, (model, device, chosen)
+            assert model in ENGINES[chosen[0]].models
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_an_engine_for_another_model_is_refused_naming_those_that_run_it(model):
+    for engine in ENGINES.values():
+        if model in engine.models:
+            assert get_engine(engine.name, "cpu", model) is engine
+            continue
+        with pytest.raises(UnknownNameError, match=f"engine '{engine.name}' runs .* only; for {MODELS[model]} use "):
+            get_engine(engine.name, "cpu", model)
 
 
 @pytest.mark.parametrize("size, window", [((7, 7), 7), ((9, 20), 7), ((1, 5), 3), ((16, 13), 4)])
@@ -242,7 +301,7 @@ def test_window_partition_round_trip_and_in_place_forms(size, window):
     torch.testing.assert_close(window_unpartition(windows, size, residual=residual), residual + tokens, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("engine", ["fused", "fast"])
+@pytest.mark.parametrize("engine", engines_for(LITEMEDSAM))
 def test_engines_run_litemedsam_with_the_same_result(engine):
     """LiteMedSAM's encoder (no modality adapters, 1x1 stride-1 patch embedding, 256² input at full size) runs on
     the same engines: the fast encoder reads every size from the modules."""
@@ -253,7 +312,7 @@ def test_engines_run_litemedsam_with_the_same_result(engine):
     _randomize_norms(model)
     images = torch.randn(2, 3, TINY_LITEMEDSAM_CONFIG.image_size, TINY_LITEMEDSAM_CONFIG.image_size)
     boxes = torch.tensor([[3.0, 5.0, 40.0, 50.0], [10.0, 2.0, 60.0, 33.0]])
-    runner = build_runner(model, engine)
+    runner = build_runner(model, usable(engine))
     with torch.inference_mode():
         expected = model(images, boxes)
         result = runner(images, boxes)

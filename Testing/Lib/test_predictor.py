@@ -183,6 +183,18 @@ def test_predict_batch_progress_can_cancel():
     assert seen == [(2, 5)]
 
 
+def test_every_progress_callback_of_the_library_is_the_one_type():
+    """``progress(done, total)`` is declared once (progress.ProgressCallback), not again per module."""
+    import typing
+
+    from DeLightSAMLib import segmentation
+    from DeLightSAMLib.progress import ProgressCallback
+
+    for function in (Predictor.predict_batch, segmentation.by_modality, segmentation.by_boxes):
+        assert typing.get_type_hints(function)["progress"] == typing.Optional[ProgressCallback], function
+    assert not hasattr(segmentation, "SliceProgress")
+
+
 def test_device_and_dtype_errors_are_clear():
     if not torch.cuda.is_available():
         with pytest.raises(DeLightSAMError, match="no CUDA GPU"):

