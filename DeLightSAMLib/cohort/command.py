@@ -8,6 +8,7 @@ exit status 1 when any case failed (2, having written nothing, for a mistake in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -73,6 +74,8 @@ def cohort_cases(args: argparse.Namespace) -> Optional[list[Case]]:
     )
     if single and not Path(inputs[0]).expanduser().is_dir():
         return None
+    for option, folder in (("--output-dir", _output_dir(args)), ("--summary", _summary(args).parent)):
+        _check_folder(folder, option)
     try:
         cases = collect_cases(
             inputs, _settings(args), _output_dir(args), store_only=bool(args.store_to), exclude=[_state_dir(args)]
@@ -90,6 +93,48 @@ def cohort_cases(args: argparse.Namespace) -> Optional[list[Case]]:
     ):
         return None  # one DICOM series folder: as before
     return cases
+
+
+def _check_folder(folder: Optional[Path], option: str) -> None:
+    """A folder the run will create or write into: refused when it, or a folder above it, is a file."""
+    if folder is None:
+        return
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                what = "is a file" if place == folder else f"is below the file {place}"
+                raise DeLightSAMError(f"{option} {folder} {what}; give a folder (it is created when missing)")
+            return
+
+
+def _check_checkpoints(cases: list[Case]) -> None:
+    """Every checkpoint the cases need is there (a file, or a registry checkpoint downloaded): else one line, before
+    any case runs, as for a single input."""
+    from ..checkpoint import resolve_checkpoint
+
+    for checkpoint in sorted({case.checkpoint for case in cases}):
+        resolve_checkpoint(checkpoint)
+
+
+@contextlib.contextmanager
+def _warnings_to(log: Path):
+    """Python warnings of the libraries a run uses (highdicom's about patient names, ...) go to ``log``, not the
+    console."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    warnings_logger = logging.getLogger("py.warnings")
+    propagate = warnings_logger.propagate
+    warnings_logger.addHandler(handler)
+    warnings_logger.propagate = False
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        warnings_logger.removeHandler(handler)
+        warnings_logger.propagate = propagate
+        handler.close()
 
 
 def run(args: argparse.Namespace, cases: list[Case]) -> int:
@@ -112,6 +157,7 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
         state_dir=_state_dir(args),
     )
     check_packages(cases, options)
+    _check_checkpoints(cases)
     device = local_device(args.device)
 
     def load(checkpoint: str):
@@ -125,6 +171,7 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
             total=own, desc="delightsam", bar_format=bar_format, file=sys.stderr, disable=None if rank == 0 else True
         ) as bar,
         logging_redirect_tqdm(),
+        _warnings_to(_state_dir(args) / f"rank-{rank}.log"),
     ):
         failed = 0
 
@@ -238,6 +285,12 @@ def _check(args: argparse.Namespace, cases: list[Case]) -> None:
         )
     if args.modality is not None and args.box:
         raise DeLightSAMError("--modality and --box cannot be combined: give one of them (or per manifest row)")
+    if args.slices and args.slices[0] > args.slices[1]:
+        raise DeLightSAMError(f"--slices {args.slices[0]} {args.slices[1]} is inverted; FIRST must not exceed LAST")
+    if args.box:
+        from .cases import parse_box
+
+        parse_box(" ".join(str(value) for value in args.box[0]), "--box")
     if args.store_to:
         from .dicomweb import service_url
 
@@ -247,11 +300,11 @@ def _check(args: argparse.Namespace, cases: list[Case]) -> None:
     for case in cases:
         if case.output is not None and output_kind(case.output) == "dicom-seg" and not case.is_dicom:
             raise DeLightSAMError(
-                f"a DICOM SEG ({case.output.name}) needs DICOM input; {case.name} is not DICOM: "
+                f"a DICOM SEG ({case.output.name}) needs DICOM input; {case.where} is not DICOM: "
                 "choose --format nrrd, nii.gz or seg.nrrd"
             )
         if case.settings.modality is None and case.settings.box is None:
-            raise DeLightSAMError(f"no modality for {case.name}; give --modality or a manifest modality column")
+            raise DeLightSAMError(f"no modality for {case.where}; give --modality or a manifest modality column")
         if case.settings.modality is not None:
             resolve_modality(case.settings.modality)
     logging.getLogger(__name__).info("%d cases", len(cases))

@@ -37,6 +37,10 @@ SLICER_SUFFIX = FORMATS["seg.nrrd"]
 DICOM_SEG_SUFFIX = FORMATS["dicom-seg"]
 
 
+class SegmentationUnsupportedError(ImageError):
+    """DICOM SEG cannot describe this case (its source images lack what a SEG must reference); another format can."""
+
+
 @dataclass(frozen=True)
 class Term:
     """A coded concept (DICOM code sequence item / Slicer terminology triple)."""
@@ -269,7 +273,7 @@ def dicom_segmentation(result: Result, dicom_files: Sequence[Path], source: Path
     sources = read_dicom_headers(dicom_files)
     frames = np.asarray(labels) if labels.ndim == 3 else np.asarray(labels)[None]
     if len(sources) != frames.shape[0]:
-        raise ImageError(
+        raise SegmentationUnsupportedError(
             f"the series has {len(sources)} DICOM files but the volume {frames.shape[0]} slices (multi-frame "
             "files?); DICOM SEG output needs one file per slice: choose --format nrrd or seg.nrrd"
         )
@@ -316,7 +320,7 @@ def dicom_segmentation(result: Result, dicom_files: Sequence[Path], source: Path
             omit_empty_frames=False,
         )
     except (ValueError, AttributeError, TypeError) as error:  # highdicom's checks of the source images
-        raise ImageError(
+        raise SegmentationUnsupportedError(
             f"cannot make a DICOM SEG for {source} ({str(error).splitlines()[0][:160]}); "
             "choose --format nrrd or seg.nrrd"
         ) from error

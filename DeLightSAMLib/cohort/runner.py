@@ -36,7 +36,9 @@ from .cases import Case
 from .distributed import ProcessGroup, shard
 from .extras import require
 from .formats import (
+    SLICER_SUFFIX,
     Result,
+    SegmentationUnsupportedError,
     box_segments,
     dicom_segmentation,
     output_kind,
@@ -261,6 +263,7 @@ class _Runner:
         self.progress = progress
         self.rank = rank
         self.finished = 0
+        self.fell_back = 0  # cases written as .seg.nrrd because DICOM SEG could not describe them
 
     def run(self, mine: list[tuple[int, Case]]) -> list[tuple[int, CaseResult]]:
         state = RunState(self.options.state_dir, self.rank)
@@ -312,11 +315,13 @@ class _Runner:
         if self.options.overwrite:
             return None
         record = state.get(case) or {}
-        exists = case.output is not None and case.output.is_file()
+        exists = case.output is not None and (
+            case.output.is_file() or (case.fallback is not None and case.fallback.is_file())
+        )
         if case.output is not None and not exists:
             return None
         if self._stores(case) and not record.get("stored"):
-            if exists and output_kind(case.output) == "dicom-seg":
+            if exists and case.output.is_file() and output_kind(case.output) == "dicom-seg":
                 return self._store_existing(case, state)
             return None
         return self._result(
@@ -350,6 +355,7 @@ class _Runner:
     def _run_case(self, case: Case, loading: Future, state: RunState) -> CaseResult:
         start = time.perf_counter()
         image = None
+        written, note = case.output, ""
         try:
             image = loading.result()
             predictor = self.models.get(case.checkpoint)
@@ -358,7 +364,14 @@ class _Runner:
             if case.output is not None:
                 case.output.parent.mkdir(parents=True, exist_ok=True)
                 _remove_temporaries(case.output)
-                dataset = write_output(labelled, case.output, image.loaded, image.loaded.dicom_files)
+                try:
+                    dataset = write_output(labelled, case.output, image.loaded, image.loaded.dicom_files)
+                except SegmentationUnsupportedError as error:
+                    if case.fallback is None:  # DICOM SEG was asked for: the case fails with the reason
+                        raise
+                    written, note = case.fallback, self._fall_back(case, error)
+                    _remove_temporaries(written)
+                    write_output(labelled, written, image.loaded)
             if self._stores(case):
                 if dataset is None:
                     dataset = dicom_segmentation(labelled, image.loaded.dicom_files, image.loaded.source)
@@ -374,9 +387,19 @@ class _Runner:
             seconds=time.perf_counter() - start,
             voxels=int(np.count_nonzero(labelled.labels)),
             total_voxels=int(labelled.labels.size),
+            reason=note,
         )
+        result.output = str(written) if written is not None else ""
         state.record(case, result, stored=self._stores(case))
         return result
+
+    def _fall_back(self, case: Case, error: Exception) -> str:
+        """--format auto chose DICOM SEG, which cannot describe this case: say so (once a run) and why."""
+        note = f"written as {SLICER_SUFFIX}: DICOM SEG cannot describe it ({error})"
+        if not self.fell_back:
+            logger.warning("%s: %s; further such cases are written the same way (see the summary)", case.where, note)
+        self.fell_back += 1
+        return note
 
     def _segment(self, predictor, loaded: LoadedImage, case: Case):
         """A case's labels, by modality (De-LightSAM) or by box (LiteMedSAM)."""

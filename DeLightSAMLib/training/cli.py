@@ -35,10 +35,18 @@ def add_commands(commands) -> None:
             "--checkpoint",
             "-c",
             default=None,
-            help="starting weights, registry name or .pth (default: the official one)",
+            help=("weights to evaluate" if name == "evaluate" else "starting weights")
+            + ", registry name or .pth (default: the official one)",
         )
         sub.add_argument(
-            "--out", default=f"runs/{name}", help="output folder: checkpoints, log, metrics (default: %(default)s)"
+            "--out",
+            default=f"runs/{name}",
+            help=(
+                "output folder: per-image metrics.csv, evaluate.log, summary.json, overlays/"
+                if name == "evaluate"
+                else "output folder: checkpoints, train.log, metrics"
+            )
+            + " (default: %(default)s)",
         )
         sub.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default: %(default)s)")
         sub.add_argument(

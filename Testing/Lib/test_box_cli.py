@@ -372,3 +372,13 @@ def test_console_script_runs_box_prompts(tmp_path, litemedsam_reference):
     assert exe
     result = subprocess.run([exe, "predict", "x.png", "--box", "1", "2", "3"], capture_output=True, text=True)
     assert result.returncode == 2 and "--box: expected 4 arguments" in result.stderr
+
+
+def test_a_box_partly_outside_the_image_is_clipped_with_one_line(capsys, caplog, tmp_path):
+    image = _png(tmp_path / "small.png", np.zeros((48, 64), np.uint8))
+    code, _, err = run(capsys, "predict", image, "--box", 50, -5, 90, 40, "--checkpoint", tmp_path / "none.pth")
+    assert code == 2 and "checkpoint file not found" in err  # the box was checked (and clipped) before loading
+    said = [record.getMessage() for record in caplog.records if "clipped" in record.getMessage()]
+    assert said == [
+        "box 1 (50 -5 90 40) reaches outside small.png (64 x 48 pixels, width x height): clipped to 50 0 64 40"
+    ]

@@ -280,8 +280,11 @@ def test_released_entry_is_the_published_file():
 def test_command_line_download_info_and_local_source(index, monkeypatch, tmp_path, capsys):
     _entry(monkeypatch)
     assert main(["download", "--checkpoint", "tiny-lite"]) == 0
-    out, _ = capsys.readouterr()
+    out, err = capsys.readouterr()
     assert out.strip() == str(tmp_path / "cache" / "tiny_lite.pth")
+    # progress on stderr (tqdm, also without a terminal) and where the file came from
+    assert "download: 100%" in err, err
+    assert "tiny_lite.pth" in err and "came from tiny_lite_weights/asset/w.pth in http://127.0.0.1" in err, err
     assert main(["info"]) == 0
     out, _ = capsys.readouterr()
     assert "checkpoint tiny-lite:" in out and "downloaded from tiny_lite_weights/asset/w.pth in http://127.0.0.1" in out
