@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -302,15 +303,20 @@ def run_download(args: argparse.Namespace) -> int:
 
     if args.source and args.checkpoint not in CHECKPOINTS:
         raise DeLightSAMError(f"--from needs a registry checkpoint name ({', '.join(CHECKPOINTS)}) as --checkpoint")
-    origins = []
-    # progress on stderr, also where it is not a terminal (a log); the path alone on stdout, for scripts
-    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="download", file=sys.stderr, mininterval=0.5) as bar:
+    origins: list[str] = []
+    start = time.perf_counter()
+    # A live bar on a terminal (cleared when the download fails, so that the error stays one line); where stderr is
+    # not a terminal (a log), the line after the download says how much came from where. stdout: the path alone.
+    bar = tqdm(
+        unit="B", unit_scale=True, unit_divisor=1024, desc="download", file=sys.stderr, disable=not _is_terminal()
+    )
 
-        def progress(done: int, total: Optional[int]) -> None:
-            if total and bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
+    def progress(done: int, total: Optional[int]) -> None:
+        if total and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
 
+    try:
         path = download_checkpoint(
             args.checkpoint,
             args.to,
@@ -318,10 +324,25 @@ def run_download(args: argparse.Namespace) -> int:
             urls=[args.source] if args.source else None,
             on_origin=origins.append,
         )
-    size = path.stat().st_size / 1e6
-    print(f"delightsam: {path.name} ({size:.1f} MB) came from {origins[-1]}", file=sys.stderr)
+    except BaseException:
+        bar.leave = False
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    print(
+        f"delightsam: {path.name}: {path.stat().st_size / 1e6:.1f} MB in {seconds:.1f} s from {origins[-1]}",
+        file=sys.stderr,
+    )
     print(path)
     return 0
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def run_info(args: argparse.Namespace) -> int:
