@@ -35,3 +35,13 @@ class EngineError(DeLightSAMError, ValueError):
 
 class ArgumentError(DeLightSAMError, ValueError):
     """A value given to the library that is of the wrong type or out of range (a threshold, a batch size)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The line of an exception's message that says what went wrong, for a one-line report: its first line, except
+    for SimpleITK's, whose first line says where in SimpleITK's C++ code it was thrown and whose ``sitk::ERROR:``
+    line says what happened; the exception's type name when the message is empty."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return next((line for line in lines if line.startswith("sitk::ERROR")), lines[0])

@@ -30,8 +30,8 @@ from typing import Optional, Sequence, Union
 import SimpleITK as sitk
 
 from ..errors import DeLightSAMError, ImageError
-from ..imageio import DICOM_SUFFIXES, PLAIN_IMAGE_SUFFIXES, VOLUME_SUFFIXES, full_suffix
-from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT, resolve_modality
+from ..imageio import DICOM_SUFFIXES, PLAIN_IMAGE_SUFFIXES, VOLUME_SUFFIXES, dicom_series, full_suffix
+from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT, looks_like_path, resolve_modality
 from . import FORMATS
 from .dicomweb import NOT_IMAGES, DicomwebSeries, is_dicomweb, list_series
 from .formats import DICOM_SEG_SUFFIX, default_suffix
@@ -53,7 +53,7 @@ Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
-class Settings:
+class CaseSettings:
     """What a case is segmented with: from the command line, overridden per manifest row."""
 
     checkpoint: Optional[str] = None  # None: the model's default (De-LightSAM by modality, LiteMedSAM by box)
@@ -74,7 +74,7 @@ class Case:
 
     name: str
     source: Union[Path, DicomwebSeries]
-    settings: Settings
+    settings: CaseSettings
     output: Optional[Path]
     dicom_files: tuple[Path, ...] = ()
     origin: str = ""  # where the case was named, for messages: "manifest M row N", or "" for the command line
@@ -88,6 +88,11 @@ class Case:
     @property
     def is_dicom(self) -> bool:
         return bool(self.dicom_files) or isinstance(self.source, DicomwebSeries)
+
+    def check_prompt(self) -> None:
+        """A case is segmented by a modality (De-LightSAM) or a box (LiteMedSAM): refuse one that has neither."""
+        if self.settings.modality is None and self.settings.box is None:
+            raise DeLightSAMError(f"no modality for {self.where}; give --modality or a manifest modality column")
 
     @property
     def checkpoint(self) -> str:
@@ -103,7 +108,7 @@ class Case:
 
 def collect_cases(
     inputs: Sequence[str],
-    settings: Settings,
+    settings: CaseSettings,
     output_dir: Optional[Path] = None,
     store_only: bool = False,
     exclude: Sequence[Path] = (),
@@ -156,7 +161,7 @@ def _check_outputs(cases: list[Case], manifests: Sequence[Path]) -> None:
                 )
 
 
-def read_manifest(path: Path, settings: Settings) -> list[tuple[int, str, Optional[Path], Settings]]:
+def read_manifest(path: Path, settings: CaseSettings) -> list[tuple[int, str, Optional[Path], CaseSettings]]:
     """(row number, input, output or None, settings) per row of a manifest; a bad row is a ManifestError."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -181,8 +186,8 @@ def read_manifest(path: Path, settings: Settings) -> list[tuple[int, str, Option
         checkpoint = row.get("checkpoint") or row.get("model")
         if checkpoint:
             resolved = Path(checkpoint).expanduser()
-            looks_like_path = resolved.suffix or "/" in checkpoint or os.sep in checkpoint
-            checkpoint = str(resolved if resolved.is_absolute() or not looks_like_path else path.parent / resolved)
+            relative = looks_like_path(checkpoint) and not resolved.is_absolute()
+            checkpoint = str(path.parent / resolved if relative else resolved)
             row_settings = replace(row_settings, checkpoint=checkpoint)
         if row.get("modality"):
             _check_modality(row["modality"], where)
@@ -262,7 +267,7 @@ class _Finder:
     def cases_for(
         self,
         text: str,
-        settings: Settings,
+        settings: CaseSettings,
         base: Path,
         output: Optional[Path] = None,
         origin: str = "",
@@ -316,7 +321,7 @@ class _Finder:
         source: Path,
         folder: Path,
         root: Optional[Path],
-        settings: Settings,
+        settings: CaseSettings,
         dicom: Sequence[Path],
         stem: Optional[str] = None,
     ) -> Path:
@@ -334,13 +339,13 @@ class _Finder:
         mirrored = self.output_dir / (root.name if self.several_roots else "") / folder.relative_to(root)
         return mirrored / f"{stem}_mask{suffix}"
 
-    def _fallback(self, output: Path, settings: Settings, dicom: Sequence[Path]) -> Optional[Path]:
+    def _fallback(self, output: Path, settings: CaseSettings, dicom: Sequence[Path]) -> Optional[Path]:
         """With --format auto, a DICOM case's result is a DICOM SEG; where that cannot be made, this .seg.nrrd."""
         if settings.format or not dicom:
             return None
         return output.with_name(output.name[: -len(DICOM_SEG_SUFFIX)] + FORMATS["seg.nrrd"])
 
-    def _folder_cases(self, root: Path, settings: Settings) -> list[Case]:
+    def _folder_cases(self, root: Path, settings: CaseSettings) -> list[Case]:
         cases = []
         for folder, subfolders, files in os.walk(root):
             here = Path(folder)
@@ -365,12 +370,12 @@ class _Finder:
                     cases.append(self._file_case(path, here, root, settings))
         return sorted(cases, key=lambda c: c.name)
 
-    def _file_case(self, path: Path, folder: Path, root: Optional[Path], settings: Settings) -> Case:
+    def _file_case(self, path: Path, folder: Path, root: Optional[Path], settings: CaseSettings) -> Case:
         dicom = (path,) if path.suffix.lower() in DICOM_SUFFIXES else ()
         output = self._output(path, folder, root, settings, dicom)
         return Case(str(path), path, settings, output, dicom, fallback=self._fallback(output, settings, dicom))
 
-    def _series_case(self, folder: Path, root: Path, files: list[Path], settings: Settings, several: bool) -> Case:
+    def _series_case(self, folder: Path, root: Path, files: list[Path], settings: CaseSettings, several: bool) -> Case:
         parent_root = root if folder != root else folder.parent
         name, stem = str(folder), folder.name
         if several:  # series sharing a folder are told apart by their number
@@ -379,7 +384,7 @@ class _Finder:
         output = self._output(folder, folder.parent, parent_root, settings, files, stem)
         return Case(name, folder, settings, output, tuple(files), fallback=self._fallback(output, settings, files))
 
-    def _dicomweb_case(self, series: DicomwebSeries, settings: Settings) -> Case:
+    def _dicomweb_case(self, series: DicomwebSeries, settings: CaseSettings) -> Case:
         if self.output_dir is None and not self.store_only:
             raise DeLightSAMError("DICOMweb input needs --output-dir DIR (files) or --store-to URL (back to a server)")
         automatic = not settings.format
@@ -398,10 +403,8 @@ def _absolute(text: str, base: Path) -> Path:
 
 def _dicom_series(folder: Path) -> list[list[Path]]:
     """The image series in ``folder`` (not its subfolders), each as its files in slice order."""
-    reader = sitk.ImageSeriesReader()
     series = []
-    for uid in reader.GetGDCMSeriesIDs(str(folder)):
-        files = [Path(name) for name in reader.GetGDCMSeriesFileNames(str(folder), uid)]
+    for files in dicom_series(folder):
         files = [f for f in files if not is_result_name(f)]
         if files and _dicom_tag(files[0], "0008|0060").upper() not in NOT_IMAGES:
             series.append(files)

@@ -26,8 +26,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import DeLightSAMError
-from ..imageio import LoadedImage, read_dicom_series, read_image, write_files
+from ..errors import DeLightSAMError, first_line
+from ..imageio import LoadedImage, dicom_series, read_dicom_series, read_image, write_files
 from ..registry import modality_name, resolve_modality
 from ..segmentation import by_boxes, by_modality, check_boxes, check_model, volume_window
 from ..transforms import Window
@@ -224,14 +224,10 @@ def load_case(case: Case) -> CaseImage:
 
 def _gdcm_order(files: list[Path]) -> list[Path]:
     """Files of one series in GDCM's slice order, as a series on disk is read."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageSeriesReader()
-    folder = str(files[0].parent)
-    series = reader.GetGDCMSeriesIDs(folder)
+    series = dicom_series(files[0].parent)
     if len(series) != 1:
         raise DeLightSAMError(f"the server returned {len(series)} series where one was asked for")
-    return [Path(name) for name in reader.GetGDCMSeriesFileNames(folder, series[0])]
+    return series[0]
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -348,7 +344,7 @@ class _Runner:
             reason = str(error)
         else:  # not a user mistake: the traceback goes to the debug log, one line to the summary
             logger.debug("case %s", case.name, exc_info=error)
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            reason = f"{type(error).__name__}: {first_line(error) if str(error).strip() else ''}"
         logger.warning("%s failed: %s", case.name, reason)
         return self._result(case, "failed", seconds=time.perf_counter() - start, reason=reason)
 
@@ -419,8 +415,7 @@ class _Runner:
             return Result(
                 result.labels, box_segments(1), provenance_for(settings.checkpoint, options.threshold, boxes=boxes)
             )
-        if settings.modality is None:
-            raise DeLightSAMError(f"no modality for {case.name}; give --modality or a manifest modality column")
+        case.check_prompt()
         modality_map = predictor.modality_map
         name = modality_name(resolve_modality(settings.modality, modality_map), modality_map)
         result = by_modality(predictor, loaded, settings.modality, batch_size=options.batch_size, **common)

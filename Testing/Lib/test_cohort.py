@@ -34,7 +34,7 @@ from cohort_data import (
     write_volume,
 )
 from DeLightSAMLib.cli import main
-from DeLightSAMLib.cohort.cases import Settings, collect_cases
+from DeLightSAMLib.cohort.cases import CaseSettings, collect_cases
 from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.predictor import Predictor
 from DeLightSAMLib.segmentation import by_modality, volume_window
@@ -110,7 +110,7 @@ def result_pixels(path: Path) -> np.ndarray:
 
 def test_discovery_groups_series_skips_results_and_mirrors_folders(tmp_path, cohort):
     out = tmp_path / "out"
-    cases = collect_cases([str(cohort)], Settings(modality="xray"), output_dir=out)
+    cases = collect_cases([str(cohort)], CaseSettings(modality="xray"), output_dir=out)
     assert len(cases) == 20
     by_name = {Path(c.name).relative_to(cohort).as_posix() if "[" not in c.name else c.name: c for c in cases}
     ct = by_name["dicom/ct"]
@@ -124,7 +124,7 @@ def test_discovery_groups_series_skips_results_and_mirrors_folders(tmp_path, coh
     assert by_name["volumes/scan.mha"].output == out / "volumes" / "scan_mask.mha"
     assert "photos/old_mask.png" not in by_name and "notes.txt" not in by_name
     # without an output folder results go beside their inputs; --format picks the suffix
-    beside = collect_cases([str(cohort / "volumes")], Settings(modality="xray", format="seg.nrrd"))
+    beside = collect_cases([str(cohort / "volumes")], CaseSettings(modality="xray", format="seg.nrrd"))
     assert {c.output for c in beside} >= {cohort / "volumes" / "scan0_mask.seg.nrrd"}
 
     # two series in one folder are two cases, told apart by series number
@@ -132,7 +132,7 @@ def test_discovery_groups_series_skips_results_and_mirrors_folders(tmp_path, coh
     rng = np.random.default_rng(0)
     make_ct_series(mixed, ct_volume(rng, 2), series_number=4, names=["a1.dcm", "a2.dcm"])
     make_ct_series(mixed, ct_volume(rng, 3), series_number=9, names=["b1.dcm", "b2.dcm", "b3.dcm"])
-    two = collect_cases([str(mixed)], Settings(modality="xray"))
+    two = collect_cases([str(mixed)], CaseSettings(modality="xray"))
     assert sorted(c.output.name for c in two) == ["two_S4_mask.dcm", "two_S9_mask.dcm"]
     assert sorted(len(c.dicom_files) for c in two) == [2, 3]
 
@@ -165,7 +165,7 @@ def test_mixed_cohort_one_command_summary_resume_and_corrupt_case(capsys, tmp_pa
         sitk.GetArrayFromImage(volume_out) > 0, expected_mask(tiny, cohort / "volumes" / "nifti" / "ct2.nii.gz")
     )
     seg = highdicom.seg.segread(str(out / "dicom" / "ct_mask.dcm"))
-    case = next(c for c in collect_cases([str(cohort)], Settings(modality="xray")) if c.name.endswith("dicom/ct"))
+    case = next(c for c in collect_cases([str(cohort)], CaseSettings(modality="xray")) if c.name.endswith("dicom/ct"))
     np.testing.assert_array_equal(seg_pixels(seg, case.dicom_files), expected_mask(tiny, cohort / "dicom" / "ct"))
     radiograph = highdicom.seg.segread(str(out / "dicom" / "radiograph" / "DX1_mask.dcm"))
     assert radiograph.pixel_array.shape[-2:] == (36, 30)
@@ -298,7 +298,7 @@ def test_dicom_seg_passes_the_standards_validator(tmp_path):
     rng = np.random.default_rng(3)
     for name, volume in (("series", ct_volume(rng, slices=3)), ("single", ct_volume(rng, slices=1))):
         files = make_ct_series(tmp_path / name, volume)
-        order = collect_cases([str(tmp_path / name)], Settings(modality="xray"))[0].dicom_files
+        order = collect_cases([str(tmp_path / name)], CaseSettings(modality="xray"))[0].dicom_files
         loaded = read_image(tmp_path / name) if len(files) > 1 else read_image(files[0])
         mask = loaded.array > 300
         mask[..., :2, :] = False
@@ -357,7 +357,7 @@ def test_several_boxes_give_one_segment_each_in_dicom_seg_and_slicer_files(capsy
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ct.nrrd")))
     assert set(np.unique(labels)) == {0, 1, 2}  # the label map the box mode always wrote
 
-    order = collect_cases([str(series)], Settings(box=(0, 0, 1, 1)))[0].dicom_files
+    order = collect_cases([str(series)], CaseSettings(box=(0, 0, 1, 1)))[0].dicom_files
     seg = highdicom.seg.segread(str(tmp_path / "ct_mask.dcm"))
     assert [item.SegmentLabel for item in seg.SegmentSequence] == ["box 1", "box 2"]
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
@@ -535,7 +535,7 @@ def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(cap
     seg = highdicom.seg.Segmentation.from_dataset(stored)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
     assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.PatientID == first.PatientID
-    order = collect_cases([str(tmp_path / "ct1")], Settings(modality="xray"))[0].dicom_files
+    order = collect_cases([str(tmp_path / "ct1")], CaseSettings(modality="xray"))[0].dicom_files
     np.testing.assert_array_equal(seg_pixels(seg, order), expected_mask(tiny, tmp_path / "ct1"))
     assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "De-LightSAM"
     # again: the run's state remembers the stored result, and the SEG series on the server is not a case
@@ -548,7 +548,7 @@ def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(cap
     code, stdout, err = predict(second, "--output-dir", tmp_path / "files")
     assert code == 0, err
     written = tmp_path / "files" / second.StudyInstanceUID / f"{second.SeriesInstanceUID}_mask.dcm"
-    order = collect_cases([str(tmp_path / "ct2")], Settings(modality="xray"))[0].dicom_files
+    order = collect_cases([str(tmp_path / "ct2")], CaseSettings(modality="xray"))[0].dicom_files
     np.testing.assert_array_equal(
         seg_pixels(highdicom.seg.segread(str(written)), order), expected_mask(tiny, tmp_path / "ct2")
     )
@@ -561,7 +561,7 @@ def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(cap
     assert stored.SOPInstanceUID == pydicom.dcmread(str(written)).SOPInstanceUID
 
     # without a study: every image series on the server that matches the filters
-    cases = collect_cases([f"{address}?Modality=CT"], Settings(modality="xray"), output_dir=tmp_path / "all")
+    cases = collect_cases([f"{address}?Modality=CT"], CaseSettings(modality="xray"), output_dir=tmp_path / "all")
     assert sorted(case.source.series for case in cases) == sorted(s.SeriesInstanceUID for s in studies)
 
 
@@ -683,7 +683,7 @@ def test_resume_state_keeps_the_records_after_a_line_cut_short(tmp_path):
         Case(
             name=f"c{index}",
             source=tmp_path / f"c{index}.png",
-            settings=Settings(modality="xray"),
+            settings=CaseSettings(modality="xray"),
             output=tmp_path / f"c{index}_mask.png",
         )
         for index in range(3)
@@ -928,7 +928,7 @@ class _PagingServer:
 def test_a_server_that_ignores_paging_gets_a_bounded_number_of_requests(tmp_path):
     server = _PagingServer()
     try:
-        cases = collect_cases([server.url], Settings(modality="xray"), output_dir=tmp_path / "out")
+        cases = collect_cases([server.url], CaseSettings(modality="xray"), output_dir=tmp_path / "out")
     finally:
         server.close()
     assert sorted(c.name for c in cases) == ["1.2.3/1.2.3.1", "1.2.3/1.2.3.2"]

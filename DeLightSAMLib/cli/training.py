@@ -1,6 +1,7 @@
-"""The ``delightsam train``, ``distill`` and ``evaluate`` commands (registered by :mod:`DeLightSAMLib.cli`).
+"""The ``delightsam train``, ``distill`` and ``evaluate`` commands: one handler each, over ``training``.
 
-Progress bars go to stderr; each epoch's summary line and the result to stdout; warnings to stderr.
+Progress bars go to stderr; each epoch's summary line and the result to stdout; warnings to stderr. The options'
+defaults are ``TrainSettings``' (one truth for the library and the command line).
 """
 
 from __future__ import annotations
@@ -11,22 +12,26 @@ import sys
 from pathlib import Path
 
 from ..registry import MODALITIES, resolve_modality
+from .exits import EXIT_INTERRUPTED
 
-EXIT_INTERRUPTED = 130
 TRAINABLE_HELP = (
     "comma-separated groups: adapters, queries, prompt, decoder, encoder (default: %(default)s). Without "
     "adapters and encoder the encoder is frozen and each image is encoded only once"
 )
 
 
-def add_commands(commands) -> None:
+def add_parsers(commands) -> None:
     """Add train, distill and evaluate to the ``delightsam`` subcommands."""
-    for name, help_text in (
-        ("train", "fine-tune on your own data"),
-        ("distill", "distil a teacher encoder into the adapters"),
-        ("evaluate", "Dice, IoU, HD95, precision, recall on a dataset split"),
+    from ..training.settings import TrainSettings
+
+    defaults = TrainSettings(modality=0)
+    for name, help_text, handler in (
+        ("train", "fine-tune on your own data", run_train),
+        ("distill", "distil a teacher encoder into the adapters", run_distill),
+        ("evaluate", "Dice, IoU, HD95, precision, recall on a dataset split", run_evaluate),
     ):
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
         sub.add_argument("--data", required=True, help="dataset folder: image_1024/ + mask_1024/, or images/ + labels/")
         sub.add_argument(
             "--split-file", default=None, help="JSON with train/valid/test lists (default: the one .json in DATA)"
@@ -73,18 +78,28 @@ def add_commands(commands) -> None:
             )
         else:
             sub.add_argument(
-                "--epochs", type=int, default=20, help="epochs to train, in all when resuming (default: %(default)s)"
+                "--epochs",
+                type=int,
+                default=defaults.epochs,
+                help="epochs to train, in all when resuming (default: %(default)s)",
             )
-            sub.add_argument("--batch-size", type=int, default=4, help="images per step (default: %(default)s)")
+            sub.add_argument(
+                "--batch-size", type=int, default=defaults.batch_size, help="images per step (default: %(default)s)"
+            )
             sub.add_argument(
                 "--lr",
                 type=float,
-                default=1e-4,
+                default=defaults.learning_rate,
                 help="peak learning rate of AdamW, warm-up then cosine (default: %(default)s)",
             )
-            sub.add_argument("--workers", type=int, default=2, help="data loading processes (default: %(default)s)")
+            sub.add_argument(
+                "--workers",
+                type=int,
+                default=defaults.num_workers,
+                help="data loading processes; 0 loads in the main process (default: %(default)s)",
+            )
         if name == "train":
-            sub.add_argument("--trainable", default="adapters,queries,prompt,decoder", help=TRAINABLE_HELP)
+            sub.add_argument("--trainable", default=",".join(defaults.trainable), help=TRAINABLE_HELP)
             sub.add_argument(
                 "--resume",
                 action="store_true",
@@ -98,7 +113,6 @@ def add_commands(commands) -> None:
         if name == "distill":
             sub.add_argument("--teacher", required=True, help="mobilesam, sam_vit_b, sam_vit_l or sam_vit_h")
             sub.add_argument("--teacher-checkpoint", required=True, help="the teacher's published checkpoint")
-        sub.set_defaults(handler=run_training)
 
 
 def report(message: str, level: int) -> None:
@@ -112,35 +126,42 @@ def report(message: str, level: int) -> None:
         sys.stdout.flush()
 
 
-def run_training(args: argparse.Namespace) -> int:
+def _where(args: argparse.Namespace) -> dict:
+    """Which files of the dataset: the split file, and for volume datasets the slicing axis and label."""
+    return {"split_file": args.split_file, "axis": args.axis, "label": args.label}
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
     from ..checkpoint import load_delightsam
     from ..device import select_device
-    from . import engine
-    from .data import open_dataset
+    from ..training import engine
+    from ..training.data import open_dataset
 
     device = select_device(args.device)
-    modality = resolve_modality(args.modality) if args.command != "distill" else 0
-    where = {"split_file": args.split_file, "axis": args.axis, "label": args.label}
+    modality = resolve_modality(args.modality)
     logging.getLogger().setLevel(logging.INFO)
-    if args.command == "evaluate":
-        dataset = open_dataset(args.data, args.split, **where)
-        model, _ = load_delightsam(args.checkpoint, purpose=args.command)
-        try:
-            result = engine.evaluate(model, dataset, modality, device, Path(args.out), args.overlays, args.threshold)
-        except KeyboardInterrupt:
-            print(
-                f"delightsam: interrupted; no metrics written (per-image lines so far: {Path(args.out) / 'evaluate.log'})",
-                file=sys.stderr,
-            )
-            return EXIT_INTERRUPTED
-        summary = result["summary"]
+    dataset = open_dataset(args.data, args.split, **_where(args))
+    model, _ = load_delightsam(args.checkpoint, purpose=args.command)
+    try:
+        result = engine.evaluate(model, dataset, modality, device, Path(args.out), args.overlays, args.threshold)
+    except KeyboardInterrupt:
         print(
-            f"{summary['images']} images: Dice {summary['dice']['mean']:.4f}, IoU {summary['iou']['mean']:.4f}, "
-            f"HD95 {summary['hd95']['mean']:.2f} px, {summary['images_per_second']:.2f} images/s -> {args.out}"
+            f"delightsam: interrupted; no metrics written (per-image lines so far: {Path(args.out) / 'evaluate.log'})",
+            file=sys.stderr,
         )
-        return 0
-    train_set = open_dataset(args.data, "train", **where)
-    settings = engine.TrainSettings(
+        return EXIT_INTERRUPTED
+    summary = result["summary"]
+    print(
+        f"{summary['images']} images: Dice {summary['dice']['mean']:.4f}, IoU {summary['iou']['mean']:.4f}, "
+        f"HD95 {summary['hd95']['mean']:.2f} px, {summary['images_per_second']:.2f} images/s -> {args.out}"
+    )
+    return 0
+
+
+def _settings(args: argparse.Namespace, modality: int):
+    from ..training.settings import TrainSettings
+
+    return TrainSettings(
         modality=modality,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -148,32 +169,59 @@ def run_training(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         out_dir=args.out,
     )
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_delightsam
+    from ..device import select_device
+    from ..training import engine
+    from ..training.data import open_dataset
+    from ..training.teachers import load_teacher
+
+    device = select_device(args.device)
+    logging.getLogger().setLevel(logging.INFO)
+    train_set = open_dataset(args.data, "train", **_where(args))
+    settings = _settings(args, modality=0)
     model, _ = load_delightsam(args.checkpoint, purpose=args.command)
     try:
-        if args.command == "distill":
-            from .teachers import load_teacher
+        result = engine.distill(
+            model, load_teacher(args.teacher, args.teacher_checkpoint), train_set, settings, device, report
+        )
+    except engine.TrainingInterrupted as interrupted:
+        print(
+            f"delightsam: {interrupted}; distill has no --resume; --checkpoint with the kept file starts a new run "
+            "from it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print(f"distilled weights: {result['checkpoint']}")
+    return 0
 
-            result = engine.distill(
-                model, load_teacher(args.teacher, args.teacher_checkpoint), train_set, settings, device, report
-            )
-            print(f"distilled weights: {result['checkpoint']}")
-            return 0
-        settings.trainable = [group.strip() for group in args.trainable.split(",") if group.strip()]
-        settings.resume = args.resume
-        settings.embedding_cache = not args.no_embedding_cache
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_delightsam
+    from ..device import select_device
+    from ..training import engine
+    from ..training.data import open_dataset
+
+    device = select_device(args.device)
+    modality = resolve_modality(args.modality)
+    logging.getLogger().setLevel(logging.INFO)
+    train_set = open_dataset(args.data, "train", **_where(args))
+    settings = _settings(args, modality)
+    model, _ = load_delightsam(args.checkpoint, purpose=args.command)
+    settings.trainable = [group.strip() for group in args.trainable.split(",") if group.strip()]
+    settings.resume = args.resume
+    settings.embedding_cache = not args.no_embedding_cache
+    try:
         valid_set = (
-            open_dataset(args.data, "valid", optional=True, **where)
+            open_dataset(args.data, "valid", optional=True, **_where(args))
             if args.split_file or (Path(args.data) / "image_1024").is_dir()
             else None
         )
         result = engine.train(model, train_set, valid_set, settings, device, report)
     except engine.TrainingInterrupted as interrupted:
-        follow_up = (
-            "to continue, rerun the same command with --resume"
-            if args.command == "train"
-            else "distill has no --resume; --checkpoint with the kept file starts a new run from it"
-        )
-        print(f"delightsam: {interrupted}; {follow_up}", file=sys.stderr)
+        print(f"delightsam: {interrupted}; to continue, rerun the same command with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     if result["best_valid_dice"] is None:
         print(
