@@ -333,7 +333,7 @@ def test_box_mistakes_print_one_line_and_write_nothing(
     assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == snapshot
 
 
-def test_outputs_are_written_all_or_none(capsys, tmp_path, monkeypatch, litemedsam_reference):
+def test_outputs_are_written_all_or_none(capsys, tmp_path, monkeypatch, litemedsam_reference, litemedsam_cached):
     """A failure while writing the last output leaves none of them behind."""
     from DeLightSAMLib import imageio
 
