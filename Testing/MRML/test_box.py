@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import matrix, slicer, toArray
+from conftest import QuadrantPredictor, matrix, slicer, toArray
 from test_editor_geometry import SOURCE, _areaInAnotherSegment, _expected_in_lattice, _oversample, _segment_in_lattice
 from test_slice_logic import GEOMETRIES, SHAPE, _expected_quadrant
 
@@ -316,8 +316,6 @@ def test_several_boxes_on_one_slice_encode_it_once(mrml):
 
 
 def test_each_run_asks_the_provider_for_its_model(mrml):
-    from conftest import QuadrantPredictor
-
     volume = _volume(mrml, "flipped-anisotropic")
     segmentation, (target, _) = mrml.segmentation(volume)
     sliceNode = _view(mrml, "Axial", GEOMETRIES["flipped-anisotropic"])
