@@ -16,6 +16,7 @@ from DeLightSAMLib.errors import DeLightSAMError
 from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.registry import MODALITIES
 from DeLightSAMSlicerLib.Geometry import SegmentationError
+from DeLightSAMSlicerLib.HeaderModality import AUTO, headerModality, resolveModality
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, ReusedEncoding
 from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationOptions
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 SAVE_KINDS = ("seg.nrrd", "dicom-seg", "labelmap")
 SEGMENT_COLOR = (0.9, 0.35, 0.3)  # the first segment's colour: clear on gray images and photos
+AUTO_TEXT = "Auto (from the DICOM header)"
 
 
 class Predictors:
@@ -93,13 +95,17 @@ class DeLightSAMWebApp:
         self._uploadChunks: list = []
         self._uploadBytes = 0
         self._lastOptions = SegmentationOptions()
+        self._note = ""  # what the status line adds after the next run (which header tag chose the modality)
+        self.instanceFiles: dict[str, str] = {}  # SOP instance UID -> file, for the files this server loaded
+        self._chosenModality = MODALITIES[0]  # the last modality chosen by hand: what a non-DICOM image gets back
 
         state = server.state
         state.update(
             {
                 "trame__title": "De-LightSAM",
                 "dls_modality": MODALITIES[0],
-                "dls_modalities": list(MODALITIES),
+                "dls_modalities": [{"value": AUTO, "text": AUTO_TEXT}]
+                + [{"value": name, "text": name} for name in MODALITIES],
                 "dls_threshold": 0.5,
                 "dls_replace": False,
                 "dls_keep_largest": False,
@@ -117,6 +123,7 @@ class DeLightSAMWebApp:
             }
         )
         state.change("dls_layout")(self._onLayout)
+        state.change("dls_modality")(self._onModality)
         self._buildUI()
         self.layoutManager.set_layout("Axial Only")
         for path in inputs:
@@ -139,6 +146,10 @@ class DeLightSAMWebApp:
     def _onLayout(self, dls_layout, **_kwargs) -> None:
         if dls_layout in self.layoutManager.get_layout_ids():
             self.layoutManager.set_layout(dls_layout)
+
+    def _onModality(self, dls_modality, **_kwargs) -> None:
+        if dls_modality != AUTO and dls_modality in MODALITIES:
+            self._chosenModality = dls_modality
 
     # ------------------------------------------------------------------ status
     def status(self, text: str, error: bool = False) -> None:
@@ -179,7 +190,9 @@ class DeLightSAMWebApp:
         self.scene.Clear()
         name = image.source.name if image.source.is_dir() else image.source.name.split(".")[0]
         node = loading.volume_node(self.scene, image, name)
+        self.instanceFiles = loading.record_instances(node, image)
         self.loaded = loading.LoadedVolume(node, image)
+        chosen = headerModality(node, self.fileForInstance)
         display = self.slicerApp.display_manager
         if image.is_2d or image.array.ndim == 4:  # a photo or RGB volume: slice views only
             display.show_volume_in_slice_background(node)
@@ -196,8 +209,21 @@ class DeLightSAMWebApp:
             self.server.state.dls_box_mode = False  # a new image starts in the views' own interaction
             if self.server.state.dls_save_kind == "dicom-seg" and not image.dicom_files:
                 self.server.state.dls_save_kind = "seg.nrrd"  # a DICOM SEG needs a DICOM image
+            # Auto is the default for an image whose DICOM header names a modality the model knows (as in Slicer's
+            # effect); any other image gets back the modality last chosen by hand.
+            if chosen is not None:
+                self.server.state.dls_modality = AUTO
+            elif self.server.state.dls_modality == AUTO:
+                self.server.state.dls_modality = self._chosenModality
             shape = " x ".join(str(size) for size in image.array.shape)
-            self.status(f"loaded {image.source.name} ({shape}); choose the modality and press Apply")
+            if chosen is not None:
+                self.status(f"loaded {image.source.name} ({shape}); modality Auto: {chosen.reason}; press Apply")
+            else:
+                self.status(f"loaded {image.source.name} ({shape}); choose the modality and press Apply")
+
+    def fileForInstance(self, instanceUID: str) -> str:
+        """The file of a SOP instance this server loaded (its own record: there is no DICOM database here)."""
+        return self.instanceFiles.get(instanceUID, "")
 
     async def onUploadChunk(self, files: list) -> None:
         """trame-slicer's chunked upload: lists of files, then an empty list at the end."""
@@ -260,7 +286,7 @@ class DeLightSAMWebApp:
             writer = SegmentEditorWriter(self.editor, segmentId)
             return makeRun(volume, segmentation, segmentId, writer)
 
-        error = self.scheduler.start(startRun)
+        error = self.scheduler.start(startRun, note=self._note)
         with self.server.state:
             if error:
                 self.status(error, True)
@@ -269,8 +295,23 @@ class DeLightSAMWebApp:
                 self.server.state.dls_progress = 0
                 self.status("segmenting ...")
 
+    def automaticOptions(self) -> Optional[SegmentationOptions]:
+        """The options of a De-LightSAM run, Auto replaced by the header's modality; None (the reason in the status
+        line) when Auto finds none."""
+        try:
+            options, chosen = resolveModality(
+                self.options(), self.loaded.node if self.loaded else None, self.fileForInstance
+            )
+        except DeLightSAMError as error:
+            self.status(str(error), True)
+            return None
+        self._note = f" Modality from the DICOM header: {chosen.reason}." if chosen is not None else ""
+        return options
+
     def onApply(self, viewName: str = "Red") -> None:
-        options = self.options()
+        options = self.automaticOptions()
+        if options is None:
+            return
         self._start(
             lambda volume, segmentation, segmentId, writer: self.logic.startSlice(
                 volume, self.sliceNode(viewName), segmentation, segmentId, options, writer=writer
@@ -278,7 +319,9 @@ class DeLightSAMWebApp:
         )
 
     def onAllSlices(self, viewName: str = "Red") -> None:
-        options = self.options()
+        options = self.automaticOptions()
+        if options is None:
+            return
         self._start(
             lambda volume, segmentation, segmentId, writer: self.logic.startAllSlices(
                 volume, self.sliceNode(viewName), segmentation, segmentId, options, writer=writer
@@ -300,6 +343,7 @@ class DeLightSAMWebApp:
             xy = np.array([x / size[0] * width, (1.0 - y / size[1]) * height, 0.0, 1.0])
             ras.append((xyToRas @ xy)[:3])
         options = self.options()
+        self._note = ""
         self._start(
             lambda volume, segmentation, segmentId, writer: self.logic.startBox(
                 volume, sliceNode, segmentation, segmentId, options, ras, writer=writer
@@ -340,6 +384,9 @@ class DeLightSAMWebApp:
         ids = self.editor.get_segment_ids()
         labels = saving.segment_labels(self.scene, self.slicerApp.segmentations_logic, segmentation, volume, ids)
         options = self.options()
+        if options.modality == AUTO:  # the provenance names the modality the header chose
+            chosen = headerModality(volume, self.fileForInstance)
+            options = SegmentationOptions(modality=chosen.modality if chosen else AUTO, threshold=options.threshold)
         provenance = provenance_for(self.predictors.checkpoints.get(AUTOMATIC), options.threshold, options.modality)
         segments = saving.segment_descriptions(segmentation, ids)
         return saving.write_segmentation(labels, self.loaded.image, segments, kind, provenance)

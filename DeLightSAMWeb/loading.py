@@ -149,3 +149,29 @@ class UploadFolder:
         if not members:
             raise UploadError(f"'{archive.name}' is empty; zip the folder of one DICOM series")
         return target
+
+
+def record_instances(node, image: LoadedImage) -> dict[str, str]:
+    """Mark ``node`` as Slicer's DICOM loaders do (attribute ``DICOM.instanceUIDs``: the SOP instance UIDs of its
+    files, ``Unknown`` for a file without one) and return UID -> file: the server's own record of the files it read,
+    which stands in for Slicer's DICOM database in HeaderModality's lookup. Empty for an image not read from DICOM."""
+    import SimpleITK as sitk
+
+    from DeLightSAMSlicerLib.HeaderModality import INSTANCE_UIDS_ATTRIBUTE, UNKNOWN_UID
+
+    files: dict[str, str] = {}
+    uids = []
+    for path in image.dicom_files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+            uid = reader.GetMetaData("0008|0018").strip().rstrip("\x00") if reader.HasMetaDataKey("0008|0018") else ""
+        except RuntimeError:
+            uid = ""
+        uids.append(uid or UNKNOWN_UID)
+        if uid:
+            files[uid] = str(path)
+    if uids:
+        node.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, " ".join(uids))
+    return files

@@ -32,6 +32,7 @@ class RunReport:
     error: Optional[str] = None
     model: str = ""
     device: str = ""
+    note: str = ""  # said after the run's numbers (the DICOM header's modality)
 
     def text(self) -> str:
         if self.error:
@@ -40,7 +41,7 @@ class RunReport:
         what = "cancelled: " if result.cancelled else ""
         return (
             f"{what}{result.voxelsAdded} voxels added, {result.voxelsRemoved} removed on {result.description} "
-            f"({self.model}, {result.seconds:.2f} s, {self.device})"
+            f"({self.model}, {result.seconds:.2f} s, {self.device}){self.note}"
         )
 
 
@@ -64,8 +65,9 @@ class RunScheduler:
     def busy(self) -> bool:
         return self.task is not None and not self.task.done()
 
-    def start(self, startRun: Callable[[], object]) -> Optional[str]:
-        """Start the run ``startRun()`` makes (it checks its inputs); an error message instead, or None."""
+    def start(self, startRun: Callable[[], object], note: str = "") -> Optional[str]:
+        """Start the run ``startRun()`` makes (it checks its inputs); an error message instead, or None. ``note``:
+        what the status line adds after the run's numbers."""
         if self.busy:
             return "a run is under way; wait for it or press Cancel"
         try:
@@ -73,7 +75,7 @@ class RunScheduler:
         except (SegmentationError, DeLightSAMError) as error:
             return str(error)
         self.run = run
-        self.task = asyncio.ensure_future(self._execute(run))
+        self.task = asyncio.ensure_future(self._execute(run, note))
         return None
 
     def cancel(self) -> bool:
@@ -82,8 +84,8 @@ class RunScheduler:
         self.run.cancel()
         return True
 
-    async def _execute(self, run) -> RunReport:
-        report = RunReport(model=modelTitle(run.model))
+    async def _execute(self, run, note: str = "") -> RunReport:
+        report = RunReport(model=modelTitle(run.model), note=note)
         group = UndoGroup(self.editor, "De-LightSAM").open()
         started = time.perf_counter()
         seconds = {"load": 0.0, "read": 0.0, "network": 0.0, "write": 0.0}

@@ -369,3 +369,32 @@ def test_layouts_build_their_views_when_chosen(page):
     page.wait_for_function("() => document.querySelectorAll('img.image-display-area').length === 4", timeout=30000)
     page.locator('[data-testid="layout"]').select_option("Axial Only")
     page.wait_for_function("() => document.querySelectorAll('img.image-display-area').length === 1", timeout=30000)
+
+
+def test_a_dicom_upload_chooses_auto_modality_from_its_header(page, web_volume):
+    """As Slicer's effect: Auto (from the DICOM header) is the default for a DICOM image whose Modality the model
+    knows, and the status line says which tag chose it; a non-DICOM image gets back the modality chosen by hand."""
+    data_store = pytest.importorskip("data_store", reason="needs pydicom-data (pip install pydicom-data)")
+    modality = page.locator('[data-testid="modality"]')
+    assert modality.locator("option").first.inner_text() == "Auto (from the DICOM header)"
+    modality.select_option("ultrasound")
+    radiograph = Path(data_store.__file__).parent / "data" / "RG1_UNCR.dcm"
+    upload(page, radiograph)
+    text = expect_status(page, r"loaded RG1_UNCR\.dcm")
+    assert "Modality (0008,0060) = CR -> xray" in text, text
+    assert modality.input_value() == "auto"
+    assert modality.evaluate("s => s.options[s.selectedIndex].text") == "Auto (from the DICOM header)"
+    wait_for_view(page)
+    page.locator('[data-testid="apply"]').click()
+    text = expect_status(page, r"voxels added", timeout=180)
+    assert text.endswith("Modality from the DICOM header: Modality (0008,0060) = CR -> xray."), text
+    page.screenshot(path=str(DOCS / "web_auto_modality.jpg"), type="jpeg", quality=70)
+
+    upload(page, web_volume)  # no DICOM header: back to the modality chosen by hand
+    expect_status(page, r"loaded ct\.nrrd .*choose the modality")
+    assert modality.input_value() == "ultrasound"
+    # Auto chosen by hand for an image without a header: one line saying what to do, nothing runs
+    modality.select_option("auto")
+    page.locator('[data-testid="apply"]').click()
+    text = expect_status(page, r"no DICOM header")
+    assert "choose the modality" in text and page.locator('[data-testid="status"].text-error').count() == 1
