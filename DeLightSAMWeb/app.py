@@ -6,6 +6,7 @@ Everything that touches MRML or VTK runs on the server's event loop; model runs 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,7 +28,8 @@ from .writer import SegmentEditorWriter
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
-SAVE_KINDS = ("seg.nrrd", "dicom-seg", "labelmap")
+SAVE_KINDS = ("seg.nrrd", "dicom-seg", "labelmap")  # downloads; a DICOMweb image adds saving.DICOMWEB
+DICOMWEB_TEXT = "store to DICOMweb"
 SEGMENT_COLOR = (0.9, 0.35, 0.3)  # the first segment's colour: clear on gray images and photos
 AUTO_TEXT = "Auto (from the DICOM header)"
 
@@ -92,6 +94,7 @@ class DeLightSAMWebApp:
         self.scheduler.onDone = self._onDone
         self.uploads = loading.UploadFolder()
         self.loaded: Optional[loading.LoadedVolume] = None
+        self.fetched: Optional[loading.FetchedSeries] = None  # the DICOMweb series shown (its temporary files)
         self._uploadChunks: list = []
         self._uploadBytes = 0
         self._lastOptions = SegmentationOptions()
@@ -116,7 +119,7 @@ class DeLightSAMWebApp:
                 "dls_error": False,
                 "dls_box_mode": False,
                 "dls_save_kind": SAVE_KINDS[0],
-                "dls_save_kinds": list(SAVE_KINDS),
+                "dls_save_kinds": _saveKinds(False),
                 "dls_loaded": False,
                 "dls_layout": "Axial Only",
                 "dls_layouts": self.layoutManager.get_layout_ids(),
@@ -175,7 +178,12 @@ class DeLightSAMWebApp:
 
     # ------------------------------------------------------------------ loading
     def loadPath(self, path) -> bool:
-        """Read an image and show it; on failure the message goes to the status line and the scene is unchanged."""
+        """Read an image (a file, a DICOM folder or a ``dicomweb://`` series) and show it; on failure the message
+        goes to the status line and the scene is unchanged."""
+        from DeLightSAMLib.cohort.dicomweb import is_dicomweb
+
+        if is_dicomweb(str(path)):
+            return self.loadDicomweb(str(path))
         try:
             image = read_image(path)
         except DeLightSAMError as error:
@@ -184,14 +192,43 @@ class DeLightSAMWebApp:
         self.show(image)
         return True
 
-    def show(self, image) -> None:
+    def loadDicomweb(self, address: str) -> bool:
+        """Fetch the first image series ``address`` names, as ``delightsam predict`` does, and show it; Save can
+        then store the segmentation back to that service as a DICOM SEG."""
+        try:
+            fetched = loading.fetch_dicomweb(address)
+        except DeLightSAMError as error:
+            self.status(str(error), True)
+            return False
+        self.show(fetched.image, fetched=fetched)
+        if fetched.count > 1:
+            self.status(
+                f"{self.server.state.dls_status} ({fetched.count} series at that address: this is the first; name "
+                "one with ?StudyInstanceUID=...&SeriesInstanceUID=...)"
+            )
+        return True
+
+    def cleanup(self) -> None:
+        """The server's temporary files: uploads and a fetched DICOMweb series."""
+        if self.fetched is not None:
+            self.fetched.close()
+            self.fetched = None
+        self.uploads.cleanup()
+
+    def show(self, image, fetched: Optional[loading.FetchedSeries] = None) -> None:
         if self.scheduler.busy:
             self.scheduler.cancel()
         self.scene.Clear()
-        name = image.source.name if image.source.is_dir() else image.source.name.split(".")[0]
+        if self.fetched is not None and self.fetched is not fetched:
+            self.fetched.close()  # the series shown before: its temporary files go
+        self.fetched = fetched
+        if fetched is not None:
+            name = f"series {fetched.series.series}"
+        else:
+            name = image.source.name if image.source.is_dir() else image.source.name.split(".")[0]
         node = loading.volume_node(self.scene, image, name)
         self.instanceFiles = loading.record_instances(node, image)
-        self.loaded = loading.LoadedVolume(node, image)
+        self.loaded = loading.LoadedVolume(node, image, fetched.series if fetched else None, name)
         chosen = headerModality(node, self.fileForInstance)
         display = self.slicerApp.display_manager
         if image.is_2d or image.array.ndim == 4:  # a photo or RGB volume: slice views only
@@ -207,7 +244,12 @@ class DeLightSAMWebApp:
             self.server.state.dls_loaded = True
             self.server.state.dls_progress = 0
             self.server.state.dls_box_mode = False  # a new image starts in the views' own interaction
-            if self.server.state.dls_save_kind == "dicom-seg" and not image.dicom_files:
+            self.server.state.dls_save_kinds = _saveKinds(fetched is not None)
+            if fetched is not None:
+                self.server.state.dls_save_kind = saving.DICOMWEB  # back where it came from, by default
+            elif self.server.state.dls_save_kind == saving.DICOMWEB:
+                self.server.state.dls_save_kind = "dicom-seg" if image.dicom_files else "seg.nrrd"
+            elif self.server.state.dls_save_kind == "dicom-seg" and not image.dicom_files:
                 self.server.state.dls_save_kind = "seg.nrrd"  # a DICOM SEG needs a DICOM image
             # Auto is the default for an image whose DICOM header names a modality the model knows (as in Slicer's
             # effect); any other image gets back the modality last chosen by hand.
@@ -216,10 +258,11 @@ class DeLightSAMWebApp:
             elif self.server.state.dls_modality == AUTO:
                 self.server.state.dls_modality = self._chosenModality
             shape = " x ".join(str(size) for size in image.array.shape)
+            shown = name if fetched is not None else image.source.name
             if chosen is not None:
-                self.status(f"loaded {image.source.name} ({shape}); modality Auto: {chosen.reason}; press Apply")
+                self.status(f"loaded {shown} ({shape}); modality Auto: {chosen.reason}; press Apply")
             else:
-                self.status(f"loaded {image.source.name} ({shape}); choose the modality and press Apply")
+                self.status(f"loaded {shown} ({shape}); choose the modality and press Apply")
 
     def fileForInstance(self, instanceUID: str) -> str:
         """The file of a SOP instance this server loaded (its own record: there is no DICOM database here)."""
@@ -373,13 +416,10 @@ class DeLightSAMWebApp:
             self._renderSliceViews()
 
     # ------------------------------------------------------------------ saving
-    def saveBytes(self, kind: Optional[str] = None) -> tuple[str, bytes]:
-        """(file name, content) of the segmentation as ``kind`` ("seg.nrrd", "dicom-seg", "labelmap")."""
+    def _segmentationToSave(self):
+        """(labels on the image's grid, segment descriptions, provenance) of the segmentation shown."""
         from DeLightSAMLib.cohort.formats import provenance_for
 
-        kind = kind or self.server.state.dls_save_kind
-        if kind not in SAVE_KINDS:
-            raise SegmentationError(f"cannot save as '{kind}'; choose one of {', '.join(SAVE_KINDS)}")
         volume, segmentation, _segmentId = self._target()
         ids = self.editor.get_segment_ids()
         labels = saving.segment_labels(self.scene, self.slicerApp.segmentations_logic, segmentation, volume, ids)
@@ -389,11 +429,42 @@ class DeLightSAMWebApp:
             options = SegmentationOptions(modality=chosen.modality if chosen else AUTO, threshold=options.threshold)
         provenance = provenance_for(self.predictors.checkpoints.get(AUTOMATIC), options.threshold, options.modality)
         segments = saving.segment_descriptions(segmentation, ids)
-        return saving.write_segmentation(labels, self.loaded.image, segments, kind, provenance)
+        return labels, segments, provenance
+
+    def saveBytes(self, kind: Optional[str] = None) -> tuple[str, bytes]:
+        """(file name, content) of the segmentation as ``kind`` ("seg.nrrd", "dicom-seg", "labelmap")."""
+        kind = kind or self.server.state.dls_save_kind
+        if kind not in SAVE_KINDS:
+            raise SegmentationError(f"cannot save as '{kind}'; choose one of {', '.join(SAVE_KINDS)}")
+        labels, segments, provenance = self._segmentationToSave()
+        stem = self.loaded.dicomweb.series if self.loaded.dicomweb is not None else ""
+        return saving.write_segmentation(labels, self.loaded.image, segments, kind, provenance, stem)
+
+    async def storeToDicomweb(self):
+        """Store the segmentation as a DICOM SEG (the command line's writer) to the DICOMweb service the image came
+        from (the command line's ``--store-to``); the stored dataset. The request runs off the event loop."""
+        from DeLightSAMLib.cohort import dicomweb
+
+        series = self.loaded.dicomweb if self.loaded is not None else None
+        if series is None:
+            raise SegmentationError("this image did not come from a DICOMweb server; save it as a file instead")
+        labels, segments, provenance = self._segmentationToSave()
+        dataset = saving.dicom_seg_dataset(labels, self.loaded.image, segments, provenance)
+        await asyncio.to_thread(dicomweb.store, series.url, dataset)
+        return dataset
 
     async def onSave(self):
-        """The download's bytes (trame's attachment), or None with the reason in the status line."""
+        """The download's bytes (trame's attachment), or None with the reason in the status line; for a DICOMweb
+        image with "store to DICOMweb" chosen, None once the DICOM SEG is stored (the status line says where)."""
         try:
+            if self.server.state.dls_save_kind == saving.DICOMWEB:
+                self.status("storing to DICOMweb ...")
+                dataset = await self.storeToDicomweb()
+                self.status(
+                    f"stored a DICOM SEG to {self.loaded.dicomweb.url}: study {dataset.StudyInstanceUID}, "
+                    f"series {dataset.SeriesInstanceUID}"
+                )
+                return None
             name, content = self.saveBytes()
         except (SegmentationError, DeLightSAMError) as error:
             self.status(f"not saved: {error}", True)
@@ -405,6 +476,11 @@ class DeLightSAMWebApp:
         self.server.state.dls_save_name = name
         self.status(f"saved {name} ({len(content)} bytes)")
         return self.server.protocol.addAttachment(content)
+
+
+def _saveKinds(dicomweb: bool) -> list[dict]:
+    kinds = [{"value": kind, "text": kind} for kind in SAVE_KINDS]
+    return kinds + ([{"value": saving.DICOMWEB, "text": DICOMWEB_TEXT}] if dicomweb else [])
 
 
 def _matrix(vtkMatrix) -> np.ndarray:
