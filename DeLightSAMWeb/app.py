@@ -7,6 +7,7 @@ Everything that touches MRML or VTK runs on the server's event loop; model runs 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,10 +19,11 @@ from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.registry import MODALITIES
 from DeLightSAMSlicerLib.Geometry import SegmentationError
 from DeLightSAMSlicerLib.HeaderModality import AUTO, headerModality, resolveModality
-from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, ReusedEncoding
+from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationOptions
 
 from . import loading, saving
+from .ahead import EncodingAhead, InProcessClient
 from .runs import RunReport, RunScheduler
 from .writer import SegmentEditorWriter
 
@@ -35,7 +37,9 @@ AUTO_TEXT = "Auto (from the DICOM header)"
 
 
 class Predictors:
-    """One predictor per model, loaded on first use from the server's own checkpoints (never from the browser)."""
+    """One predictor per model, loaded on first use from the server's own checkpoints (never from the browser), each
+    an ``EncodingCache`` (the worker's): the last few slices' encodings are kept, so that Apply on a slice encoded
+    ahead, or several boxes on one slice, run the encoder once."""
 
     def __init__(self, checkpoints: dict, device: str) -> None:
         self.checkpoints = checkpoints  # model -> registry name or path (None: the default)
@@ -54,8 +58,14 @@ class Predictors:
             if isinstance(predictor, BoxPredictor) != (model == BOX):
                 kind = "LiteMedSAM" if model == BOX else "De-LightSAM"
                 raise DeLightSAMError(f"{reference} does not hold {kind} weights; give {kind} weights for this model")
-            self._loaded[model] = ReusedEncoding(predictor) if model == BOX else predictor
+            from DeLightSAMSlicerLib.Worker import EncodingCache
+
+            self._loaded[model] = EncodingCache(predictor)
         return self._loaded[model]
+
+    def loaded(self, model: str):
+        """``model``'s predictor if it is loaded already, else None (encoding ahead never loads a model)."""
+        return self._loaded.get(model)
 
     def deviceName(self) -> str:
         for predictor in self._loaded.values():
@@ -89,7 +99,11 @@ class DeLightSAMWebApp:
         self.editor = self.slicerApp.segmentation_editor
         self.predictors = Predictors({AUTOMATIC: checkpoint, BOX: boxCheckpoint}, device)
         self.logic = DeLightSAMMRMLLogic(self.predictors)
-        self.scheduler = RunScheduler(self.predictors, self.editor, self.predictors.deviceName)
+        # every model pass (runs and encodings ahead) on one thread: a predictor is never used by two at once
+        self.modelThread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="delightsam-model")
+        self.scheduler = RunScheduler(self.predictors, self.editor, self.predictors.deviceName, self.modelThread)
+        self.ahead = EncodingAhead(InProcessClient(self.predictors.loaded, self.modelThread), self._aheadView)
+        server.controller.on_server_ready.add(lambda **_kwargs: self.ahead.start())
         self.scheduler.onProgress = self._onProgress
         self.scheduler.onDone = self._onDone
         self.uploads = loading.UploadFolder()
@@ -153,6 +167,24 @@ class DeLightSAMWebApp:
     def _onModality(self, dls_modality, **_kwargs) -> None:
         if dls_modality != AUTO and dls_modality in MODALITIES:
             self._chosenModality = dls_modality
+
+    def _aheadView(self):
+        """What encoding ahead may encode now: the Red view's slice for the model the next action uses (LiteMedSAM
+        in box mode), once that model is loaded and while no run is under way; else None."""
+        if self.loaded is None or self.scheduler.busy:
+            return None
+        model = BOX if self.server.state.dls_box_mode else AUTOMATIC
+        if self.predictors.loaded(model) is None:
+            return None
+        volume, sliceNode = self.loaded.node, self.sliceNode("Red")
+
+        def read():
+            try:
+                return self.logic.sliceView(volume, sliceNode)
+            except (SegmentationError, DeLightSAMError):  # nothing to encode (a 4D volume): Apply will say why
+                return None
+
+        return volume, sliceNode, model, str(self.predictors.checkpoints.get(model)), read
 
     # ------------------------------------------------------------------ status
     def status(self, text: str, error: bool = False) -> None:
@@ -219,6 +251,7 @@ class DeLightSAMWebApp:
         if self.scheduler.busy:
             self.scheduler.cancel()
         self.scene.Clear()
+        self.ahead.reset()
         if self.fetched is not None and self.fetched is not fetched:
             self.fetched.close()  # the series shown before: its temporary files go
         self.fetched = fetched
