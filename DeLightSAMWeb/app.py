@@ -18,7 +18,7 @@ from DeLightSAMLib.errors import DeLightSAMError
 from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.registry import MODALITIES
 from DeLightSAMSlicerLib.Geometry import SegmentationError
-from DeLightSAMSlicerLib.HeaderModality import AUTO, headerModality, resolveModality
+from DeLightSAMSlicerLib.HeaderModality import AUTO, dicomFile, headerModality, resolveModality
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationOptions
 
@@ -374,10 +374,18 @@ class DeLightSAMWebApp:
     def automaticOptions(self) -> Optional[SegmentationOptions]:
         """The options of a De-LightSAM run, Auto replaced by the header's modality; None (the reason in the status
         line) when Auto finds none."""
-        try:
-            options, chosen = resolveModality(
-                self.options(), self.loaded.node if self.loaded else None, self.fileForInstance
+        volume = self.loaded.node if self.loaded else None
+        if self.options().modality == AUTO and dicomFile(volume, self.fileForInstance) is None:
+            # (HeaderModality's own message speaks of Slicer's DICOM database, which the browser has not)
+            name = self.loaded.name if self.loaded else "the image"
+            self.status(
+                f"{name} is not a DICOM image, so it has no DICOM header to read the modality from: choose "
+                "the modality",
+                True,
             )
+            return None
+        try:
+            options, chosen = resolveModality(self.options(), volume, self.fileForInstance)
         except DeLightSAMError as error:
             self.status(str(error), True)
             return None

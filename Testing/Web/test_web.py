@@ -270,6 +270,7 @@ def test_a_dicom_upload_is_saved_as_dicom_seg_of_its_series(page, tmp_path):
     source = Path(get_testdata_file("CT_small.dcm"))
     upload(page, source)
     expect_status(page, r"loaded CT_small\.dcm \(128 x 128\)")
+    assert page.locator('[data-testid="modality"]').input_value() == "dermoscopy"  # CT: not a modality Auto knows
     page.locator('[data-testid="apply"]').click()
     expect_status(page, r"voxels added", timeout=120)
     page.locator('[data-testid="save-format"]').select_option("dicom-seg")
@@ -401,7 +402,10 @@ def test_a_dicom_upload_chooses_auto_modality_from_its_header(page, web_volume):
     modality.select_option("auto")
     page.locator('[data-testid="apply"]').click()
     text = expect_status(page, r"no DICOM header")
-    assert "choose the modality" in text and page.locator('[data-testid="status"].text-error').count() == 1
+    assert (
+        text == "ct is not a DICOM image, so it has no DICOM header to read the modality from: choose the modality"
+        and page.locator('[data-testid="status"].text-error').count() == 1
+    )
 
 
 def test_a_slice_looked_at_is_encoded_ahead_and_apply_runs_no_encoder(page, tmp_path, reference_weights_path):
