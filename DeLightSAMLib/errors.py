@@ -39,3 +39,13 @@ class ArgumentError(DeLightSAMError, ValueError):
 
 class HeaderModalityError(DeLightSAMError, ValueError):
     """An image whose header cannot choose the modality: no DICOM header, or one naming none the model knows."""
+
+
+def first_line(error: BaseException) -> str:
+    """The line of an exception's message that says what went wrong, for a one-line report: its first line, except
+    for SimpleITK's, whose first line says where in SimpleITK's C++ code it was thrown and whose ``sitk::ERROR:``
+    line says what happened; the exception's type name when the message is empty."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return next((line for line in lines if line.startswith("sitk::ERROR")), lines[0])

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_file
-from .errors import ImageError
+from .errors import ImageError, first_line
 from .filecheck import check_complete
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -27,6 +27,7 @@ DICOM_SUFFIXES = ("", ".dcm", ".ima", ".dicom")  # a file without a suffix is ta
 # What a mask is written as: lossless 2D images (0/255; JPEG's compression would blur the edges into other values)
 # and single-file volumes (a detached header written under a temporary name would name a temporary data file).
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
 VOLUME_MASK_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
 
 
@@ -54,6 +55,16 @@ def full_suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+def dicom_series(folder: str | os.PathLike) -> list[list[Path]]:
+    """The DICOM series in ``folder`` (not its subfolders), grouped by SeriesInstanceUID with SimpleITK's GDCM, each
+    as its files in slice order (patient position); the one reader of DICOM series here."""
+    reader = sitk.ImageSeriesReader()
+    return [
+        [Path(name) for name in reader.GetGDCMSeriesFileNames(str(folder), uid)]
+        for uid in reader.GetGDCMSeriesIDs(str(folder))
+    ]
+
+
 def read_image(path: str | os.PathLike) -> LoadedImage:
     """Read a PNG/JPEG/TIFF/BMP, any SimpleITK format (NIfTI, NRRD, MHA, ...), a DICOM file or a DICOM folder."""
     path = Path(path).expanduser()
@@ -63,14 +74,13 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         check_complete(path)  # SimpleITK reads some cut-off files as if the missing voxels were zeros
     try:
         if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
+            series = dicom_series(path)
             if not series:
                 raise ImageError(f"no DICOM series found in folder {path}; give an image file or a DICOM series folder")
-            files = reader.GetGDCMSeriesFileNames(str(path), series[0])
-            reader.SetFileNames(files)
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames([str(name) for name in series[0]])
             image = reader.Execute()
-            dicom_files = tuple(Path(name) for name in files)
+            dicom_files = tuple(series[0])
         else:
             image = sitk.ReadImage(str(path))
             dicom_files = (path,) if path.suffix.lower() in DICOM_SUFFIXES else ()
@@ -80,9 +90,9 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
 
             pixels = read_png(path)
             return _loaded(pixels, sitk.GetImageFromArray(pixels, isVector=True), path)
-        first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
         raise ImageError(
-            f"cannot read {path} as an image ({first[:160]}); use PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA or DICOM"
+            f"cannot read {path} as an image ({first_line(error)[:160]}); use PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA "
+            "or DICOM"
         ) from error
     return _loaded(sitk.GetArrayFromImage(image), image, path, dicom_files)
 
@@ -97,9 +107,8 @@ def read_dicom_series(files: Sequence[Path], source: Path) -> LoadedImage:
         reader.SetFileNames([str(path) for path in files])
         image = reader.Execute()
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
         raise ImageError(
-            f"cannot read the DICOM series in {source} ({first[:160]}); check that its files are complete"
+            f"cannot read the DICOM series in {source} ({first_line(error)[:160]}); check that its files are complete"
         ) from error
     return _loaded(sitk.GetArrayFromImage(image), image, Path(source), tuple(files))
 
@@ -143,14 +152,12 @@ def mask_writer(
         values = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
     else:
         values = (mask > 0).astype(np.uint8) * (255 if plain else 1)
+    ref = reference.image if reference is not None and not plain else None
+    if ref is not None and ref.GetDimension() == 3 and values.ndim == 2 and ref.GetSize()[2] == 1:
+        values = values[None]  # a single-slice volume (one DICOM file): one slice, keeping its place in space
     image = sitk.GetImageFromArray(values)
-    if reference is not None and not plain:
-        ref = reference.image
-        if ref.GetDimension() == image.GetDimension() and ref.GetSize() == image.GetSize():
-            image.CopyInformation(ref)
-        elif ref.GetDimension() == 3 and image.GetDimension() == 2:  # single-slice volume written as 2D
-            image.SetOrigin(ref.GetOrigin()[:2])
-            image.SetSpacing(ref.GetSpacing()[:2])
+    if ref is not None and ref.GetDimension() == image.GetDimension() and ref.GetSize() == image.GetSize():
+        image.CopyInformation(ref)  # origin (z too), spacing, direction
     return lambda temporary: sitk.WriteImage(image, str(temporary), True)
 
 
@@ -184,8 +191,7 @@ def write_files(outputs: Sequence[tuple[str | os.PathLike, Writer]]) -> list[Pat
                 # the suffix picks the file format for SimpleITK
                 write(stack.enter_context(atomic_file(target, suffix=full_suffix(target))))
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1][:160] if str(error).strip() else type(error).__name__
-        raise ImageError(f"cannot write {target} ({reason}); nothing was written") from error
+        raise ImageError(f"cannot write {target} ({first_line(error)[:160]}); nothing was written") from error
     except OSError as error:
         raise ImageError(f"cannot write {target} ({error.strerror or error}); nothing was written") from error
     return targets
@@ -211,7 +217,14 @@ def check_output_path(
     target = Path(target).expanduser()
     suffix = full_suffix(target)
     if suffix not in suffixes:
-        raise ImageError(f"{what} {target}: unsupported file type '{suffix or '(none)'}'; use {', '.join(suffixes)}")
+        why = (
+            " (JPEG is lossy: a mask would not stay 0/255, its edges would blur into other values)"
+            if suffix in LOSSY_SUFFIXES
+            else ""
+        )
+        raise ImageError(
+            f"{what} {target}: unsupported file type '{suffix or '(none)'}'{why}; use {', '.join(suffixes)}"
+        )
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise ImageError(f"{what} {target}: the folder {folder} does not exist; create it first")

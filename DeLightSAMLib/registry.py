@@ -8,7 +8,9 @@ entry, so a checkpoint trained with another order can say so.
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Union
 
 from .config import DEFAULT_CONFIG, LITEMEDSAM_CONFIG, LiteMedSAMConfig, ModelConfig
@@ -103,6 +105,12 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {
         modality_map={},
     ),
 }
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a checkpoint given by the user is a file path rather than a registry name: it has a suffix or a
+    folder separator (registry names have neither)."""
+    return bool(PurePath(text).suffix) or "/" in text or os.sep in text
 
 
 def get_checkpoint_entry(name: str) -> CheckpointEntry:

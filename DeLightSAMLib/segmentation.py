@@ -8,6 +8,7 @@ Arrays are numpy in SimpleITK's order ([k, j, i]); image axis i=0, j=1, k=2 is n
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,6 +19,8 @@ from .imageio import LoadedImage
 from .progress import ProgressCallback
 from .registry import BOX_CHECKPOINT
 from .transforms import Window
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,12 +84,12 @@ def check_boxes(
     if loaded.is_2d:
         if slices is not None:
             raise DeLightSAMError(f"--slices is for 3D volumes; {loaded.source} is a 2D image")
-        clip_boxes(boxes, loaded.array.shape[:2])
+        _say_clipped(boxes, clip_boxes(boxes, loaded.array.shape[:2]), loaded.array.shape[:2], loaded)
         return None
     numpy_axis = 2 - axis
     count = loaded.array.shape[numpy_axis]
     slice_shape = tuple(size for index, size in enumerate(loaded.array.shape[:3]) if index != numpy_axis)
-    clip_boxes(boxes, slice_shape)
+    _say_clipped(boxes, clip_boxes(boxes, slice_shape), slice_shape, loaded)
     first, last = slices if slices is not None else (0, count - 1)
     if not 0 <= first <= last < count:
         raise DeLightSAMError(
@@ -94,6 +97,21 @@ def check_boxes(
             f"slices along axis {axis}); FIRST must not exceed LAST"
         )
     return first, last
+
+
+def _say_clipped(boxes: np.ndarray, clipped: np.ndarray, shape: tuple[int, ...], loaded: LoadedImage) -> None:
+    """One line per box that reaches outside the image: the box that is segmented instead."""
+    for number, (given, inside) in enumerate(zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), clipped), 1):
+        if not np.array_equal(given, inside):
+            logger.warning(
+                "box %d (%s) reaches outside %s (%d x %d pixels, width x height): clipped to %s",
+                number,
+                " ".join(f"{value:g}" for value in given),
+                loaded.source.name,
+                shape[1],
+                shape[0],
+                " ".join(f"{value:g}" for value in inside),
+            )
 
 
 def by_modality(

@@ -20,6 +20,7 @@ address in a row gives all its cases, with the row's settings.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -30,11 +31,11 @@ import SimpleITK as sitk
 
 from ..errors import DeLightSAMError, ImageError
 from ..header_modality import is_auto, modality_for_code, modality_from_header
-from ..imageio import DICOM_SUFFIXES, PLAIN_IMAGE_SUFFIXES, VOLUME_SUFFIXES, full_suffix
-from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT, resolve_modality
+from ..imageio import DICOM_SUFFIXES, PLAIN_IMAGE_SUFFIXES, VOLUME_SUFFIXES, dicom_series, full_suffix
+from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT, looks_like_path, resolve_modality
 from . import FORMATS
 from .dicomweb import NOT_IMAGES, DicomwebSeries, is_dicomweb, list_series
-from .formats import default_suffix
+from .formats import DICOM_SEG_SUFFIX, default_suffix
 
 # Never inputs: tables, arrays, checkpoints, notes, logs.
 SKIPPED_SUFFIXES = (".csv", ".json", ".jsonl", ".npy", ".npz", ".pth", ".pt", ".txt", ".md", ".log", ".py", ".zip")
@@ -53,7 +54,7 @@ Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
-class Settings:
+class CaseSettings:
     """What a case is segmented with: from the command line, overridden per manifest row."""
 
     checkpoint: Optional[str] = None  # None: the model's default (De-LightSAM by modality, LiteMedSAM by box)
@@ -75,13 +76,25 @@ class Case:
 
     name: str
     source: Union[Path, DicomwebSeries]
-    settings: Settings
+    settings: CaseSettings
     output: Optional[Path]
     dicom_files: tuple[Path, ...] = ()
+    origin: str = ""  # where the case was named, for messages: "manifest M row N", or "" for the command line
+    fallback: Optional[Path] = None  # where the result goes when DICOM SEG, chosen by --format auto, cannot be made
+
+    @property
+    def where(self) -> str:
+        """The case as a message names it: its manifest row too when it has one."""
+        return f"{self.origin} ({self.name})" if self.origin else self.name
 
     @property
     def is_dicom(self) -> bool:
         return bool(self.dicom_files) or isinstance(self.source, DicomwebSeries)
+
+    def check_prompt(self) -> None:
+        """A case is segmented by a modality (De-LightSAM) or a box (LiteMedSAM): refuse one that has neither."""
+        if self.settings.modality is None and self.settings.box is None:
+            raise DeLightSAMError(f"no modality for {self.where}; give --modality or a manifest modality column")
 
     @property
     def checkpoint(self) -> str:
@@ -97,7 +110,7 @@ class Case:
 
 def collect_cases(
     inputs: Sequence[str],
-    settings: Settings,
+    settings: CaseSettings,
     output_dir: Optional[Path] = None,
     store_only: bool = False,
     exclude: Sequence[Path] = (),
@@ -112,16 +125,7 @@ def collect_cases(
     cases: list[Case] = []
     for text in inputs:
         cases += finder.cases_for(str(text), settings, Path.cwd())
-    seen: dict[Path, str] = {}
-    for case in cases:
-        if case.output is None:
-            continue
-        other = seen.setdefault(case.output.resolve(), case.name)
-        if other != case.name:
-            raise DeLightSAMError(
-                f"{other} and {case.name} would both write {case.output}; give them different "
-                "outputs (a manifest's output column) or an --output-dir"
-            )
+    _check_outputs(cases, finder.manifests)
     return choose_modalities(cases)
 
 
@@ -141,7 +145,41 @@ def choose_modalities(cases: Sequence[Case]) -> list[Case]:
     return chosen
 
 
-def read_manifest(path: Path, settings: Settings) -> list[tuple[int, str, Optional[Path], Settings]]:
+def _check_outputs(cases: list[Case], manifests: Sequence[Path]) -> None:
+    """Refuse, before anything runs, a result path that lands on an input of the run (any case's file or series
+    file, a manifest, a checkpoint file, a folder) or on another case's result."""
+    inputs: dict[Path, str] = {}
+    for manifest in manifests:
+        inputs.setdefault(manifest.resolve(), f"the manifest {manifest}")
+    for case in cases:
+        if isinstance(case.source, Path):
+            inputs.setdefault(case.source.resolve(), f"the input of {case.where}")
+        for file in case.dicom_files:
+            inputs.setdefault(file.resolve(), f"a DICOM file of {case.where}")
+        checkpoint = case.settings.checkpoint
+        if checkpoint and Path(checkpoint).expanduser().is_file():
+            inputs.setdefault(Path(checkpoint).expanduser().resolve(), f"the checkpoint of {case.where}")
+    seen: dict[Path, Case] = {}
+    for case in cases:
+        for output in (case.output, case.fallback):
+            if output is None:
+                continue
+            resolved = output.resolve()
+            if resolved in inputs or output.is_dir():
+                what = inputs.get(resolved, "a folder")
+                raise DeLightSAMError(
+                    f"{case.where}: its result {output} would overwrite {what}; choose another output "
+                    "(a manifest's output column or --output-dir)"
+                )
+            other = seen.setdefault(resolved, case)
+            if other is not case:
+                raise DeLightSAMError(
+                    f"{other.where} and {case.where} would both write {output}; give them different "
+                    "outputs (a manifest's output column) or an --output-dir"
+                )
+
+
+def read_manifest(path: Path, settings: CaseSettings) -> list[tuple[int, str, Optional[Path], CaseSettings]]:
     """(row number, input, output or None, settings) per row of a manifest; a bad row is a ManifestError."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -166,8 +204,8 @@ def read_manifest(path: Path, settings: Settings) -> list[tuple[int, str, Option
         checkpoint = row.get("checkpoint") or row.get("model")
         if checkpoint:
             resolved = Path(checkpoint).expanduser()
-            looks_like_path = resolved.suffix or "/" in checkpoint or os.sep in checkpoint
-            checkpoint = str(resolved if resolved.is_absolute() or not looks_like_path else path.parent / resolved)
+            relative = looks_like_path(checkpoint) and not resolved.is_absolute()
+            checkpoint = str(path.parent / resolved if relative else resolved)
             row_settings = replace(row_settings, checkpoint=checkpoint)
         if row.get("modality"):
             _check_modality(row["modality"], where)
@@ -193,8 +231,10 @@ def parse_box(text: str, where: str) -> Box:
         box = tuple(float(v) for v in values)
     except ValueError:
         box = ()
-    if len(box) != 4:
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
         raise ManifestError(f"{where}: box '{text}' is not four numbers X0 Y0 X1 Y1")
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ManifestError(f"{where}: box '{text}' is empty or inverted; it needs X0 < X1 and Y0 < Y1")
     return box  # type: ignore[return-value]
 
 
@@ -202,7 +242,10 @@ def parse_slices(text: str, where: str) -> tuple[int, int]:
     values = [v for v in re.split(r"[\s,;]+", text.strip()) if v]
     if len(values) != 2 or not all(v.isdigit() for v in values):
         raise ManifestError(f"{where}: slices '{text}' is not two slice numbers FIRST LAST")
-    return int(values[0]), int(values[1])
+    first, last = int(values[0]), int(values[1])
+    if first > last:
+        raise ManifestError(f"{where}: slices '{text}' is inverted; FIRST must not exceed LAST")
+    return first, last
 
 
 def check_format(name: str, where: str) -> str:
@@ -237,20 +280,41 @@ class _Finder:
         self.store_only = store_only
         self.exclude = exclude + ([output_dir.resolve()] if output_dir else [])
         self.several_roots = several_roots
+        self.manifests: list[Path] = []
+        # while a manifest's rows are read: the folder holding all their inputs, mirrored under the output folder
+        self.mirror_from: Optional[Path] = None
 
-    def cases_for(self, text: str, settings: Settings, base: Path, output: Optional[Path] = None) -> list[Case]:
+    def cases_for(
+        self,
+        text: str,
+        settings: CaseSettings,
+        base: Path,
+        output: Optional[Path] = None,
+        origin: str = "",
+    ) -> list[Case]:
         if is_dicomweb(text):
             cases = [self._dicomweb_case(series, settings) for series in list_series(text)]
         elif text.lower().endswith(".csv"):
             manifest = _absolute(text, base)
             if not manifest.is_file():
                 raise ImageError(f"manifest not found: {manifest}")
+            self.manifests.append(manifest)
+            rows = read_manifest(manifest, settings)
+            # a manifest's results are mirrored as a folder's are: from the folder that holds all its inputs
+            local = [_absolute(row_input, manifest.parent).resolve() for _, row_input, _, _ in rows]
+            local = [path for path in local if not is_dicomweb(str(path))]
+            common = Path(os.path.commonpath([manifest.parent.resolve(), *(p.parent for p in local)]))
             cases = []
-            for number, row_input, row_output, row_settings in read_manifest(manifest, settings):
-                found = self.cases_for(row_input, row_settings, manifest.parent, row_output)
+            for number, row_input, row_output, row_settings in rows:
+                where = f"manifest {manifest} row {number}"
+                outer, self.mirror_from = self.mirror_from, common
+                try:
+                    found = self.cases_for(row_input, row_settings, manifest.parent, row_output, where)
+                finally:
+                    self.mirror_from = outer
                 if row_output is not None and len(found) != 1:
                     raise ManifestError(
-                        f"manifest {manifest} row {number}: {row_input} holds {len(found)} cases but "
+                        f"{where}: {row_input} holds {len(found)} cases but "
                         "the row names one output; leave output empty or name one series"
                     )
                 cases += found
@@ -258,15 +322,17 @@ class _Finder:
         else:
             path = _absolute(text, base)
             if not path.exists():
-                raise ImageError(f"input not found: {path}")
+                raise ImageError(f"input not found: {origin + ': ' if origin else ''}{path}")
             if path.is_dir():
                 cases = self._folder_cases(path, settings)
                 if not cases:
                     raise NoCasesError(f"no images, volumes or DICOM series found in {path}")
             else:
-                cases = [self._file_case(path, path.parent, None, settings)]
+                cases = [self._file_case(path, path.parent, self.mirror_from, settings)]
         if output is not None:
-            cases = [replace(case, output=output) for case in cases]
+            cases = [replace(case, output=output, fallback=None) for case in cases]
+        if origin:
+            cases = [replace(case, origin=origin) for case in cases]
         return cases
 
     # ----------------------------------------------------------------------------------- files and folders
@@ -275,7 +341,7 @@ class _Finder:
         source: Path,
         folder: Path,
         root: Optional[Path],
-        settings: Settings,
+        settings: CaseSettings,
         dicom: Sequence[Path],
         stem: Optional[str] = None,
     ) -> Path:
@@ -288,10 +354,18 @@ class _Finder:
             return folder / f"{stem}_mask{suffix}"
         if root is None:
             return self.output_dir / f"{stem}_mask{suffix}"
+        if self.mirror_from is not None:  # a manifest's row: its place below the folder holding all rows' inputs
+            return self.output_dir / folder.resolve().relative_to(self.mirror_from) / f"{stem}_mask{suffix}"
         mirrored = self.output_dir / (root.name if self.several_roots else "") / folder.relative_to(root)
         return mirrored / f"{stem}_mask{suffix}"
 
-    def _folder_cases(self, root: Path, settings: Settings) -> list[Case]:
+    def _fallback(self, output: Path, settings: CaseSettings, dicom: Sequence[Path]) -> Optional[Path]:
+        """With --format auto, a DICOM case's result is a DICOM SEG; where that cannot be made, this .seg.nrrd."""
+        if settings.format or not dicom:
+            return None
+        return output.with_name(output.name[: -len(DICOM_SEG_SUFFIX)] + FORMATS["seg.nrrd"])
+
+    def _folder_cases(self, root: Path, settings: CaseSettings) -> list[Case]:
         cases = []
         for folder, subfolders, files in os.walk(root):
             here = Path(folder)
@@ -316,32 +390,30 @@ class _Finder:
                     cases.append(self._file_case(path, here, root, settings))
         return sorted(cases, key=lambda c: c.name)
 
-    def _file_case(self, path: Path, folder: Path, root: Optional[Path], settings: Settings) -> Case:
+    def _file_case(self, path: Path, folder: Path, root: Optional[Path], settings: CaseSettings) -> Case:
         dicom = (path,) if path.suffix.lower() in DICOM_SUFFIXES else ()
-        return Case(str(path), path, settings, self._output(path, folder, root, settings, dicom), dicom)
+        output = self._output(path, folder, root, settings, dicom)
+        return Case(str(path), path, settings, output, dicom, fallback=self._fallback(output, settings, dicom))
 
-    def _series_case(self, folder: Path, root: Path, files: list[Path], settings: Settings, several: bool) -> Case:
+    def _series_case(self, folder: Path, root: Path, files: list[Path], settings: CaseSettings, several: bool) -> Case:
         parent_root = root if folder != root else folder.parent
         name, stem = str(folder), folder.name
         if several:  # series sharing a folder are told apart by their number
             label = _series_label(files[0])
             name, stem = f"{folder} [series {label}]", f"{folder.name}_{label}"
-        return Case(
-            name,
-            folder,
-            settings,
-            self._output(folder, folder.parent, parent_root, settings, files, stem),
-            tuple(files),
-        )
+        output = self._output(folder, folder.parent, parent_root, settings, files, stem)
+        return Case(name, folder, settings, output, tuple(files), fallback=self._fallback(output, settings, files))
 
-    def _dicomweb_case(self, series: DicomwebSeries, settings: Settings) -> Case:
+    def _dicomweb_case(self, series: DicomwebSeries, settings: CaseSettings) -> Case:
         if self.output_dir is None and not self.store_only:
             raise DeLightSAMError("DICOMweb input needs --output-dir DIR (files) or --store-to URL (back to a server)")
+        automatic = not settings.format
         settings = settings if settings.format else replace(settings, format="dicom-seg")
-        output = None
+        output = fallback = None
         if self.output_dir is not None:
             output = self.output_dir / series.study / f"{series.series}_mask{FORMATS[settings.format]}"
-        return Case(f"{series.study}/{series.series}", series, settings, output)
+            fallback = output.with_name(f"{series.series}_mask{FORMATS['seg.nrrd']}") if automatic else None
+        return Case(f"{series.study}/{series.series}", series, settings, output, fallback=fallback)
 
 
 def _absolute(text: str, base: Path) -> Path:
@@ -351,10 +423,8 @@ def _absolute(text: str, base: Path) -> Path:
 
 def _dicom_series(folder: Path) -> list[list[Path]]:
     """The image series in ``folder`` (not its subfolders), each as its files in slice order."""
-    reader = sitk.ImageSeriesReader()
     series = []
-    for uid in reader.GetGDCMSeriesIDs(str(folder)):
-        files = [Path(name) for name in reader.GetGDCMSeriesFileNames(str(folder), uid)]
+    for files in dicom_series(folder):
         files = [f for f in files if not is_result_name(f)]
         if files and _dicom_tag(files[0], "0008|0060").upper() not in NOT_IMAGES:
             series.append(files)

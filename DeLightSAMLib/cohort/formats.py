@@ -10,7 +10,6 @@ segment) or 0..N with value i for segment i (several boxes).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import __version__
-from ..errors import ImageError
+from ..errors import ImageError, first_line
 from ..imageio import (
     PLAIN_IMAGE_SUFFIXES,
     VOLUME_MASK_SUFFIXES,
@@ -29,12 +28,16 @@ from ..imageio import (
     write_files,
 )
 from ..overlay import PALETTE
-from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT
+from ..registry import BOX_CHECKPOINT, OFFICIAL_CHECKPOINT, looks_like_path
 from . import FORMATS
 from .extras import require
 
 SLICER_SUFFIX = FORMATS["seg.nrrd"]
 DICOM_SEG_SUFFIX = FORMATS["dicom-seg"]
+
+
+class SegmentationUnsupportedError(ImageError):
+    """DICOM SEG cannot describe this case (its source images lack what a SEG must reference); another format can."""
 
 
 @dataclass(frozen=True)
@@ -117,9 +120,7 @@ def provenance_for(
     """De-LightSAM by ``modality``, or LiteMedSAM by ``boxes``, with ``checkpoint`` (a registry name, or a path:
     its file name; None: the model's default)."""
     checkpoint = checkpoint or (BOX_CHECKPOINT if boxes is not None else OFFICIAL_CHECKPOINT)
-    label = (
-        Path(checkpoint).name if ("/" in checkpoint or os.sep in checkpoint or Path(checkpoint).suffix) else checkpoint
-    )
+    label = Path(checkpoint).name if looks_like_path(checkpoint) else checkpoint
     parameters = {"threshold": f"{threshold:g}"}
     if modality is not None:
         parameters["modality"] = modality
@@ -255,21 +256,27 @@ def read_dicom_headers(files: Sequence[Path]) -> list:
     return [pydicom.dcmread(str(path), stop_before_pixels=True) for path in files]
 
 
+def check_dicom_input(target: Optional[Path], is_dicom: bool, source) -> None:
+    """A DICOM SEG references its source images: refuse one (``target``, or ``None`` for "a DICOM SEG") for an input
+    that is not DICOM, naming the input and the formats that fit."""
+    if is_dicom or (target is not None and output_kind(target) != "dicom-seg"):
+        return
+    what = f"a DICOM SEG ({target.name})" if target is not None else "a DICOM SEG"
+    raise ImageError(f"{what} needs DICOM input; {source} is not DICOM: choose --format nrrd, nii.gz or seg.nrrd")
+
+
 def dicom_segmentation(result: Result, dicom_files: Sequence[Path], source: Path):
     """A binary DICOM Segmentation of the series ``dicom_files`` (in slice order: ``labels[k]`` is file k), segment
     i where the labels are i."""
     labels, segments, provenance = result.labels, result.segments, result.provenance
-    if not dicom_files:
-        raise ImageError(
-            f"a DICOM SEG needs DICOM input; {source} is not DICOM: choose --format nrrd, nii.gz or seg.nrrd"
-        )
+    check_dicom_input(None, bool(dicom_files), source)
     hd = require("highdicom", "DICOM SEG output")
     from pydicom.sr.coding import Code
 
     sources = read_dicom_headers(dicom_files)
     frames = np.asarray(labels) if labels.ndim == 3 else np.asarray(labels)[None]
     if len(sources) != frames.shape[0]:
-        raise ImageError(
+        raise SegmentationUnsupportedError(
             f"the series has {len(sources)} DICOM files but the volume {frames.shape[0]} slices (multi-frame "
             "files?); DICOM SEG output needs one file per slice: choose --format nrrd or seg.nrrd"
         )
@@ -316,9 +323,8 @@ def dicom_segmentation(result: Result, dicom_files: Sequence[Path], source: Path
             omit_empty_frames=False,
         )
     except (ValueError, AttributeError, TypeError) as error:  # highdicom's checks of the source images
-        raise ImageError(
-            f"cannot make a DICOM SEG for {source} ({str(error).splitlines()[0][:160]}); "
-            "choose --format nrrd or seg.nrrd"
+        raise SegmentationUnsupportedError(
+            f"cannot make a DICOM SEG for {source} ({first_line(error)[:160]}); choose --format nrrd or seg.nrrd"
         ) from error
 
 

@@ -26,8 +26,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import DeLightSAMError
-from ..imageio import LoadedImage, read_dicom_series, read_image, write_files
+from ..errors import DeLightSAMError, first_line
+from ..imageio import LoadedImage, dicom_series, read_dicom_series, read_image, write_files
 from ..registry import modality_name, resolve_modality
 from ..segmentation import by_boxes, by_modality, check_boxes, check_model, volume_window
 from ..transforms import Window
@@ -36,7 +36,9 @@ from .cases import Case
 from .distributed import ProcessGroup, shard
 from .extras import require
 from .formats import (
+    SLICER_SUFFIX,
     Result,
+    SegmentationUnsupportedError,
     box_segments,
     dicom_segmentation,
     output_kind,
@@ -237,14 +239,10 @@ def load_case(case: Case) -> CaseImage:
 
 def _gdcm_order(files: list[Path]) -> list[Path]:
     """Files of one series in GDCM's slice order, as a series on disk is read."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageSeriesReader()
-    folder = str(files[0].parent)
-    series = reader.GetGDCMSeriesIDs(folder)
+    series = dicom_series(files[0].parent)
     if len(series) != 1:
         raise DeLightSAMError(f"the server returned {len(series)} series where one was asked for")
-    return [Path(name) for name in reader.GetGDCMSeriesFileNames(folder, series[0])]
+    return series[0]
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -276,6 +274,7 @@ class _Runner:
         self.progress = progress
         self.rank = rank
         self.finished = 0
+        self.fell_back = 0  # cases written as .seg.nrrd because DICOM SEG could not describe them
 
     def run(self, mine: list[tuple[int, Case]]) -> list[tuple[int, CaseResult]]:
         state = RunState(self.options.state_dir, self.rank)
@@ -329,11 +328,13 @@ class _Runner:
         if self.options.overwrite:
             return None
         record = state.get(case) or {}
-        exists = case.output is not None and case.output.is_file()
+        exists = case.output is not None and (
+            case.output.is_file() or (case.fallback is not None and case.fallback.is_file())
+        )
         if case.output is not None and not exists:
             return None
         if self._stores(case) and not record.get("stored"):
-            if exists and output_kind(case.output) == "dicom-seg":
+            if exists and case.output.is_file() and output_kind(case.output) == "dicom-seg":
                 return self._store_existing(case, state)
             return None
         return self._result(
@@ -360,13 +361,14 @@ class _Runner:
             reason = str(error)
         else:  # not a user mistake: the traceback goes to the debug log, one line to the summary
             logger.debug("case %s", case.name, exc_info=error)
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            reason = f"{type(error).__name__}: {first_line(error) if str(error).strip() else ''}"
         logger.warning("%s failed: %s", case.name, reason)
         return self._result(case, "failed", seconds=time.perf_counter() - start, reason=reason)
 
     def _run_case(self, case: Case, loading: Future, state: RunState) -> CaseResult:
         start = time.perf_counter()
         image = None
+        written, note = case.output, ""
         try:
             image = loading.result()
             predictor = self.models.get(case.checkpoint)
@@ -375,7 +377,14 @@ class _Runner:
             if case.output is not None:
                 case.output.parent.mkdir(parents=True, exist_ok=True)
                 _remove_temporaries(case.output)
-                dataset = write_output(labelled, case.output, image.loaded, image.loaded.dicom_files)
+                try:
+                    dataset = write_output(labelled, case.output, image.loaded, image.loaded.dicom_files)
+                except SegmentationUnsupportedError as error:
+                    if case.fallback is None:  # DICOM SEG was asked for: the case fails with the reason
+                        raise
+                    written, note = case.fallback, self._fall_back(case, error)
+                    _remove_temporaries(written)
+                    write_output(labelled, written, image.loaded)
             if self._stores(case):
                 if dataset is None:
                     dataset = dicom_segmentation(labelled, image.loaded.dicom_files, image.loaded.source)
@@ -391,9 +400,19 @@ class _Runner:
             seconds=time.perf_counter() - start,
             voxels=int(np.count_nonzero(labelled.labels)),
             total_voxels=int(labelled.labels.size),
+            reason=note,
         )
+        result.output = str(written) if written is not None else ""
         state.record(case, result, stored=self._stores(case))
         return result
+
+    def _fall_back(self, case: Case, error: Exception) -> str:
+        """--format auto chose DICOM SEG, which cannot describe this case: say so (once a run) and why."""
+        note = f"written as {SLICER_SUFFIX}: DICOM SEG cannot describe it ({error})"
+        if not self.fell_back:
+            logger.warning("%s: %s; further such cases are written the same way (see the summary)", case.where, note)
+        self.fell_back += 1
+        return note
 
     def _segment(self, predictor, loaded: LoadedImage, case: Case):
         """A case's labels, by modality (De-LightSAM) or by box (LiteMedSAM)."""
@@ -413,8 +432,7 @@ class _Runner:
             return Result(
                 result.labels, box_segments(1), provenance_for(settings.checkpoint, options.threshold, boxes=boxes)
             )
-        if settings.modality is None:
-            raise DeLightSAMError(f"no modality for {case.name}; give --modality or a manifest modality column")
+        case.check_prompt()
         modality_map = predictor.modality_map
         name = modality_name(resolve_modality(settings.modality, modality_map), modality_map)
         result = by_modality(predictor, loaded, settings.modality, batch_size=options.batch_size, **common)

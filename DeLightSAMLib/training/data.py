@@ -15,13 +15,12 @@ import SimpleITK as sitk
 import torch
 from torch.nn import functional as F
 
-from ..errors import DeLightSAMError
+from ..errors import DeLightSAMError, first_line
 from ..filecheck import check_complete
+from ..imageio import PLAIN_IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from ..imageio import VOLUME_SUFFIXES
 from ..intensity import robust_window, to_rgb8
 from ..transforms import ImageTransform
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 class DataError(DeLightSAMError):
@@ -33,7 +32,7 @@ def _read(path: Path) -> np.ndarray:
     try:
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except RuntimeError as error:
-        raise DataError(f"cannot read {path}: {str(error).strip().splitlines()[-1][:120]}") from error
+        raise DataError(f"cannot read {path}: {first_line(error)[:120]}") from error
 
 
 def _binary(mask: np.ndarray, path: Path) -> np.ndarray:

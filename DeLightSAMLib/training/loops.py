@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -33,6 +33,7 @@ from .data import check_not_all_empty, to_tensors
 from .embedding_cache import EmbeddingCache
 from .metrics import score, summarize
 from .overlays import write_overlay
+from .settings import TrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +45,6 @@ TRAINABLE_GROUPS = {
     "decoder": lambda name: name.startswith("mask_decoder"),
     "encoder": lambda name: name.startswith("SemiTViT"),
 }
-
-
-@dataclass
-class TrainSettings:
-    modality: int
-    epochs: int = 20
-    batch_size: int = 4
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
-    warmup_fraction: float = 0.05
-    trainable: Sequence[str] = ("adapters", "queries", "prompt", "decoder")
-    patch_loss_weight: float = 1.0
-    mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on the CPU
-    num_workers: int = 0
-    embedding_cache: bool = True  # with a frozen encoder, encode each image once (see embedding_cache.py)
-    embedding_cache_memory_mb: int = 4096  # beyond this, cached embeddings go to files in the run folder
-    seed: int = 0  # everything random in epoch e (batch order, loader seeds) is drawn from (seed, e) alone
-    out_dir: str = "runs/delightsam"
-    resume: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- helpers

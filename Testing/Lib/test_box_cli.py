@@ -34,7 +34,7 @@ def _read(path):
 
 
 def test_one_box_writes_mask_logits_and_overlay_at_the_input_size(
-    capsys, tmp_path, litemedsam_reference, litemedsam_weights_path
+    capsys, tmp_path, litemedsam_reference, litemedsam_cached
 ):
     ref = litemedsam_reference
     image = _png(tmp_path / "ellipse.png", ref["image_2"])
@@ -75,7 +75,7 @@ def test_one_box_writes_mask_logits_and_overlay_at_the_input_size(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ellipse.png", "ellipse_mask.png", "l.npy", "o.png"]
 
 
-def test_radiograph_mask_matches_reference_where_decided(capsys, tmp_path, litemedsam_reference):
+def test_radiograph_mask_matches_reference_where_decided(capsys, tmp_path, litemedsam_reference, litemedsam_cached):
     ref = litemedsam_reference
     image = _png(tmp_path / "chest.png", ref["image_1"])
     code, _, err = run(
@@ -103,7 +103,9 @@ def test_radiograph_mask_matches_reference_where_decided(capsys, tmp_path, litem
     np.testing.assert_array_equal((mask == 1)[decided], ref["mask_1"][decided])
 
 
-def test_several_boxes_give_labels_and_stacked_logits(capsys, tmp_path, litemedsam_reference, litemedsam_predictor):
+def test_several_boxes_give_labels_and_stacked_logits(
+    capsys, tmp_path, litemedsam_reference, litemedsam_predictor, litemedsam_cached
+):
     ref = litemedsam_reference
     image = _png(tmp_path / "ellipse.png", ref["image_2"])
     boxes = [[150, 70, 350, 215], [0, 0, 140, 120], [300, 150, 500, 320]]  # the last one partly outside
@@ -134,7 +136,7 @@ def _volume(tmp_path, name="ct.nrrd"):
     return tmp_path / name, volume, image
 
 
-def test_volume_box_segments_only_the_slice_range(capsys, tmp_path, litemedsam_predictor):
+def test_volume_box_segments_only_the_slice_range(capsys, tmp_path, litemedsam_predictor, litemedsam_cached):
     source, volume, image = _volume(tmp_path)
     code, _, err = run(
         capsys,
@@ -173,7 +175,7 @@ def test_volume_box_segments_only_the_slice_range(capsys, tmp_path, litemedsam_p
     assert _read(tmp_path / "o.png").shape == (40, 60, 3)
 
 
-def test_volume_boxes_along_another_axis(capsys, tmp_path, litemedsam_predictor):
+def test_volume_boxes_along_another_axis(capsys, tmp_path, litemedsam_predictor, litemedsam_cached):
     source, volume, _ = _volume(tmp_path)
     # axis i=0: slices are volume[:, :, i], rows k and columns j; the box is in those coordinates
     code, _, err = run(
@@ -331,7 +333,7 @@ def test_box_mistakes_print_one_line_and_write_nothing(
     assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == snapshot
 
 
-def test_outputs_are_written_all_or_none(capsys, tmp_path, monkeypatch, litemedsam_reference):
+def test_outputs_are_written_all_or_none(capsys, tmp_path, monkeypatch, litemedsam_reference, litemedsam_cached):
     """A failure while writing the last output leaves none of them behind."""
     from DeLightSAMLib import imageio
 
@@ -372,3 +374,13 @@ def test_console_script_runs_box_prompts(tmp_path, litemedsam_reference):
     assert exe
     result = subprocess.run([exe, "predict", "x.png", "--box", "1", "2", "3"], capture_output=True, text=True)
     assert result.returncode == 2 and "--box: expected 4 arguments" in result.stderr
+
+
+def test_a_box_partly_outside_the_image_is_clipped_with_one_line(capsys, caplog, tmp_path):
+    image = _png(tmp_path / "small.png", np.zeros((48, 64), np.uint8))
+    code, _, err = run(capsys, "predict", image, "--box", 50, -5, 90, 40, "--checkpoint", tmp_path / "none.pth")
+    assert code == 2 and "checkpoint file not found" in err  # the box was checked (and clipped) before loading
+    said = [record.getMessage() for record in caplog.records if "clipped" in record.getMessage()]
+    assert said == [
+        "box 1 (50 -5 90 40) reaches outside small.png (64 x 48 pixels, width x height): clipped to 50 0 64 40"
+    ]

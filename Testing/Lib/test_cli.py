@@ -284,7 +284,7 @@ def test_malformed_options_fail_a_cohort_before_any_case(capsys, monkeypatch, wo
     "case, message",
     [
         ("unknown-extension", "unsupported file type '.xyz'"),
-        ("jpeg-mask", "unsupported file type '.jpg'"),
+        ("jpeg-mask", "unsupported file type '.jpg' (JPEG is lossy: a mask would not stay 0/255"),
         ("detached-header", "unsupported file type '.nhdr'"),
         ("logits-not-npy", "unsupported file type '.txt'"),
         ("missing-folder", "does not exist"),
@@ -399,3 +399,11 @@ def test_download_onto_a_full_disk_is_one_line(capsys, monkeypatch, tmp_path, re
     code, _, err = run(capsys, "download", "--checkpoint", reference_weights_path, "--to", tmp_path / "d")
     _one_line_error(code, err, "No space left on device")
     assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_evaluate_help_describes_evaluation_not_training(capsys):
+    code, out, _ = run(capsys, "evaluate", "--help")
+    text = " ".join(out.split())
+    assert code == 0
+    assert "weights to evaluate, registry name or .pth" in text and "starting weights" not in text
+    assert "metrics.csv, evaluate.log, summary.json" in text and "checkpoints" not in text

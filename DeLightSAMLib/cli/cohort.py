@@ -1,6 +1,6 @@
 """``delightsam predict`` over a cohort: several inputs, folders, manifests, DICOMweb (the CLI's glue to the runner).
 
-A single image, volume or DICOM series folder keeps the single-input behaviour of ``cli.run_predict``; this module
+A single image, volume or DICOM series folder keeps the single-input behaviour of ``predict.run_predict``; this module
 decides when a command is a cohort run and runs it: one progress bar, per-case failures logged and summarised,
 exit status 1 when any case failed (2, having written nothing, for a mistake in the command itself).
 """
@@ -8,19 +8,20 @@ exit status 1 when any case failed (2, having written nothing, for a mistake in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from ..cohort import FORMATS
 from ..errors import DeLightSAMError
 from ..registry import resolve_modality
-from . import FORMATS
+from .exits import EXIT_CASES_FAILED, EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
-    from .cases import Case, Settings
+    from ..cohort.cases import Case, CaseSettings
 
-EXIT_CASES_FAILED = 1
 DEFAULT_SUMMARY = "delightsam-summary"
 
 
@@ -60,8 +61,8 @@ def add_arguments(predict: argparse.ArgumentParser) -> None:
 
 def cohort_cases(args: argparse.Namespace) -> Optional[list[Case]]:
     """The cases when the command is a cohort run; None when it is a single input for the single-input path."""
-    from .cases import NoCasesError, collect_cases
-    from .dicomweb import is_dicomweb
+    from ..cohort.cases import NoCasesError, collect_cases
+    from ..cohort.dicomweb import is_dicomweb
 
     inputs = list(args.input)
     cohort_options = args.output_dir or args.summary or args.store_to or args.overwrite
@@ -73,6 +74,8 @@ def cohort_cases(args: argparse.Namespace) -> Optional[list[Case]]:
     )
     if single and not Path(inputs[0]).expanduser().is_dir():
         return None
+    for option, folder in (("--output-dir", _output_dir(args)), ("--summary", _summary(args).parent)):
+        _check_folder(folder, option)
     try:
         cases = collect_cases(
             inputs, _settings(args), _output_dir(args), store_only=bool(args.store_to), exclude=[_state_dir(args)]
@@ -92,14 +95,56 @@ def cohort_cases(args: argparse.Namespace) -> Optional[list[Case]]:
     return cases
 
 
+def _check_folder(folder: Optional[Path], option: str) -> None:
+    """A folder the run will create or write into: refused when it, or a folder above it, is a file."""
+    if folder is None:
+        return
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                what = "is a file" if place == folder else f"is below the file {place}"
+                raise DeLightSAMError(f"{option} {folder} {what}; give a folder (it is created when missing)")
+            return
+
+
+def _check_checkpoints(cases: list[Case]) -> None:
+    """Every checkpoint the cases need is there (a file, or a registry checkpoint downloaded): else one line, before
+    any case runs, as for a single input."""
+    from ..checkpoint import resolve_checkpoint
+
+    for checkpoint in sorted({case.checkpoint for case in cases}):
+        resolve_checkpoint(checkpoint)
+
+
+@contextlib.contextmanager
+def _warnings_to(log: Path):
+    """Python warnings of the libraries a run uses (highdicom's about patient names, ...) go to ``log``, not the
+    console."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    warnings_logger = logging.getLogger("py.warnings")
+    propagate = warnings_logger.propagate
+    warnings_logger.addHandler(handler)
+    warnings_logger.propagate = False
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        warnings_logger.removeHandler(handler)
+        warnings_logger.propagate = propagate
+        handler.close()
+
+
 def run(args: argparse.Namespace, cases: list[Case]) -> int:
     """Run the cohort (this process's shard under torchrun); rank 0 prints the outcome and writes the summary."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from ..cohort.distributed import local_device, rank_and_world
+    from ..cohort.runner import RunOptions, check_packages, run_cohort, write_summary
     from ..predictor import load_predictor
-    from .distributed import local_device, rank_and_world
-    from .runner import RunOptions, check_packages, run_cohort, write_summary
 
     _check(args, cases)
     options = RunOptions(
@@ -112,6 +157,7 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
         state_dir=_state_dir(args),
     )
     check_packages(cases, options)
+    _check_checkpoints(cases)
     device = local_device(args.device)
 
     def load(checkpoint: str):
@@ -125,6 +171,7 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
             total=own, desc="delightsam", bar_format=bar_format, file=sys.stderr, disable=None if rank == 0 else True
         ) as bar,
         logging_redirect_tqdm(),
+        _warnings_to(_state_dir(args) / f"rank-{rank}.log"),
     ):
         failed = 0
 
@@ -144,7 +191,7 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
                 "same command again to resume",
                 file=sys.stderr,
             )
-            return 130
+            return EXIT_INTERRUPTED
     if rank == 0:
         csv_path, json_path = write_summary(result, _summary(args))
         counts = result.counts
@@ -156,51 +203,12 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
     return EXIT_CASES_FAILED if result.counts["failed"] else 0
 
 
-def single_output(args: argparse.Namespace, loaded, default: Path) -> Path:
-    """The result file of a single-input run: --output, else the default name with --format's suffix; refused
-    before the network runs when the format does not fit the input or needs a missing package."""
-    from ..imageio import full_suffix
-    from .extras import require
-    from .formats import output_kind, packages_for
-
-    if args.output:
-        output = Path(args.output)
-    elif args.format == "auto":
-        output = default
-    else:
-        output = default.with_name(default.name[: len(default.name) - len(full_suffix(default))] + FORMATS[args.format])
-    kind = output_kind(output)
-    if kind == "dicom-seg" and not loaded.is_dicom:
-        raise DeLightSAMError(
-            f"a DICOM SEG ({output}) needs DICOM input; {loaded.source} is not DICOM: write .nrrd, .nii.gz or .seg.nrrd"
-        )
-    for module, purpose in packages_for(kind):
-        require(module, purpose)
-    return output
-
-
-def single_writer(segmentation, output: Path, loaded, args: argparse.Namespace):
-    """How a single-input run writes its labels: a label map as always, or a Slicer segmentation or DICOM SEG."""
-    from ..registry import modality_name
-    from .formats import Result, box_segments, output_kind, provenance_for, result_writer, segment_for
-
-    if segmentation.boxes is not None:
-        segments = box_segments(len(segmentation.boxes))
-        provenance = provenance_for(args.checkpoint, args.threshold, boxes=segmentation.boxes)
-    else:
-        name = modality_name(resolve_modality(args.modality))
-        segments = [segment_for(name)]
-        provenance = provenance_for(args.checkpoint, args.threshold, modality=name)
-    dicom_files = loaded.dicom_files if output_kind(output) == "dicom-seg" else ()
-    return result_writer(Result(segmentation.labels, segments, provenance), output, loaded, dicom_files)[0]
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    from .cases import Settings
+def _settings(args: argparse.Namespace) -> CaseSettings:
+    from ..cohort.cases import CaseSettings
 
     box = tuple(args.box[0]) if args.box and len(args.box) == 1 else None
     slices = tuple(args.slices) if args.slices else None
-    return Settings(
+    return CaseSettings(
         checkpoint=args.checkpoint,
         modality=args.modality,
         box=box,
@@ -238,20 +246,22 @@ def _check(args: argparse.Namespace, cases: list[Case]) -> None:
         )
     if args.modality is not None and args.box:
         raise DeLightSAMError("--modality and --box cannot be combined: give one of them (or per manifest row)")
+    if args.slices and args.slices[0] > args.slices[1]:
+        raise DeLightSAMError(f"--slices {args.slices[0]} {args.slices[1]} is inverted; FIRST must not exceed LAST")
+    if args.box:
+        from ..cohort.cases import parse_box
+
+        parse_box(" ".join(str(value) for value in args.box[0]), "--box")
     if args.store_to:
-        from .dicomweb import service_url
+        from ..cohort.dicomweb import service_url
 
         service_url(args.store_to)
-    from .formats import output_kind
+    from ..cohort.formats import check_dicom_input
 
     for case in cases:
-        if case.output is not None and output_kind(case.output) == "dicom-seg" and not case.is_dicom:
-            raise DeLightSAMError(
-                f"a DICOM SEG ({case.output.name}) needs DICOM input; {case.name} is not DICOM: "
-                "choose --format nrrd, nii.gz or seg.nrrd"
-            )
-        if case.settings.modality is None and case.settings.box is None:
-            raise DeLightSAMError(f"no modality for {case.name}; give --modality or a manifest modality column")
+        if case.output is not None:
+            check_dicom_input(case.output, case.is_dicom, case.where)
+        case.check_prompt()
         if case.settings.modality is not None:
             resolve_modality(case.settings.modality)
     logging.getLogger(__name__).info("%d cases", len(cases))

@@ -1,42 +1,26 @@
-"""The ``delightsam`` command: predict, download, info (and train, distill, evaluate: ``training/cli.py``).
-Thin over the predictor and the checkpoint module.
+"""``delightsam predict``: its options, and the run of one input (an image, a volume, a DICOM file or series folder).
 
-User mistakes end in one line on stderr (``delightsam: error: ...``) and exit status 2; no output file is written.
+Every argument and output path is checked before the model is loaded; the outputs (mask, logits, overlay) are
+written together or not at all. Several inputs, folders, manifests and DICOMweb addresses go to ``cohort``.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
-from . import __version__
-from .cohort import command as cohort_command
-from .engines import AUTO, ENGINES
-from .errors import DeLightSAMError
-from .header_modality import is_auto, known_codes, modality_from_header
-from .registry import AUTO_MODALITY, BOX_CHECKPOINT, CHECKPOINTS, MODALITIES, OFFICIAL_CHECKPOINT, resolve_modality
-from .training.cli import add_commands as add_training_commands
-
-EXIT_USER_ERROR = 2
+from ..cohort import FORMATS
+from ..engines import AUTO, ENGINES
+from ..errors import DeLightSAMError
+from ..header_modality import is_auto, known_codes, modality_from_header
+from ..registry import AUTO_MODALITY, BOX_CHECKPOINT, MODALITIES, OFFICIAL_CHECKPOINT, modality_name, resolve_modality
+from . import cohort
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors, like every other mistake: ``delightsam: error: ...``, exit status 2."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USER_ERROR, f"delightsam: error: {message} (see: {self.prog} --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="delightsam", description="De-LightSAM medical image segmentation.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_parser(commands) -> None:
     predict = commands.add_parser(
         "predict",
         help="segment a 2D image or a 3D volume: by modality (De-LightSAM) or by box (LiteMedSAM)",
@@ -124,74 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         "LiteMedSAM on a CPU, eager, for parity with the released pipeline): "
         + "; ".join(f"{engine.name}: {engine.summary}" for engine in ENGINES.values()),
     )
-    cohort_command.add_arguments(predict)
+    cohort.add_arguments(predict)
     predict.set_defaults(handler=run_predict)
-
-    download = commands.add_parser("download", help="download a checkpoint into the cache (or --to DIR)")
-    download.add_argument(
-        "--checkpoint",
-        "-c",
-        default=OFFICIAL_CHECKPOINT,
-        help=f"registry name ({', '.join(CHECKPOINTS)}), URL, gdrive:ID or path",
-    )
-    download.add_argument("--to", default=None, help="destination folder (default: the cache folder)")
-    download.add_argument(
-        "--from",
-        dest="source",
-        default=None,
-        metavar="URL|PATH",
-        help="for a registry checkpoint: take the file from here instead (still SHA-256 verified)",
-    )
-    download.set_defaults(handler=run_download)
-
-    info = commands.add_parser("info", help="show checkpoints, cache folder, device and modality map")
-    info.set_defaults(handler=run_info)
-
-    add_training_commands(commands)  # train, distill, evaluate
-
-    serve = commands.add_parser(
-        "serve", add_help=False, help="the web app in the browser (own venv: pip install -e '.[web]'; serve --help)"
-    )
-    serve.add_argument("serve_args", nargs=argparse.REMAINDER)
-    serve.set_defaults(handler=run_serve)
-    return parser
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    """``delightsam serve``: the web face (``DeLightSAMWeb``), imported only here; it parses its own arguments."""
-    import importlib
-
-    try:
-        web = importlib.import_module("DeLightSAMWeb.server")
-    except ImportError as error:
-        raise DeLightSAMError(f"delightsam serve needs the web app ({error}); in its own venv: pip install -e '.[web]'")
-    return web.main(args.serve_args)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="delightsam: %(message)s")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv[:1] == ["serve"]:  # the web app parses its own options (argparse's REMAINDER drops leading ones)
-            args = argparse.Namespace(handler=run_serve, serve_args=argv[1:])
-        else:
-            args = build_parser().parse_args(argv)
-    except SystemExit as done:  # --help, --version, or a usage error already printed on one line
-        return done.code if isinstance(done.code, int) else EXIT_USER_ERROR
-    try:
-        return args.handler(args) or 0
-    except DeLightSAMError as error:
-        print(f"delightsam: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("delightsam: interrupted; no output written", file=sys.stderr)
-        return 130
 
 
 def default_output(loaded) -> Path:
     """INPUT_mask.png for 2D input; for a volume the input's format when a mask can be written in it (a single
     file), else NRRD (DICOM, detached headers, Analyze)."""
-    from .imageio import VOLUME_MASK_SUFFIXES, full_suffix
+    from ..imageio import VOLUME_MASK_SUFFIXES, full_suffix
 
     source = loaded.source
     if loaded.is_2d:
@@ -206,19 +130,19 @@ def default_output(loaded) -> Path:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Check every argument and output path, then load the model, segment, and write all outputs at once."""
-    from .imageio import read_image
-    from .intensity import check_window
-    from .predictor import load_predictor
-    from .segmentation import check_boxes, check_model, volume_window
+    from ..imageio import read_image
+    from ..intensity import check_window
+    from ..predictor import load_predictor
+    from ..segmentation import check_boxes, check_model, volume_window
 
     if not 0.0 < args.threshold < 1.0:
         raise DeLightSAMError(f"--threshold must be between 0 and 1, got {args.threshold}")
     if args.batch_size is not None and args.batch_size < 1:
         raise DeLightSAMError(f"--batch-size must be at least 1, got {args.batch_size}")
     window = check_window(args.window) if args.window else None
-    cases = cohort_command.cohort_cases(args)
+    cases = cohort.cohort_cases(args)
     if cases is not None:
-        return cohort_command.run(args, cases)
+        return cohort.run(args, cases)
     (args.input,) = args.input
     boxes = np.asarray(args.box, dtype=np.float64) if args.box else None
     if (args.modality is None) == (boxes is None):
@@ -255,13 +179,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def _check_outputs(args, loaded) -> dict:
     """Every output path checked before any work: {"output": Path, "logits": Path|None, "overlay": Path|None}."""
-    from .imageio import MASK_SUFFIXES, VOLUME_MASK_SUFFIXES, check_output_path
+    from ..imageio import MASK_SUFFIXES, VOLUME_MASK_SUFFIXES, check_output_path
 
     taken = [loaded.source]
     mask_suffixes = (*MASK_SUFFIXES, *VOLUME_MASK_SUFFIXES) if loaded.is_2d else VOLUME_MASK_SUFFIXES
     if loaded.is_dicom:
         mask_suffixes += (".dcm",)  # DICOM SEG
-    output = cohort_command.single_output(args, loaded, default_output(loaded))
+    output = single_output(args, loaded, default_output(loaded))
     output = check_output_path(output, mask_suffixes, "--output", taken)
     taken.append(output)
     logits = check_output_path(args.logits, (".npy",), "--logits", taken) if args.logits else None
@@ -275,7 +199,7 @@ def _segment(predictor, loaded, boxes, slice_range, args, window):
     """The segmentation by modality or by boxes, with a progress bar over a volume's slices."""
     from tqdm import tqdm
 
-    from .segmentation import by_boxes, by_modality
+    from ..segmentation import by_boxes, by_modality
 
     options = dict(axis=args.axis, threshold=args.threshold, window=window, return_logits=bool(args.logits))
     if loaded.is_2d:
@@ -299,9 +223,9 @@ def _segment(predictor, loaded, boxes, slice_range, args, window):
 
 def _write_outputs(outputs: dict, segmentation, loaded, args, window) -> None:
     """Mask, logits and overlay written together: all of them or, on any failure, none."""
-    from .imageio import array_writer, rgb_writer, write_files
+    from ..imageio import array_writer, rgb_writer, write_files
 
-    files = [(outputs["output"], cohort_command.single_writer(segmentation, outputs["output"], loaded, args))]
+    files = [(outputs["output"], single_writer(segmentation, outputs["output"], loaded, args))]
     if outputs["logits"] is not None:
         files.append((outputs["logits"], array_writer(segmentation.logits.astype(np.float32))))
     if outputs["overlay"] is not None:
@@ -312,8 +236,8 @@ def _write_outputs(outputs: dict, segmentation, loaded, args, window) -> None:
 def _overlay_picture(segmentation, loaded, args, window) -> np.ndarray:
     """The 8-bit image the model saw with the result drawn on it; for a volume, the segmented slice with the
     most labelled pixels (the middle of the range when all are empty)."""
-    from .intensity import to_rgb8
-    from .overlay import render_overlay
+    from ..intensity import to_rgb8
+    from ..overlay import render_overlay
 
     if loaded.is_2d:
         image, labels = loaded.array, segmentation.labels
@@ -327,46 +251,35 @@ def _overlay_picture(segmentation, loaded, args, window) -> np.ndarray:
     return render_overlay(to_rgb8(image, window), labels, segmentation.boxes)
 
 
-def run_download(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def single_output(args: argparse.Namespace, loaded, default: Path) -> Path:
+    """The result file of a single-input run: --output, else the default name with --format's suffix; refused
+    before the network runs when the format does not fit the input or needs a missing package."""
+    from ..cohort.extras import require
+    from ..cohort.formats import check_dicom_input, output_kind, packages_for
+    from ..imageio import full_suffix
 
-    from .checkpoint import download_checkpoint
-
-    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="download", file=sys.stderr, disable=None) as bar:
-
-        def progress(done: int, total: Optional[int]) -> None:
-            if total and bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
-        if args.source and args.checkpoint not in CHECKPOINTS:
-            raise DeLightSAMError(f"--from needs a registry checkpoint name ({', '.join(CHECKPOINTS)}) as --checkpoint")
-        path = download_checkpoint(
-            args.checkpoint, args.to, progress=progress, urls=[args.source] if args.source else None
-        )
-    print(path)
-    return 0
+    if args.output:
+        output = Path(args.output)
+    elif args.format == "auto":
+        output = default
+    else:
+        output = default.with_name(default.name[: len(default.name) - len(full_suffix(default))] + FORMATS[args.format])
+    check_dicom_input(output, loaded.is_dicom, loaded.source)
+    for module, purpose in packages_for(output_kind(output)):
+        require(module, purpose)
+    return output
 
 
-def run_info(args: argparse.Namespace) -> int:
-    import torch
+def single_writer(segmentation, output: Path, loaded, args: argparse.Namespace):
+    """How a single-input run writes its labels: a label map as always, or a Slicer segmentation or DICOM SEG."""
+    from ..cohort.formats import Result, box_segments, output_kind, provenance_for, result_writer, segment_for
 
-    from .checkpoint import cache_dir, checkpoint_origin
-    from .device import select_device
-    from .registry import modality_name
-
-    print(f"DeLightSAMLib {__version__}, torch {torch.__version__}")
-    print(f"cache folder: {cache_dir()}")
-    print(f"device (auto): {select_device('auto')}")
-    for entry in CHECKPOINTS.values():
-        path, origin = checkpoint_origin(entry.name)
-        state = f"{path}, {path.stat().st_size / 1e6:.1f} MB, {origin}" if path is not None else origin
-        print(f"checkpoint {entry.name}: {entry.description} [{state}]")
-        print(f"  file {entry.filename}; sha256 {entry.sha256 or 'not published'}; sources {', '.join(entry.urls)}")
-        for index in sorted(entry.modality_map.values()):
-            print(f"  modality {index}: {modality_name(index, entry.modality_map)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if segmentation.boxes is not None:
+        segments = box_segments(len(segmentation.boxes))
+        provenance = provenance_for(args.checkpoint, args.threshold, boxes=segmentation.boxes)
+    else:
+        name = modality_name(resolve_modality(args.modality))
+        segments = [segment_for(name)]
+        provenance = provenance_for(args.checkpoint, args.threshold, modality=name)
+    dicom_files = loaded.dicom_files if output_kind(output) == "dicom-seg" else ()
+    return result_writer(Result(segmentation.labels, segments, provenance), output, loaded, dicom_files)[0]
