@@ -64,10 +64,10 @@ class FetchedSeries:
 def fetch_dicomweb(address: str) -> FetchedSeries:
     """The first image series a ``dicomweb://`` address names (sorted as the command line sorts them), fetched.
     Raises a DeLightSAMError (one line) for an unreachable server, a refused request or no image series."""
-    from DeLightSAMLib.cohort.cases import Settings, collect_cases
+    from DeLightSAMLib.cohort.cases import CaseSettings, collect_cases
     from DeLightSAMLib.cohort.runner import load_case
 
-    cases = collect_cases([address], Settings(), store_only=True)
+    cases = collect_cases([address], CaseSettings(), store_only=True)
     fetched = load_case(cases[0])
     return FetchedSeries(fetched.loaded, cases[0].source, len(cases), fetched)
 
