@@ -6,6 +6,8 @@ Everything that touches MRML or VTK runs on the server's event loop; model runs 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,22 +18,28 @@ from DeLightSAMLib.errors import DeLightSAMError
 from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.registry import MODALITIES
 from DeLightSAMSlicerLib.Geometry import SegmentationError
-from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX, ReusedEncoding
+from DeLightSAMSlicerLib.HeaderModality import AUTO, dicomFile, headerModality, resolveModality
+from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationOptions
 
 from . import loading, saving
+from .ahead import EncodingAhead, InProcessClient
 from .runs import RunReport, RunScheduler
 from .writer import SegmentEditorWriter
 
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
-SAVE_KINDS = ("seg.nrrd", "dicom-seg", "labelmap")
+SAVE_KINDS = ("seg.nrrd", "dicom-seg", "labelmap")  # downloads; a DICOMweb image adds saving.DICOMWEB
+DICOMWEB_TEXT = "store to DICOMweb"
 SEGMENT_COLOR = (0.9, 0.35, 0.3)  # the first segment's colour: clear on gray images and photos
+AUTO_TEXT = "Auto (from the DICOM header)"
 
 
 class Predictors:
-    """One predictor per model, loaded on first use from the server's own checkpoints (never from the browser)."""
+    """One predictor per model, loaded on first use from the server's own checkpoints (never from the browser), each
+    an ``EncodingCache`` (the worker's): the last few slices' encodings are kept, so that Apply on a slice encoded
+    ahead, or several boxes on one slice, run the encoder once."""
 
     def __init__(self, checkpoints: dict, device: str) -> None:
         self.checkpoints = checkpoints  # model -> registry name or path (None: the default)
@@ -50,8 +58,14 @@ class Predictors:
             if isinstance(predictor, BoxPredictor) != (model == BOX):
                 kind = "LiteMedSAM" if model == BOX else "De-LightSAM"
                 raise DeLightSAMError(f"{reference} does not hold {kind} weights; give {kind} weights for this model")
-            self._loaded[model] = ReusedEncoding(predictor) if model == BOX else predictor
+            from DeLightSAMSlicerLib.Worker import EncodingCache
+
+            self._loaded[model] = EncodingCache(predictor)
         return self._loaded[model]
+
+    def loaded(self, model: str):
+        """``model``'s predictor if it is loaded already, else None (encoding ahead never loads a model)."""
+        return self._loaded.get(model)
 
     def deviceName(self) -> str:
         for predictor in self._loaded.values():
@@ -85,21 +99,30 @@ class DeLightSAMWebApp:
         self.editor = self.slicerApp.segmentation_editor
         self.predictors = Predictors({AUTOMATIC: checkpoint, BOX: boxCheckpoint}, device)
         self.logic = DeLightSAMMRMLLogic(self.predictors)
-        self.scheduler = RunScheduler(self.predictors, self.editor, self.predictors.deviceName)
+        # every model pass (runs and encodings ahead) on one thread: a predictor is never used by two at once
+        self.modelThread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="delightsam-model")
+        self.scheduler = RunScheduler(self.predictors, self.editor, self.predictors.deviceName, self.modelThread)
+        self.ahead = EncodingAhead(InProcessClient(self.predictors.loaded, self.modelThread), self._aheadView)
+        server.controller.on_server_ready.add(lambda **_kwargs: self.ahead.start())
         self.scheduler.onProgress = self._onProgress
         self.scheduler.onDone = self._onDone
         self.uploads = loading.UploadFolder()
         self.loaded: Optional[loading.LoadedVolume] = None
+        self.fetched: Optional[loading.FetchedSeries] = None  # the DICOMweb series shown (its temporary files)
         self._uploadChunks: list = []
         self._uploadBytes = 0
         self._lastOptions = SegmentationOptions()
+        self._note = ""  # what the status line adds after the next run (which header tag chose the modality)
+        self.instanceFiles: dict[str, str] = {}  # SOP instance UID -> file, for the files this server loaded
+        self._chosenModality = MODALITIES[0]  # the last modality chosen by hand: what a non-DICOM image gets back
 
         state = server.state
         state.update(
             {
                 "trame__title": "De-LightSAM",
                 "dls_modality": MODALITIES[0],
-                "dls_modalities": list(MODALITIES),
+                "dls_modalities": [{"value": AUTO, "text": AUTO_TEXT}]
+                + [{"value": name, "text": name} for name in MODALITIES],
                 "dls_threshold": 0.5,
                 "dls_replace": False,
                 "dls_keep_largest": False,
@@ -110,13 +133,14 @@ class DeLightSAMWebApp:
                 "dls_error": False,
                 "dls_box_mode": False,
                 "dls_save_kind": SAVE_KINDS[0],
-                "dls_save_kinds": list(SAVE_KINDS),
+                "dls_save_kinds": _saveKinds(False),
                 "dls_loaded": False,
                 "dls_layout": "Axial Only",
                 "dls_layouts": self.layoutManager.get_layout_ids(),
             }
         )
         state.change("dls_layout")(self._onLayout)
+        state.change("dls_modality")(self._onModality)
         self._buildUI()
         self.layoutManager.set_layout("Axial Only")
         for path in inputs:
@@ -139,6 +163,28 @@ class DeLightSAMWebApp:
     def _onLayout(self, dls_layout, **_kwargs) -> None:
         if dls_layout in self.layoutManager.get_layout_ids():
             self.layoutManager.set_layout(dls_layout)
+
+    def _onModality(self, dls_modality, **_kwargs) -> None:
+        if dls_modality != AUTO and dls_modality in MODALITIES:
+            self._chosenModality = dls_modality
+
+    def _aheadView(self):
+        """What encoding ahead may encode now: the Red view's slice for the model the next action uses (LiteMedSAM
+        in box mode), once that model is loaded and while no run is under way; else None."""
+        if self.loaded is None or self.scheduler.busy:
+            return None
+        model = BOX if self.server.state.dls_box_mode else AUTOMATIC
+        if self.predictors.loaded(model) is None:
+            return None
+        volume, sliceNode = self.loaded.node, self.sliceNode("Red")
+
+        def read():
+            try:
+                return self.logic.sliceView(volume, sliceNode)
+            except (SegmentationError, DeLightSAMError):  # nothing to encode (a 4D volume): Apply will say why
+                return None
+
+        return volume, sliceNode, model, str(self.predictors.checkpoints.get(model)), read
 
     # ------------------------------------------------------------------ status
     def status(self, text: str, error: bool = False) -> None:
@@ -164,7 +210,12 @@ class DeLightSAMWebApp:
 
     # ------------------------------------------------------------------ loading
     def loadPath(self, path) -> bool:
-        """Read an image and show it; on failure the message goes to the status line and the scene is unchanged."""
+        """Read an image (a file, a DICOM folder or a ``dicomweb://`` series) and show it; on failure the message
+        goes to the status line and the scene is unchanged."""
+        from DeLightSAMLib.cohort.dicomweb import is_dicomweb
+
+        if is_dicomweb(str(path)):
+            return self.loadDicomweb(str(path))
         try:
             image = read_image(path)
         except DeLightSAMError as error:
@@ -173,13 +224,45 @@ class DeLightSAMWebApp:
         self.show(image)
         return True
 
-    def show(self, image) -> None:
+    def loadDicomweb(self, address: str) -> bool:
+        """Fetch the first image series ``address`` names, as ``delightsam predict`` does, and show it; Save can
+        then store the segmentation back to that service as a DICOM SEG."""
+        try:
+            fetched = loading.fetch_dicomweb(address)
+        except DeLightSAMError as error:
+            self.status(str(error), True)
+            return False
+        self.show(fetched.image, fetched=fetched)
+        if fetched.count > 1:
+            self.status(
+                f"{self.server.state.dls_status} ({fetched.count} series at that address: this is the first; name "
+                "one with ?StudyInstanceUID=...&SeriesInstanceUID=...)"
+            )
+        return True
+
+    def cleanup(self) -> None:
+        """The server's temporary files: uploads and a fetched DICOMweb series."""
+        if self.fetched is not None:
+            self.fetched.close()
+            self.fetched = None
+        self.uploads.cleanup()
+
+    def show(self, image, fetched: Optional[loading.FetchedSeries] = None) -> None:
         if self.scheduler.busy:
             self.scheduler.cancel()
         self.scene.Clear()
-        name = image.source.name if image.source.is_dir() else image.source.name.split(".")[0]
+        self.ahead.reset()
+        if self.fetched is not None and self.fetched is not fetched:
+            self.fetched.close()  # the series shown before: its temporary files go
+        self.fetched = fetched
+        if fetched is not None:
+            name = f"series {fetched.series.series}"
+        else:
+            name = image.source.name if image.source.is_dir() else image.source.name.split(".")[0]
         node = loading.volume_node(self.scene, image, name)
-        self.loaded = loading.LoadedVolume(node, image)
+        self.instanceFiles = loading.record_instances(node, image)
+        self.loaded = loading.LoadedVolume(node, image, fetched.series if fetched else None, name)
+        chosen = headerModality(node, self.fileForInstance)
         display = self.slicerApp.display_manager
         if image.is_2d or image.array.ndim == 4:  # a photo or RGB volume: slice views only
             display.show_volume_in_slice_background(node)
@@ -194,10 +277,29 @@ class DeLightSAMWebApp:
             self.server.state.dls_loaded = True
             self.server.state.dls_progress = 0
             self.server.state.dls_box_mode = False  # a new image starts in the views' own interaction
-            if self.server.state.dls_save_kind == "dicom-seg" and not image.dicom_files:
+            self.server.state.dls_save_kinds = _saveKinds(fetched is not None)
+            if fetched is not None:
+                self.server.state.dls_save_kind = saving.DICOMWEB  # back where it came from, by default
+            elif self.server.state.dls_save_kind == saving.DICOMWEB:
+                self.server.state.dls_save_kind = "dicom-seg" if image.dicom_files else "seg.nrrd"
+            elif self.server.state.dls_save_kind == "dicom-seg" and not image.dicom_files:
                 self.server.state.dls_save_kind = "seg.nrrd"  # a DICOM SEG needs a DICOM image
+            # Auto is the default for an image whose DICOM header names a modality the model knows (as in Slicer's
+            # effect); any other image gets back the modality last chosen by hand.
+            if chosen is not None:
+                self.server.state.dls_modality = AUTO
+            elif self.server.state.dls_modality == AUTO:
+                self.server.state.dls_modality = self._chosenModality
             shape = " x ".join(str(size) for size in image.array.shape)
-            self.status(f"loaded {image.source.name} ({shape}); choose the modality and press Apply")
+            shown = name if fetched is not None else image.source.name
+            if chosen is not None:
+                self.status(f"loaded {shown} ({shape}); modality Auto: {chosen.reason}; press Apply")
+            else:
+                self.status(f"loaded {shown} ({shape}); choose the modality and press Apply")
+
+    def fileForInstance(self, instanceUID: str) -> str:
+        """The file of a SOP instance this server loaded (its own record: there is no DICOM database here)."""
+        return self.instanceFiles.get(instanceUID, "")
 
     async def onUploadChunk(self, files: list) -> None:
         """trame-slicer's chunked upload: lists of files, then an empty list at the end."""
@@ -260,7 +362,7 @@ class DeLightSAMWebApp:
             writer = SegmentEditorWriter(self.editor, segmentId)
             return makeRun(volume, segmentation, segmentId, writer)
 
-        error = self.scheduler.start(startRun)
+        error = self.scheduler.start(startRun, note=self._note)
         with self.server.state:
             if error:
                 self.status(error, True)
@@ -269,8 +371,31 @@ class DeLightSAMWebApp:
                 self.server.state.dls_progress = 0
                 self.status("segmenting ...")
 
+    def automaticOptions(self) -> Optional[SegmentationOptions]:
+        """The options of a De-LightSAM run, Auto replaced by the header's modality; None (the reason in the status
+        line) when Auto finds none."""
+        volume = self.loaded.node if self.loaded else None
+        if self.options().modality == AUTO and dicomFile(volume, self.fileForInstance) is None:
+            # (HeaderModality's own message speaks of Slicer's DICOM database, which the browser has not)
+            name = self.loaded.name if self.loaded else "the image"
+            self.status(
+                f"{name} is not a DICOM image, so it has no DICOM header to read the modality from: choose "
+                "the modality",
+                True,
+            )
+            return None
+        try:
+            options, chosen = resolveModality(self.options(), volume, self.fileForInstance)
+        except DeLightSAMError as error:
+            self.status(str(error), True)
+            return None
+        self._note = f" Modality from the DICOM header: {chosen.reason}." if chosen is not None else ""
+        return options
+
     def onApply(self, viewName: str = "Red") -> None:
-        options = self.options()
+        options = self.automaticOptions()
+        if options is None:
+            return
         self._start(
             lambda volume, segmentation, segmentId, writer: self.logic.startSlice(
                 volume, self.sliceNode(viewName), segmentation, segmentId, options, writer=writer
@@ -278,7 +403,9 @@ class DeLightSAMWebApp:
         )
 
     def onAllSlices(self, viewName: str = "Red") -> None:
-        options = self.options()
+        options = self.automaticOptions()
+        if options is None:
+            return
         self._start(
             lambda volume, segmentation, segmentId, writer: self.logic.startAllSlices(
                 volume, self.sliceNode(viewName), segmentation, segmentId, options, writer=writer
@@ -300,6 +427,7 @@ class DeLightSAMWebApp:
             xy = np.array([x / size[0] * width, (1.0 - y / size[1]) * height, 0.0, 1.0])
             ras.append((xyToRas @ xy)[:3])
         options = self.options()
+        self._note = ""
         self._start(
             lambda volume, segmentation, segmentId, writer: self.logic.startBox(
                 volume, sliceNode, segmentation, segmentId, options, ras, writer=writer
@@ -329,24 +457,55 @@ class DeLightSAMWebApp:
             self._renderSliceViews()
 
     # ------------------------------------------------------------------ saving
-    def saveBytes(self, kind: Optional[str] = None) -> tuple[str, bytes]:
-        """(file name, content) of the segmentation as ``kind`` ("seg.nrrd", "dicom-seg", "labelmap")."""
+    def _segmentationToSave(self):
+        """(labels on the image's grid, segment descriptions, provenance) of the segmentation shown."""
         from DeLightSAMLib.cohort.formats import provenance_for
 
-        kind = kind or self.server.state.dls_save_kind
-        if kind not in SAVE_KINDS:
-            raise SegmentationError(f"cannot save as '{kind}'; choose one of {', '.join(SAVE_KINDS)}")
         volume, segmentation, _segmentId = self._target()
         ids = self.editor.get_segment_ids()
         labels = saving.segment_labels(self.scene, self.slicerApp.segmentations_logic, segmentation, volume, ids)
         options = self.options()
+        if options.modality == AUTO:  # the provenance names the modality the header chose
+            chosen = headerModality(volume, self.fileForInstance)
+            options = SegmentationOptions(modality=chosen.modality if chosen else AUTO, threshold=options.threshold)
         provenance = provenance_for(self.predictors.checkpoints.get(AUTOMATIC), options.threshold, options.modality)
         segments = saving.segment_descriptions(segmentation, ids)
-        return saving.write_segmentation(labels, self.loaded.image, segments, kind, provenance)
+        return labels, segments, provenance
+
+    def saveBytes(self, kind: Optional[str] = None) -> tuple[str, bytes]:
+        """(file name, content) of the segmentation as ``kind`` ("seg.nrrd", "dicom-seg", "labelmap")."""
+        kind = kind or self.server.state.dls_save_kind
+        if kind not in SAVE_KINDS:
+            raise SegmentationError(f"cannot save as '{kind}'; choose one of {', '.join(SAVE_KINDS)}")
+        labels, segments, provenance = self._segmentationToSave()
+        stem = self.loaded.dicomweb.series if self.loaded.dicomweb is not None else ""
+        return saving.write_segmentation(labels, self.loaded.image, segments, kind, provenance, stem)
+
+    async def storeToDicomweb(self):
+        """Store the segmentation as a DICOM SEG (the command line's writer) to the DICOMweb service the image came
+        from (the command line's ``--store-to``); the stored dataset. The request runs off the event loop."""
+        from DeLightSAMLib.cohort import dicomweb
+
+        series = self.loaded.dicomweb if self.loaded is not None else None
+        if series is None:
+            raise SegmentationError("this image did not come from a DICOMweb server; save it as a file instead")
+        labels, segments, provenance = self._segmentationToSave()
+        dataset = saving.dicom_seg_dataset(labels, self.loaded.image, segments, provenance)
+        await asyncio.to_thread(dicomweb.store, series.url, dataset)
+        return dataset
 
     async def onSave(self):
-        """The download's bytes (trame's attachment), or None with the reason in the status line."""
+        """The download's bytes (trame's attachment), or None with the reason in the status line; for a DICOMweb
+        image with "store to DICOMweb" chosen, None once the DICOM SEG is stored (the status line says where)."""
         try:
+            if self.server.state.dls_save_kind == saving.DICOMWEB:
+                self.status("storing to DICOMweb ...")
+                dataset = await self.storeToDicomweb()
+                self.status(
+                    f"stored a DICOM SEG to {self.loaded.dicomweb.url}: study {dataset.StudyInstanceUID}, "
+                    f"series {dataset.SeriesInstanceUID}"
+                )
+                return None
             name, content = self.saveBytes()
         except (SegmentationError, DeLightSAMError) as error:
             self.status(f"not saved: {error}", True)
@@ -358,6 +517,11 @@ class DeLightSAMWebApp:
         self.server.state.dls_save_name = name
         self.status(f"saved {name} ({len(content)} bytes)")
         return self.server.protocol.addAttachment(content)
+
+
+def _saveKinds(dicomweb: bool) -> list[dict]:
+    kinds = [{"value": kind, "text": kind} for kind in SAVE_KINDS]
+    return kinds + ([{"value": saving.DICOMWEB, "text": DICOMWEB_TEXT}] if dicomweb else [])
 
 
 def _matrix(vtkMatrix) -> np.ndarray:

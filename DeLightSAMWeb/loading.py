@@ -2,6 +2,9 @@
 reader (``DeLightSAMLib.imageio``) and turned into MRML volume nodes (a photo is a single-slice RGB vector volume, as
 Slicer loads it). The ``LoadedImage`` is kept beside the node: saving writes on its grid with the cohort writers.
 
+A ``dicomweb://`` address names one series on a DICOMweb service, as the command line takes it
+(``DeLightSAMLib.cohort``: the same search, the same fetch into a temporary folder, the same series reader).
+
 Uploads are written into the session's temporary folder only, under names the server makes (never a path the
 browser sends), limited in size and type; a zip holds one DICOM series and is unpacked the same way.
 """
@@ -14,6 +17,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -39,6 +43,33 @@ class UploadError(ImageError):
 class LoadedVolume:
     node: object  # vtkMRMLScalarVolumeNode or vtkMRMLVectorVolumeNode
     image: LoadedImage
+    dicomweb: Optional[object] = None  # the DicomwebSeries it was fetched from (Save can store back to it)
+    name: str = ""  # what the page calls it (a fetched series: its series UID, not the temporary folder's name)
+
+
+@dataclass
+class FetchedSeries:
+    """A DICOMweb series fetched the command line's way: its image (files in a temporary folder that ``close``
+    removes), the series and how many series the address named (the first is shown)."""
+
+    image: LoadedImage
+    series: object  # DeLightSAMLib.cohort.dicomweb.DicomwebSeries
+    count: int
+    scratch: object  # the CaseImage holding the temporary folder
+
+    def close(self) -> None:
+        self.scratch.close()
+
+
+def fetch_dicomweb(address: str) -> FetchedSeries:
+    """The first image series a ``dicomweb://`` address names (sorted as the command line sorts them), fetched.
+    Raises a DeLightSAMError (one line) for an unreachable server, a refused request or no image series."""
+    from DeLightSAMLib.cohort.cases import CaseSettings, collect_cases
+    from DeLightSAMLib.cohort.runner import load_case
+
+    cases = collect_cases([address], CaseSettings(), store_only=True)
+    fetched = load_case(cases[0])
+    return FetchedSeries(fetched.loaded, cases[0].source, len(cases), fetched)
 
 
 def ijk_to_ras(image: LoadedImage) -> np.ndarray:
@@ -149,3 +180,29 @@ class UploadFolder:
         if not members:
             raise UploadError(f"'{archive.name}' is empty; zip the folder of one DICOM series")
         return target
+
+
+def record_instances(node, image: LoadedImage) -> dict[str, str]:
+    """Mark ``node`` as Slicer's DICOM loaders do (attribute ``DICOM.instanceUIDs``: the SOP instance UIDs of its
+    files, ``Unknown`` for a file without one) and return UID -> file: the server's own record of the files it read,
+    which stands in for Slicer's DICOM database in HeaderModality's lookup. Empty for an image not read from DICOM."""
+    import SimpleITK as sitk
+
+    from DeLightSAMSlicerLib.HeaderModality import INSTANCE_UIDS_ATTRIBUTE, UNKNOWN_UID
+
+    files: dict[str, str] = {}
+    uids = []
+    for path in image.dicom_files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+            uid = reader.GetMetaData("0008|0018").strip().rstrip("\x00") if reader.HasMetaDataKey("0008|0018") else ""
+        except RuntimeError:
+            uid = ""
+        uids.append(uid or UNKNOWN_UID)
+        if uid:
+            files[uid] = str(path)
+    if uids:
+        node.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, " ".join(uids))
+    return files

@@ -2,7 +2,7 @@
 
 A click handler only starts a task (:meth:`RunScheduler.start`) and returns. The task reads the views and writes the
 masks on the event-loop thread, the only one that touches MRML and VTK; the network (``predictMasks``) and the first
-load of a model run in ``asyncio.to_thread``. Masks go to the slice their view came from (the logic's
+load of a model run on the model thread (one thread, shared with encoding ahead: ``ahead.py``). Masks go to the slice their view came from (the logic's
 ``SegmentationRun.write``), whatever is shown when they arrive. All of a run's writes are one undo step.
 """
 
@@ -32,6 +32,8 @@ class RunReport:
     error: Optional[str] = None
     model: str = ""
     device: str = ""
+    note: str = ""  # said after the run's numbers (the DICOM header's modality)
+    encodings: Optional[int] = None  # encoder runs of the run (0: its slice was encoded ahead); None: not counted
 
     def text(self) -> str:
         if self.error:
@@ -40,7 +42,8 @@ class RunReport:
         what = "cancelled: " if result.cancelled else ""
         return (
             f"{what}{result.voxelsAdded} voxels added, {result.voxelsRemoved} removed on {result.description} "
-            f"({self.model}, {result.seconds:.2f} s, {self.device})"
+            f"({self.model}, {result.seconds:.2f} s, {self.device}{', encoded ahead' if self.encodings == 0 else ''})"
+            f"{self.note}"
         )
 
 
@@ -51,8 +54,11 @@ class RunScheduler:
     and ``onDone(report)`` are called on the loop.
     """
 
-    def __init__(self, predictors: Callable[[str], object], segmentationEditor, device: Callable[[], str]) -> None:
+    def __init__(
+        self, predictors: Callable[[str], object], segmentationEditor, device: Callable[[], str], executor=None
+    ) -> None:
         self.predictors = predictors
+        self.executor = executor  # the thread of every model pass (None: asyncio's default threads)
         self.editor = segmentationEditor
         self.device = device
         self.task: Optional[asyncio.Task] = None
@@ -64,8 +70,9 @@ class RunScheduler:
     def busy(self) -> bool:
         return self.task is not None and not self.task.done()
 
-    def start(self, startRun: Callable[[], object]) -> Optional[str]:
-        """Start the run ``startRun()`` makes (it checks its inputs); an error message instead, or None."""
+    def start(self, startRun: Callable[[], object], note: str = "") -> Optional[str]:
+        """Start the run ``startRun()`` makes (it checks its inputs); an error message instead, or None. ``note``:
+        what the status line adds after the run's numbers."""
         if self.busy:
             return "a run is under way; wait for it or press Cancel"
         try:
@@ -73,7 +80,7 @@ class RunScheduler:
         except (SegmentationError, DeLightSAMError) as error:
             return str(error)
         self.run = run
-        self.task = asyncio.ensure_future(self._execute(run))
+        self.task = asyncio.ensure_future(self._execute(run, note))
         return None
 
     def cancel(self) -> bool:
@@ -82,13 +89,15 @@ class RunScheduler:
         self.run.cancel()
         return True
 
-    async def _execute(self, run) -> RunReport:
-        report = RunReport(model=modelTitle(run.model))
+    async def _execute(self, run, note: str = "") -> RunReport:
+        report = RunReport(model=modelTitle(run.model), note=note)
         group = UndoGroup(self.editor, "De-LightSAM").open()
         started = time.perf_counter()
         seconds = {"load": 0.0, "read": 0.0, "network": 0.0, "write": 0.0}
         try:
-            predictor = await asyncio.to_thread(self.predictors, run.model)
+            loop = asyncio.get_running_loop()
+            predictor = await loop.run_in_executor(self.executor, self.predictors, run.model)
+            encodingsBefore = getattr(predictor, "encodings", None)
             report.device = self.device()
             seconds["load"] = time.perf_counter() - started
             while True:
@@ -98,12 +107,14 @@ class RunScheduler:
                 if batch is None:
                     break
                 mark = time.perf_counter()
-                masks = await asyncio.to_thread(predictMasks, predictor, batch.views, batch.options)
+                masks = await loop.run_in_executor(self.executor, predictMasks, predictor, batch.views, batch.options)
                 seconds["network"] += time.perf_counter() - mark
                 mark = time.perf_counter()
                 run.write(batch, masks)  # back on the loop: the only thread that touches MRML
                 seconds["write"] += time.perf_counter() - mark
                 self.onProgress(run.done, run.total)
+            if encodingsBefore is not None:
+                report.encodings = predictor.encodings - encodingsBefore
         except (SegmentationError, DeLightSAMError) as error:
             report.error = str(error)
         except Exception as error:  # noqa: BLE001 - one line in the page, the traceback in the server's log
@@ -120,9 +131,10 @@ class RunScheduler:
             group.close()
             self.run = None
         logger.info(
-            "run done in %.2f s (%s): %s",
+            "run done in %.2f s (%s; encoder runs: %s): %s",
             time.perf_counter() - started,
             ", ".join(f"{step} {value:.2f} s" for step, value in seconds.items()),
+            report.encodings,
             report.error or "ok",
         )
         self.onDone(report)

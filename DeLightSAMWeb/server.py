@@ -28,7 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment in the browser: De-LightSAM (Apply, All slices) and LiteMedSAM (box prompts) on Slicer's "
         "own core (trame-slicer). Prints the URL and serves until interrupted.",
     )
-    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images to load (NRRD, NIfTI, MHA, DICOM, PNG/JPEG)")
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="images to load (NRRD, NIfTI, MHA, DICOM, PNG/JPEG) or a DICOMweb series, as `delightsam predict` takes "
+        "it: dicomweb://HOST:PORT/PATH?StudyInstanceUID=...&SeriesInstanceUID=... (the first series it names)",
+    )
     parser.add_argument("--checkpoint", default=None, help="De-LightSAM weights: registry name or .pth path")
     parser.add_argument(
         "--box-checkpoint", default=None, help="LiteMedSAM weights for box prompts: registry name or .pth path"
@@ -130,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         server.start(port=args.port, host=args.host, open_browser=False, timeout=0, show_connection_info=False)
     finally:
-        app.uploads.cleanup()
+        app.cleanup()
     return 0
 
 

@@ -67,7 +67,11 @@ def build(app):
                             style="border: 1px solid grey; padding: 2px 6px; color: inherit; background: transparent;",
                         ):
                             html.Option(
-                                "{{ m }}", v_for="m in dls_modalities", key="m", value=("m",), style="color: black;"
+                                "{{ m.text }}",
+                                v_for="m in dls_modalities",
+                                key="m.value",
+                                value=("m.value",),
+                                style="color: black;",
                             )
                     VSlider(
                         v_model=("dls_threshold",),
@@ -142,7 +146,11 @@ def build(app):
                             style="border: 1px solid grey; padding: 2px 6px; color: inherit; background: transparent;",
                         ):
                             html.Option(
-                                "{{ k }}", v_for="k in dls_save_kinds", key="k", value=("k",), style="color: black;"
+                                "{{ k.text }}",
+                                v_for="k in dls_save_kinds",
+                                key="k.value",
+                                value=("k.value",),
+                                style="color: black;",
                             )
                         VBtn(
                             "Save",

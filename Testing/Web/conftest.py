@@ -76,11 +76,12 @@ class WebServer:
         self._logFile.close()
 
 
-def write_volume(path: Path) -> Path:
-    """A small CT-like NRRD, 5 axial slices of 64 x 80: noise plus a bright block (its middle slice is shown)."""
+def write_volume(path: Path, seed: int = 7) -> Path:
+    """A small CT-like NRRD, 5 axial slices of 64 x 80: noise (from ``seed``) plus a bright block (its middle slice is
+    shown)."""
     import SimpleITK as sitk
 
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     voxels = rng.normal(0.0, 15.0, (5, 64, 80)).astype(np.int16)
     voxels[:, 18:46, 22:58] += 400
     image = sitk.GetImageFromArray(voxels)
@@ -142,6 +143,7 @@ def page(browser, web_server, web_volume):
     expect_status(page, r"loaded ct\.nrrd")
     wait_for_view(page)
     page.locator('[data-testid="save-format"]').select_option("seg.nrrd")  # one server serves every test
+    page.locator('[data-testid="modality"]').select_option("dermoscopy")  # (direct_labels segments dermoscopy)
     yield page
     context.close()
 

@@ -22,6 +22,7 @@ from conftest import (
     upload,
     view_pixels,
     wait_for_view,
+    write_volume,
 )
 
 DOCS = REPO / "docs"
@@ -269,6 +270,7 @@ def test_a_dicom_upload_is_saved_as_dicom_seg_of_its_series(page, tmp_path):
     source = Path(get_testdata_file("CT_small.dcm"))
     upload(page, source)
     expect_status(page, r"loaded CT_small\.dcm \(128 x 128\)")
+    assert page.locator('[data-testid="modality"]').input_value() == "dermoscopy"  # CT: not a modality Auto knows
     page.locator('[data-testid="apply"]').click()
     expect_status(page, r"voxels added", timeout=120)
     page.locator('[data-testid="save-format"]').select_option("dicom-seg")
@@ -341,12 +343,15 @@ def test_quick_start_radiograph_lung_box_matches_the_library(page, litemedsam_we
     assert dice > 0.97
 
 
-def test_a_result_goes_to_the_slice_it_came_from_while_the_view_scrolls(page):
+def test_a_result_goes_to_the_slice_it_came_from_while_the_view_scrolls(page, tmp_path):
     page.locator('[data-testid="apply"]').click()  # loads the model
     expect_status(page, r"voxels added", timeout=120)
-    page.locator('[data-testid="undo"]').click()
-    page.wait_for_timeout(300)
-    before = view_pixels(page)
+    # pixels no test has encoded, Apply as soon as they are shown: the run encodes its slice (or waits for the
+    # encoding ahead under way) while the wheel scrolls the view
+    upload(page, write_volume(tmp_path / "scroll.nrrd", seed=int(time.time()) + 1))
+    expect_status(page, r"loaded scroll\.nrrd")
+    wait_for_view(page)
+    before = view_pixels(page, settle_ms=150)
     page.locator('[data-testid="apply"]').click()
     expect_status(page, r"segmenting", timeout=10)
     box = red_view(page).bounding_box()
@@ -369,3 +374,153 @@ def test_layouts_build_their_views_when_chosen(page):
     page.wait_for_function("() => document.querySelectorAll('img.image-display-area').length === 4", timeout=30000)
     page.locator('[data-testid="layout"]').select_option("Axial Only")
     page.wait_for_function("() => document.querySelectorAll('img.image-display-area').length === 1", timeout=30000)
+
+
+def test_a_dicom_upload_chooses_auto_modality_from_its_header(page, web_volume):
+    """As Slicer's effect: Auto (from the DICOM header) is the default for a DICOM image whose Modality the model
+    knows, and the status line says which tag chose it; a non-DICOM image gets back the modality chosen by hand."""
+    data_store = pytest.importorskip("data_store", reason="needs pydicom-data (pip install pydicom-data)")
+    modality = page.locator('[data-testid="modality"]')
+    assert modality.locator("option").first.inner_text() == "Auto (from the DICOM header)"
+    modality.select_option("ultrasound")
+    radiograph = Path(data_store.__file__).parent / "data" / "RG1_UNCR.dcm"
+    upload(page, radiograph)
+    text = expect_status(page, r"loaded RG1_UNCR\.dcm")
+    assert "Modality (0008,0060) = CR -> xray" in text, text
+    assert modality.input_value() == "auto"
+    assert modality.evaluate("s => s.options[s.selectedIndex].text") == "Auto (from the DICOM header)"
+    wait_for_view(page)
+    page.locator('[data-testid="apply"]').click()
+    text = expect_status(page, r"voxels added", timeout=180)
+    assert text.endswith("Modality from the DICOM header: Modality (0008,0060) = CR -> xray."), text
+    page.screenshot(path=str(DOCS / "web_auto_modality.jpg"), type="jpeg", quality=70)
+
+    upload(page, web_volume)  # no DICOM header: back to the modality chosen by hand
+    expect_status(page, r"loaded ct\.nrrd .*choose the modality")
+    assert modality.input_value() == "ultrasound"
+    # Auto chosen by hand for an image without a header: one line saying what to do, nothing runs
+    modality.select_option("auto")
+    page.locator('[data-testid="apply"]').click()
+    text = expect_status(page, r"no DICOM header")
+    assert (
+        text == "ct is not a DICOM image, so it has no DICOM header to read the modality from: choose the modality"
+        and page.locator('[data-testid="status"].text-error').count() == 1
+    )
+
+
+def test_a_slice_looked_at_is_encoded_ahead_and_apply_runs_no_encoder(page, tmp_path, reference_weights_path):
+    """Issue 22 in the browser: the shown slice is encoded once it has stayed ~300 ms (the effect's EncodeAhead
+    through its BackgroundSegmenter, ticked by the event loop); Apply on it then runs no encoder, and its mask is the
+    one the logic writes without any encoding ahead."""
+    volume = write_volume(tmp_path / "fresh.nrrd", seed=int(time.time()))  # pixels no earlier test has encoded
+    upload(page, volume)
+    expect_status(page, r"loaded fresh\.nrrd")
+    wait_for_view(page)
+    text = apply_and_wait(page)  # loads the model if no test has: encoding ahead only uses a loaded one
+    first_slice = int(re.search(r"K = (\d+)", text).group(1))
+    page.locator('[data-testid="undo"]').click()
+    box = red_view(page).bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, 120)  # another slice, never shown before
+    page.wait_for_timeout(2500)  # past the dwell (longer right after scrolling: at most 1.5 s)
+    text = apply_and_wait(page)
+    assert re.search(r"\(De-LightSAM, [\d.]+ s, cpu, encoded ahead\)", text), text
+    slice_index = int(re.search(r"K = (\d+)", text).group(1))
+    assert slice_index != first_slice, text
+    with page.expect_download() as download_info:
+        page.locator('[data-testid="save"]').click()
+    downloaded = read_seg_nrrd(Path(download_info.value.path()).read_bytes())  # (i, j, k)
+    direct = direct_labels(volume, reference_weights_path, slice_index)  # [k, j, i], no encoding ahead
+    assert np.count_nonzero(direct) > 0
+    np.testing.assert_array_equal(downloaded, np.transpose(direct, (2, 1, 0)))
+
+
+def apply_and_wait(page, timeout: float = 120.0) -> str:
+    """Press Apply and wait for this run's own result (the status line changes from what it said before)."""
+    before = status(page)
+    page.locator('[data-testid="apply"]').click()
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        text = status(page)
+        if text != before and "voxels added" in text:
+            return text
+        page.wait_for_timeout(50)
+    raise AssertionError(f"Apply gave no result; the status says: {status(page)!r}")
+
+
+def test_paint_after_apply_and_segment_list_actions_are_saved(page):
+    """trame-slicer's own correction effects and segment list on the model's result: Paint on the Red view with the
+    mouse adds exactly the painted voxels to the saved segment; a segment added and renamed in the list is saved
+    under its name, and the eye hides a segment in the view."""
+    import slicerio
+
+    text = apply_and_wait(page)
+    slice_index = int(re.search(r"K = (\d+)", text).group(1))
+    model = save_segmentation(page)[0] > 0  # (i, j, k)
+    assert model.sum() == int(re.search(r"(\d+) voxels added", text).group(1))
+    before = view_pixels(page)
+
+    # Paint: a stroke across the bright block, where the model put nothing
+    page.locator("button:has(.mdi-brush)").first.click()
+    x0, y0, x1, y1 = bright_box(before)
+    origin = red_view(page).bounding_box()
+    middle = origin["y"] + (y0 + y1) / 2
+    page.mouse.move(origin["x"] + x0 + 40, middle)
+    page.mouse.down()
+    page.mouse.move(origin["x"] + x1 - 40, middle, steps=12)
+    page.mouse.up()
+    page.wait_for_timeout(500)
+    page.locator("button:has(.mdi-cursor-default)").first.click()  # back to the views' own interaction
+    painted = save_segmentation(page)[0] > 0
+    added = painted & ~model
+    assert np.array_equal(painted & model, model), "painting removed voxels of the model's segment"
+    assert added.sum() > 50
+    i, j, k = np.nonzero(added)
+    # trame-slicer's brush is a sphere (6 % of the view wide): it reaches the slices next to the shown one
+    assert set(k) <= {slice_index - 1, slice_index, slice_index + 1}
+    assert np.bincount(k).argmax() == slice_index
+    # inside the test volume's bright block (i 22..57, j 18..45): where the stroke went
+    assert i.min() >= 22 and i.max() <= 57 and j.min() >= 18 and j.max() <= 45
+    assert j.max() - j.min() < 10 < i.max() - i.min()  # a horizontal stroke
+    assert changed(before, view_pixels(page)).any()
+
+    # Segment list: add a segment, rename it, segment into it; hide the first one
+    page.locator("button:has(.mdi-plus)").first.click()
+    page.wait_for_function("() => document.querySelectorAll('.v-list-item input').length === 2")
+    page.locator(".v-list-item").nth(1).click(position={"x": 4, "y": 12})  # select it (its padding: not a control)
+    page.wait_for_selector(".v-list-item:nth-child(2).v-list-item--active", timeout=10000)
+    name_field = page.locator(".v-list-item--active input").first
+    name_field.click()
+    name_field.fill("lesion")
+    name_field.press("Enter")
+    name_field.press("Tab")  # the field's change event renames the segment
+    page.wait_for_timeout(300)
+    assert page.locator(".v-list-item input").evaluate_all("fields => fields.map(f => f.value)") == [
+        "segment 1",
+        "lesion",
+    ]
+    text = apply_and_wait(page)
+    assert f"K = {slice_index}" in text
+    shown = view_pixels(page)
+    page.screenshot(path=str(DOCS / "web_paint.png"))  # the painted stroke in segment 1, the model's mask in lesion
+    assert (DOCS / "web_paint.png").stat().st_size < 300_000
+    page.locator(".v-list-item:nth-child(1) .mdi-eye-outline").click()  # segment 1's eye
+    page.wait_for_selector(".v-list-item:nth-child(1) .mdi-eye-off-outline", timeout=10000)
+    assert page.locator(".v-list-item:nth-child(2) .mdi-eye-outline").count() == 1  # lesion stays shown
+    hidden = view_pixels(page)
+    assert changed(shown, hidden).any(), "hiding segment 1 did not change the view"
+    labels, data = save_segmentation(page)
+    segmentation = slicerio.read_segmentation(str(data))
+    names = {segment["labelValue"]: segment["name"] for segment in segmentation["segments"]}
+    assert names == {1: "segment 1", 2: "lesion"}
+    # the new segment holds the model's mask (it wins the overlap); segment 1 keeps only the painted voxels there
+    np.testing.assert_array_equal(labels == 2, model)
+    np.testing.assert_array_equal(labels == 1, added)
+
+
+def save_segmentation(page):
+    """Save as .seg.nrrd through the page: (label voxels (i, j, k), the downloaded file's path)."""
+    with page.expect_download() as download_info:
+        page.locator('[data-testid="save"]').click()
+    path = Path(download_info.value.path())
+    return read_seg_nrrd(path.read_bytes()), path
