@@ -16,15 +16,12 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Protocol, Sequence, Union
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import slicer
 
-from DeLightSAMLib.intensity import Window, to_rgb8
 from DeLightSAMLib.progress import ProgressCallback  # progress(done, total); raise SegmentationCancelled to stop
-from DeLightSAMLib.registry import MODALITIES
-from DeLightSAMSlicerLib.CleanUp import fillHoles, keepLargestComponent
 from DeLightSAMSlicerLib.Frames import FramesSnapshot, fillMissingItems
 from DeLightSAMSlicerLib.Geometry import (
     SegmentationError,
@@ -40,7 +37,8 @@ from DeLightSAMSlicerLib.Geometry import (
 )
 from DeLightSAMSlicerLib.i18n import tr as _
 from DeLightSAMSlicerLib.Labelmaps import BatchLabelmap, ModifierGeometry, segmentViewMask, segmentVoxels
-from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
+from DeLightSAMSlicerLib.Models import AUTOMATIC
+from DeLightSAMSlicerLib.Prediction import RunBatch, SegmentationOptions, SliceView, predictMasks
 
 logger = logging.getLogger(__name__)
 
@@ -51,94 +49,6 @@ PredictorProvider = Callable[[str], object]
 
 class SegmentationCancelled(Exception):
     """Raised by a progress callback to stop a batch run; what was written so far is kept."""
-
-
-@dataclass(frozen=True)
-class SegmentationOptions:
-    """How to segment and write, shared by one slice, all slices and all frames.
-
-    ``box`` chooses the model: None, De-LightSAM segments the whole view for ``modality``; a box (x0, y0, x1, y1) in
-    view pixel positions (``Geometry``: x along columns, the image spans 0..cols and 0..rows), LiteMedSAM segments
-    what lies inside it. The loop hands the options to ``predictMasks``, the only step that depends on how a mask
-    is predicted; writing is the same for every mask.
-    """
-
-    modality: Union[str, int] = MODALITIES[0]
-    threshold: float = 0.5
-    replace: bool = False  # the covered voxels become exactly the prediction (an empty one clears them)
-    keepLargestComponent: bool = False
-    fillHoles: bool = False
-    box: Optional[tuple] = None  # drawn for one run, never stored
-
-    # The Segment Editor effect keeps the options in its parameter node under these names (field -> parameter),
-    # declared here once; parameter values are strings, booleans "0"/"1". Every field but the box is a parameter.
-    PARAMETER_NAMES = {
-        "modality": "Modality",
-        "threshold": "Threshold",
-        "replace": "Replace",
-        "keepLargestComponent": "KeepLargest",
-        "fillHoles": "FillHoles",
-    }
-
-    def toParameters(self) -> dict[str, str]:
-        """Parameter name -> value, as the effect's parameter node stores them."""
-        return {name: _parameterText(getattr(self, field)) for field, name in self.PARAMETER_NAMES.items()}
-
-    @classmethod
-    def fromParameters(cls, parameters: Mapping[str, str]) -> "SegmentationOptions":
-        """Options from parameter values (missing or empty ones keep their defaults)."""
-        values = {}
-        defaults = {field.name: field.default for field in dataclasses.fields(cls)}
-        for field, name in cls.PARAMETER_NAMES.items():
-            text = parameters.get(name, "")
-            if text in ("", None):
-                continue
-            default = defaults[field]
-            if isinstance(default, bool):
-                values[field] = str(text).strip().lower() not in ("0", "false", "")
-            elif isinstance(default, float):
-                values[field] = float(text)
-            else:
-                values[field] = str(text)
-        return cls(**values)
-
-    @property
-    def model(self) -> str:
-        """The model these options run: Models.BOX with a box, else Models.AUTOMATIC."""
-        return AUTOMATIC if self.box is None else BOX
-
-    @classmethod
-    def of(cls, options: Union["SegmentationOptions", str, int], **changes) -> "SegmentationOptions":
-        """``options`` itself, or a modality name or index as shorthand; keyword arguments replace fields."""
-        if not isinstance(options, cls):
-            options = cls(modality=options)
-        return dataclasses.replace(options, **changes) if changes else options
-
-    def cleanUp(self, mask: np.ndarray) -> np.ndarray:
-        """The 2D mask as it is written: holes filled, then only the largest region, when asked for."""
-        if self.fillHoles:
-            mask = fillHoles(mask)
-        if self.keepLargestComponent:
-            mask = keepLargestComponent(mask)
-        return mask
-
-
-def _parameterText(value) -> str:
-    return str(int(value)) if isinstance(value, bool) else str(value)
-
-
-@dataclass
-class SliceView:
-    """What a view shows of the source volume: raw values (rows, cols[, c]), the window that maps them to the 8 bits
-    on screen, and the plane they come from. NaN marks samples outside the volume (oblique views)."""
-
-    image: np.ndarray
-    window: Window
-    plane: SlicePlane
-
-    def rgb8(self) -> np.ndarray:
-        """(rows, cols, 3) uint8: what the network sees, through the library's one pixel pipeline."""
-        return to_rgb8(self.image, self.window)
 
 
 class LabelmapWriter(Protocol):
@@ -219,44 +129,6 @@ class _Job:
     undoable: bool = True  # one editor undo state before the first change
     prepare: Optional[Callable[[], None]] = None
     restore: Optional[Callable[[], None]] = None
-
-
-@dataclass
-class RunBatch:
-    """The views of one batch of a run, read on the scene's thread: what ``predictMasks`` needs, and nothing of MRML."""
-
-    items: list
-    views: list  # SliceView per item
-    options: SegmentationOptions
-
-
-def predictMasks(predictor, views: Sequence[SliceView], options: SegmentationOptions) -> list[np.ndarray]:
-    """(rows, cols) bool masks of ``views``. Touches no MRML: safe on any thread or in another process.
-
-    The raw view and its display window go to the predictor, which converts them to 8 bits (one pixel pipeline, the
-    library's). One view: ``set_image`` then ``predict``, so the image stays cached in the predictor; several:
-    ``predict_batch``, per display window. With a box: LiteMedSAM's mask of the box (its predictor keeps the encoding
-    of an unchanged image, ``Models.ReusedEncoding``)."""
-    if options.box is not None:
-        masks = []
-        for view in views:
-            predictor.set_image(view.image, view.window)
-            masks.append(predictor.predict(np.asarray(options.box, np.float64), threshold=options.threshold).mask)
-        return masks
-    if len(views) == 1:
-        predictor.set_image(views[0].image, views[0].window)
-        return [predictor.predict(options.modality, threshold=options.threshold).mask]
-    masks: list = [None] * len(views)
-    byWindow: dict = {}
-    for index, view in enumerate(views):
-        byWindow.setdefault(tuple(float(value) for value in view.window), []).append(index)
-    for window, indices in byWindow.items():
-        results = predictor.predict_batch(
-            [views[i].image for i in indices], options.modality, threshold=options.threshold, window=window
-        )
-        for index, result in zip(indices, results):
-            masks[index] = result.mask
-    return masks
 
 
 class SegmentationRun:

@@ -338,7 +338,7 @@ def _handle(state: _WorkerState, header: dict, arrays: list) -> tuple[dict, list
         encoded = cache.encode(arrays[0], header["window"])
         return {"type": "encoded", "id": header["id"], "encoded": encoded, "seconds": time.perf_counter() - start}, []
     if kind == "predict":
-        from DeLightSAMSlicerLib.MRMLLogic import SegmentationOptions, SliceView, predictMasks
+        from DeLightSAMSlicerLib.Prediction import SegmentationOptions, SliceView, predictMasks
 
         options = dict(header["options"])
         options["box"] = None if options["box"] is None else tuple(options["box"])

@@ -321,3 +321,22 @@ def test_the_main_side_of_the_worker_imports_no_torch():
     run = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
+
+
+def test_the_worker_s_side_loads_no_slicer_library():
+    """The worker process runs predictMasks on the options and views it is sent: Prediction imports neither slicer
+    nor vtk, so the worker starts without loading Slicer's MRML libraries."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import DeLightSAMSlicerLib.Worker, DeLightSAMSlicerLib.Prediction as p; "
+        "p.SegmentationOptions(modality='xray').model; "
+        "print(sorted(name for name in ('slicer', 'vtk', 'vtkmodules') if name in sys.modules))"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
