@@ -71,7 +71,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.rubberBands = {}  # slice widget -> its RubberBand
         # The editor widget deletes its effects without deactivating them: after cleanup() from Slicer 5.10 on, with no
         # call at all in 5.8. The effect's own destruction is what 5.8 leaves to remove the scene observer by.
-        scriptedEffect.connect("destroyed()", self._removeSceneObserver)
+        scriptedEffect.connect("destroyed()", self._onDestroyed)
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -208,6 +208,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def cleanup(self):
         """Called by the editor widget (Slicer 5.10 and later) before it deletes the effect, active or not."""
         self.deactivate()
+        self.worker.close()  # its timer stops and its run under way is cancelled: nothing reaches deleted widgets
+
+    def _onDestroyed(self):
+        """Slicer 5.8 deletes the effect without cleanup(): the same, from its destruction."""
+        self._removeSceneObserver()
+        self.worker.close()
 
     def _removeSceneObserver(self, *_args):
         if self.sceneCloseObserver is not None:

@@ -48,6 +48,8 @@ class WorkerDriver:
         self._what = None
         self._checkpoint = ""  # of the run under way, for the status line
         self._chosen = None  # Auto: the modality the DICOM header gave, for the status line
+        self._run = None  # the BackgroundRun this effect started last (the segmenter is shared by all effects)
+        self.closed = False  # the effect is going (cleanup, or its destruction): nothing of it is touched again
         self.timer = qt.QTimer()
         self.timer.setInterval(TICK_MS)
         self.timer.connect("timeout()", self.onTick)
@@ -65,6 +67,20 @@ class WorkerDriver:
         self.active = False
         if not self.segmenter.busy:
             self.timer.stop()
+
+    def close(self):
+        """The effect is going (``cleanup()`` from Slicer 5.10 on, its ``destroyed()`` in 5.8): the timer stops and the run
+        this effect started is cancelled without its callbacks, so nothing reaches the effect's deleted widgets. The
+        shared segmenter and its worker stay for the other effects; a run another effect started is left alone.
+        Idempotent."""
+        self.active = False
+        self.closed = True
+        self.timer.stop()
+        self._closeProgress()
+        run, self._run = self._run, None
+        if run is not None and not run.finished:
+            run.onFinished = run.progress = None  # its result is never written into this effect
+            run.cancel(superseded=True)
 
     def stop(self):
         """Stop the run under way and the worker (scene closing, Slicer quitting, effect cleanup)."""
@@ -102,7 +118,7 @@ class WorkerDriver:
             segmentationRun = start(options, EffectWriter(owner.scriptedEffect))
             self._closeProgress()
             self._what = what
-            self.segmenter.start(segmentationRun, spec, self._finished, self._report if what else None)
+            self._run = self.segmenter.start(segmentationRun, spec, self._finished, self._report if what else None)
             if what is not None and self.segmenter.busy:
                 self._report(0, segmentationRun.total)  # the dialog (and its Stop) from the start
             owner.statusLabel.text = _("De-LightSAM: segmenting in the background...")
@@ -124,6 +140,8 @@ class WorkerDriver:
     def _finished(self, outcome):
         from DeLightSAMQt.Dialogs import userErrorDisplay
 
+        if self.closed:
+            return
         self._closeProgress()
         self.effect._updateButtons(running=False)
         if outcome.superseded:
@@ -149,6 +167,9 @@ class WorkerDriver:
 
     # ------------------------------------------------------------------ the timer
     def onTick(self):
+        if self.closed:  # a tick queued before the timer stopped
+            self.timer.stop()
+            return
         self.segmenter.tick()
         if self.active and not self.segmenter.busy:
             self._encodeAhead()

@@ -2,9 +2,10 @@
 the scripted effect and the Slicer application, with a real MRML scene (slicer-core). What only Slicer can run is in
 SegmentEditorDeLightSAMTest; the syntax-tree checks at the end hold the effect's source to the same rules.
 
-Defects of issue 18 each test fails on: the scene-close observer outliving the effect (1), download dialogs naming the
-wrong model (2), the view selector showing one view while Apply uses another, and a stale list after a layout change
-(5), writes without the hidden-segment question (6), a status line that fails after a written result (8).
+Defects of issue 18 each test fails on: the scene-close observer, the timer and the run outliving the effect (1),
+download dialogs naming the wrong model (2), the view selector showing one view while Apply uses another, and a stale
+list after a layout change (5), writes without the hidden-segment question (6), a status line that fails after a
+written result (8).
 """
 
 from __future__ import annotations
@@ -102,15 +103,20 @@ def effectModule(monkeypatch):
     qt.Qt = types.SimpleNamespace(WaitCursor=3)
     qt.QComboBox, qt.QCheckBox = ComboBox, type("QCheckBox", (), {})
 
-    class QTimer:  # the worker driver's tick; these tests run no background run
+    class QTimer:  # the worker driver's tick: ``timeout()`` fires only when a test calls ``fire()``
         def __init__(self):
             self.active = False
+            self.slots = []
 
         def setInterval(self, milliseconds):
             pass
 
         def connect(self, signal, slot):
-            pass
+            self.slots.append(slot)
+
+        def fire(self):
+            for slot in self.slots:
+                slot()
 
         def start(self):
             self.active = True
@@ -313,6 +319,132 @@ def test_the_status_of_a_written_result_never_fails(effectModule, monkeypatch):
         effect.onApply()
     assert recorder.runs == ["startSlice"]
     assert effect.statusLabel.text.startswith("Done: slice 3: 5 voxels added, 0 removed, 0.1 s (stand-in on cpu; )")
+
+
+class Ticket:
+    """A worker request that has not been answered yet."""
+
+    def __init__(self):
+        self.done, self.error, self.cancelled = False, None, False
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class Client:
+    """Stands in for the WorkerClient: requests are kept, never answered (the worker is busy)."""
+
+    def __init__(self):
+        self.tickets = []
+
+    def predict(self, spec, views, options):
+        self.tickets.append(Ticket())
+        return self.tickets[-1]
+
+    def poll(self):
+        pass
+
+    def stop(self):
+        pass
+
+
+class Run:
+    """Stands in for a MRMLLogic SegmentationRun of three slices, one a batch."""
+
+    def __init__(self):
+        self.total, self.done, self.written, self.cancelled = 3, 0, [], False
+
+    def nextBatch(self):
+        if self.cancelled or self.done >= self.total:
+            return None
+        return types.SimpleNamespace(items=[self.done], views=[None], options=None)
+
+    def write(self, batch, arrays):
+        self.written.append(batch.items)
+        self.done += 1
+
+    def cancel(self):
+        self.cancelled = True
+
+    def finish(self):
+        return types.SimpleNamespace(
+            sceneClosed=False, cancelled=self.cancelled, description="", voxelsAdded=0, voxelsRemoved=0, seconds=0
+        )
+
+
+class Deleted:
+    """A widget the editor widget has deleted: any use fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"a deleted widget was used ({name})")
+
+    def __setattr__(self, name, value):
+        raise AssertionError(f"a deleted widget was used ({name} = {value!r})")
+
+
+def _inBackground(effectModule, monkeypatch, tmp_path):
+    """Effects whose runs go to a stand-in worker that never answers; ``start(effect)`` begins a run of it."""
+    from DeLightSAMSlicerLib.Background import BackgroundSegmenter
+
+    driverModule = sys.modules["SegmentEditorDeLightSAMLib.WorkerDriver"]
+    segmenter = BackgroundSegmenter(client=Client())
+    monkeypatch.setitem(driverModule._shared, "segmenter", segmenter)
+    recorder = Recorder()
+    monkeypatch.setattr(sys.modules["DeLightSAMQt.Dialogs"], "DownloadProgressDialog", recorder.downloadDialog)
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"weights")
+
+    def start(effect):
+        effect.session.checkpointFile = lambda *args: checkpoint
+        run = Run()
+        effect.worker.run(None, lambda options, writer: run)
+        assert segmenter.busy and effect.worker.timer.active
+        return run
+
+    return segmenter, start
+
+
+def _delete(effect, scriptedEffect, ending):
+    if ending == "cleanup":
+        effect.cleanup()
+    for name in ("statusLabel", "applyButton", "allSlicesButton", "allFramesButton", "undoFramesButton"):
+        setattr(effect, name, Deleted())
+    setattr(effect, "boxFromSegmentButton", Deleted())
+    if ending == "destroyed":
+        scriptedEffect.emit("destroyed()")
+
+
+@pytest.mark.parametrize("ending", ["cleanup", "destroyed"])
+def test_a_run_under_way_ends_with_its_effect(effectModule, monkeypatch, tmp_path, ending):
+    """Issue 18 defect 1's class: the editor widget deletes an effect while its run is under way. Its timer stops, its
+    run is cancelled (nothing more is written, its result is not shown), and a tick queued before touches nothing."""
+    segmenter, start = _inBackground(effectModule, monkeypatch, tmp_path)
+    effect, scriptedEffect, _recorder = _driven(effectModule, monkeypatch)
+    effect.activate()
+    run = start(effect)
+    ticket = segmenter.client.tickets[0]
+    _delete(effect, scriptedEffect, ending)
+    assert not effect.worker.timer.active
+    assert not segmenter.busy and run.cancelled and ticket.cancelled and run.written == []
+    ticket.done, ticket.arrays, ticket.header = True, [], {}  # the answer comes after all
+    effect.worker.timer.fire()  # a tick queued before the timer stopped
+    segmenter.tick()
+    assert run.written == []
+
+
+def test_closing_an_effect_leaves_the_run_of_another_alone(effectModule, monkeypatch, tmp_path):
+    """The segmenter is shared by every effect instance: closing one cancels only the run it started."""
+    segmenter, start = _inBackground(effectModule, monkeypatch, tmp_path)
+    first, firstScripted, _recorder = _driven(effectModule, monkeypatch)
+    second, _secondScripted, _recorder = _driven(effectModule, monkeypatch)
+    start(first)
+    run = start(second)  # supersedes the first effect's run
+    _delete(first, firstScripted, "cleanup")
+    assert segmenter.busy and not run.cancelled and second.worker.timer.active
+    segmenter.client.tickets[-1].done = True
+    segmenter.client.tickets[-1].arrays, segmenter.client.tickets[-1].header = [], {}
+    second.worker.timer.fire()
+    assert run.written == [[0]]
 
 
 # ------------------------------------------------------------------------------------ the shared Qt side
