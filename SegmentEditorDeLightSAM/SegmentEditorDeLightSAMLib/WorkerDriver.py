@@ -69,9 +69,9 @@ class WorkerDriver:
             self.timer.stop()
 
     def close(self):
-        """The effect is going (``cleanup()`` from Slicer 5.10 on, its ``destroyed()`` in 5.8): the timer stops and the run
-        this effect started is cancelled without its callbacks, so nothing reaches the effect's deleted widgets. The
-        shared segmenter and its worker stay for the other effects; a run another effect started is left alone.
+        """The effect is going (``cleanup()`` from Slicer 5.10 on, its ``destroyed()`` in 5.8): the timer stops and the
+        run this effect started is cancelled without its callbacks, so nothing reaches the effect's deleted widgets.
+        The shared segmenter and its worker stay for the other effects; a run another effect started is left alone.
         Idempotent."""
         self.active = False
         self.closed = True
