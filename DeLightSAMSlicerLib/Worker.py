@@ -625,6 +625,12 @@ class WorkerClient:
         if process is not None and code is None:
             process.kill()
             code = process.wait()
+        if process is not None:  # as stop() does: the pipes are not left to the garbage collector
+            for pipe in (process.stdin, process.stdout):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
         message = _(
             "De-LightSAM's background worker stopped ({reason}); nothing was written for this request. It starts "
             "again on the next Apply."

@@ -279,6 +279,21 @@ def test_the_worker_ends_when_its_stdin_closes(spec):
     assert not client.running
 
 
+def test_a_killed_worker_s_pipes_are_closed_and_the_next_request_starts_another():
+    client = WorkerClient()
+    try:
+        client.start()
+        process = client._process
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(TIMEOUT)
+        assert client.poll() == [] and not client.running  # noticed: nothing was in flight
+        assert process.stdin.closed and process.stdout.closed  # not left to the garbage collector (ResourceWarning)
+        answer = client.wait(client.statistics(), TIMEOUT)
+        assert answer.error is None and client.starts == 2 and client._process is not process
+    finally:
+        client.stop()
+
+
 # ---------------------------------------------------------------------------------------------- the session's part
 class NoInstaller:
     def __getattr__(self, name):
