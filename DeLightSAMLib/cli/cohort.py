@@ -65,7 +65,9 @@ def cohort_cases(args: argparse.Namespace) -> Optional[list[Case]]:
     from ..cohort.dicomweb import is_dicomweb
 
     inputs = list(args.input)
-    cohort_options = args.output_dir or args.summary or args.store_to or args.overwrite
+    # --overwrite alone makes a cohort run (the default result next to the input, a summary); with --output the single
+    # input path replaces that one file anyway.
+    cohort_options = args.output_dir or args.summary or args.store_to or (args.overwrite and not args.output)
     single = (
         len(inputs) == 1
         and not cohort_options

@@ -92,6 +92,30 @@ def tiny_checkpoint(tmp_path):
     return path
 
 
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_one_input_with_output_replaces_the_file_with_or_without_overwrite(capsys, monkeypatch, tmp_path, overwrite):
+    """--overwrite is a cohort option, but with one input and --output it is harmless: that file is replaced (it was
+    refused with '--output names one file but the command has 1 cases')."""
+    from cohort_data import TINY, save_tiny_checkpoint
+    from DeLightSAMLib.registry import CHECKPOINTS
+
+    monkeypatch.setitem(CHECKPOINTS, "tiny", TINY)
+    save_tiny_checkpoint(tmp_path / "cache")
+    work = tmp_path / "work"
+    work.mkdir()
+    source, output = work / "vol.nrrd", work / "out.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 12, 14), np.int16)), str(source))
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((1, 3, 3), 7, np.uint8)), str(output))  # an older result
+    code, out, err = run(
+        capsys, "predict", source, "-m", "xray", "-o", output, *overwrite, "-c", "tiny", "--device", "cpu"
+    )
+    assert code == 0 and err == "", err
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
+    assert mask.shape == (2, 12, 14) and set(np.unique(mask)) <= {0, 1}
+    assert str(output) in out
+    assert sorted(p.name for p in work.iterdir()) == ["out.nrrd", "vol.nrrd"]  # no summary, no cohort state
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
