@@ -254,6 +254,8 @@ class SegmentEditorDeLightSAMTest(ScriptedLoadableModuleTest):
         slicer.app.processEvents()
         self.assertIsNone(pythonEffect.sceneCloseObserver)
         self.assertIsNone(scene.GetCommand(tag))
+        self.assertTrue(pythonEffect.worker.closed)  # its timer stopped, its run (none here) cancelled
+        self.assertFalse(pythonEffect.worker.timer.isActive())
         slicer.mrmlScene.Clear(0)  # nothing of the deleted effect runs
 
 
