@@ -323,13 +323,20 @@ class DeLightSAMWebApp:
             path = self.uploads.store(chunks)
             image = read_image(path)
         except DeLightSAMError as error:
+            self._keepShownUpload()
             self.status(f"upload refused: {error}", True)
             return
         except Exception as error:  # noqa: BLE001 - never stop the server over an upload
             logger.exception("upload failed")
+            self._keepShownUpload()
             self.status(f"upload failed ({type(error).__name__}: {error}); the server's log has the details", True)
             return
         self.show(image)
+        self._keepShownUpload()
+
+    def _keepShownUpload(self) -> None:
+        """Remove the upload folders except the shown image's (a refused upload leaves that one in place)."""
+        self.uploads.keep(self.loaded.image.source if self.loaded is not None else None)
 
     # ------------------------------------------------------------------ runs
     def options(self) -> SegmentationOptions:

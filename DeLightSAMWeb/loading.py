@@ -122,7 +122,9 @@ def safe_name(name: str, taken: set) -> str:
 
 
 class UploadFolder:
-    """The session's temporary folder; each upload gets a fresh sub-folder, removed when the next one replaces it."""
+    """The session's temporary folder; each upload gets a fresh sub-folder. ``keep`` removes the others once an image
+    is shown: a refused upload never takes away the files of the image still on screen (Save as DICOM SEG and Auto's
+    header lookup read them)."""
 
     def __init__(self, maxBytes: int = MAX_UPLOAD_BYTES) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="delightsam-web-"))
@@ -150,7 +152,6 @@ class UploadFolder:
                 )
         self._count += 1
         folder = self.root / f"upload-{self._count}"
-        shutil.rmtree(self.root / f"upload-{self._count - 1}", ignore_errors=True)
         folder.mkdir()
         paths, taken = [], set()
         for name, content in files:
@@ -164,6 +165,14 @@ class UploadFolder:
         if any(full_suffix(path) not in DICOM_SUFFIXES for path in paths):
             raise UploadError("several files are read as one DICOM series; send one image file, or only DICOM files")
         return folder
+
+    def keep(self, shown: Optional[Path]) -> None:
+        """Remove every upload folder except the one holding ``shown`` (the image on screen; None or a file outside
+        the uploads: remove them all)."""
+        shown = Path(shown).resolve() if shown is not None else None
+        for folder in self.root.glob("upload-*"):
+            if shown is None or not shown.is_relative_to(folder.resolve()):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _unzip(self, archive: Path, target: Path) -> Path:
         try:

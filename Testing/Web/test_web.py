@@ -285,6 +285,29 @@ def test_a_dicom_upload_is_saved_as_dicom_seg_of_its_series(page, tmp_path):
     assert (seg.Rows, seg.Columns) == (original.Rows, original.Columns)
 
 
+def test_a_refused_upload_keeps_the_shown_dicom_image_savable(page, tmp_path):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    source = Path(get_testdata_file("CT_small.dcm"))
+    upload(page, source)
+    expect_status(page, r"loaded CT_small\.dcm")
+    page.locator('[data-testid="apply"]').click()
+    expect_status(page, r"voxels added", timeout=120)
+    corrupt = tmp_path / "corrupt.dcm"  # an accepted suffix, so it is stored before it fails to read
+    corrupt.write_bytes(b"\x00" * 128 + b"DICM" + b"\x01" * 64)
+    upload(page, corrupt)
+    text = expect_status(page, r"upload (refused|failed)")
+    assert "corrupt.dcm" in text and "\n" not in text, text
+    # the image on screen still has its files: its DICOM SEG is written from them
+    page.locator('[data-testid="save-format"]').select_option("dicom-seg")
+    with page.expect_download() as download_info:
+        page.locator('[data-testid="save"]').click()
+    seg = pydicom.dcmread(download_info.value.path())
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(source).SeriesInstanceUID
+    expect_status(page, r"saved CT_small_segmentation\.dcm")
+
+
 def test_a_photo_upload_is_a_single_slice_rgb_volume(page, tmp_path):
     import SimpleITK as sitk
 
