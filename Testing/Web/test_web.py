@@ -547,3 +547,30 @@ def save_segmentation(page):
         page.locator('[data-testid="save"]').click()
     path = Path(download_info.value.path())
     return read_seg_nrrd(path.read_bytes()), path
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        done = subprocess.run(
+            [sys.executable, "-m", "DeLightSAMLib", "serve", "--port", str(port), "--device", "cpu"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"delightsam serve: error: cannot listen on 127.0.0.1:{port} (")
+    assert lines[0].endswith("choose another --port")
