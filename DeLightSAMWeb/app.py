@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from DeLightSAMLib.errors import DeLightSAMError
+from DeLightSAMLib.errors import DeLightSAMError, first_line
 from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.registry import MODALITIES
 from DeLightSAMSlicerLib.Geometry import SegmentationError
@@ -219,7 +219,7 @@ class DeLightSAMWebApp:
         try:
             image = read_image(path)
         except DeLightSAMError as error:
-            self.status(str(error), True)
+            self.status(first_line(error), True)
             return False
         self.show(image)
         return True
@@ -230,7 +230,7 @@ class DeLightSAMWebApp:
         try:
             fetched = loading.fetch_dicomweb(address)
         except DeLightSAMError as error:
-            self.status(str(error), True)
+            self.status(first_line(error), True)
             return False
         self.show(fetched.image, fetched=fetched)
         if fetched.count > 1:
@@ -324,12 +324,14 @@ class DeLightSAMWebApp:
             image = read_image(path)
         except DeLightSAMError as error:
             self._keepShownUpload()
-            self.status(f"upload refused: {error}", True)
+            self.status(f"upload refused: {first_line(error)}", True)
             return
         except Exception as error:  # noqa: BLE001 - never stop the server over an upload
             logger.exception("upload failed")
             self._keepShownUpload()
-            self.status(f"upload failed ({type(error).__name__}: {error}); the server's log has the details", True)
+            self.status(
+                f"upload failed ({type(error).__name__}: {first_line(error)}); the server's log has the details", True
+            )
             return
         self.show(image)
         self._keepShownUpload()
@@ -340,10 +342,18 @@ class DeLightSAMWebApp:
 
     # ------------------------------------------------------------------ runs
     def options(self) -> SegmentationOptions:
+        """The panel's options; a SegmentationError (one line) for a threshold that is not a number (the page's
+        state can be set by any client)."""
         state = self.server.state
+        try:
+            threshold = float(state.dls_threshold)
+        except (TypeError, ValueError):
+            threshold = float("nan")
+        if not np.isfinite(threshold):
+            raise SegmentationError(f"the threshold must be a number from 0 to 1, not '{state.dls_threshold}'")
         return SegmentationOptions(
             modality=str(state.dls_modality),
-            threshold=float(state.dls_threshold),
+            threshold=threshold,
             replace=bool(state.dls_replace),
             keepLargestComponent=bool(state.dls_keep_largest),
             fillHoles=bool(state.dls_fill_holes),
@@ -382,7 +392,12 @@ class DeLightSAMWebApp:
         """The options of a De-LightSAM run, Auto replaced by the header's modality; None (the reason in the status
         line) when Auto finds none."""
         volume = self.loaded.node if self.loaded else None
-        if self.options().modality == AUTO and dicomFile(volume, self.fileForInstance) is None:
+        try:
+            modality = self.options().modality
+        except SegmentationError as error:
+            self.status(first_line(error), True)
+            return None
+        if modality == AUTO and dicomFile(volume, self.fileForInstance) is None:
             # (HeaderModality's own message speaks of Slicer's DICOM database, which the browser has not)
             name = self.loaded.name if self.loaded else "the image"
             self.status(
@@ -394,7 +409,7 @@ class DeLightSAMWebApp:
         try:
             options, chosen = resolveModality(self.options(), volume, self.fileForInstance)
         except DeLightSAMError as error:
-            self.status(str(error), True)
+            self.status(first_line(error), True)
             return None
         self._note = f" Modality from the DICOM header: {chosen.reason}." if chosen is not None else ""
         return options
@@ -429,11 +444,22 @@ class DeLightSAMWebApp:
         sliceNode = view._view_node
         width, height = view.render_window().GetSize()
         xyToRas = _matrix(sliceNode.GetXYToRAS())
-        ras = []
-        for x, y in ((corners[0], corners[1]), (corners[2], corners[3])):
-            xy = np.array([x / size[0] * width, (1.0 - y / size[1]) * height, 0.0, 1.0])
-            ras.append((xyToRas @ xy)[:3])
-        options = self.options()
+        try:  # the page sends these: anything may come (a view of size 0, text, too few numbers)
+            ras = []
+            for x, y in ((corners[0], corners[1]), (corners[2], corners[3])):
+                xy = np.array([float(x) / float(size[0]) * width, (1.0 - float(y) / float(size[1])) * height, 0.0, 1.0])
+                ras.append((xyToRas @ xy)[:3])
+            if not np.isfinite(ras).all():
+                raise ValueError("not finite")
+            options = self.options()
+        except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError) as error:
+            self.status(
+                f"box not used: the page sent a box this server cannot read ({first_line(error)}); draw it again", True
+            )
+            return
+        except SegmentationError as error:
+            self.status(first_line(error), True)
+            return
         self._note = ""
         self._start(
             lambda volume, segmentation, segmentId, writer: self.logic.startBox(
@@ -515,11 +541,13 @@ class DeLightSAMWebApp:
                 return None
             name, content = self.saveBytes()
         except (SegmentationError, DeLightSAMError) as error:
-            self.status(f"not saved: {error}", True)
+            self.status(f"not saved: {first_line(error)}", True)
             return None
         except Exception as error:  # noqa: BLE001
             logger.exception("save failed")
-            self.status(f"not saved ({type(error).__name__}: {error}); the server's log has the details", True)
+            self.status(
+                f"not saved ({type(error).__name__}: {first_line(error)}); the server's log has the details", True
+            )
             return None
         self.server.state.dls_save_name = name
         self.status(f"saved {name} ({len(content)} bytes)")

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from DeLightSAMLib.errors import ImageError
+from DeLightSAMLib.errors import ImageError, first_line
 from DeLightSAMLib.imageio import (
     DICOM_SUFFIXES,
     PLAIN_IMAGE_SUFFIXES,
@@ -185,7 +185,9 @@ class UploadFolder:
                 for info in members:
                     (target / safe_name(info.filename, taken)).write_bytes(bundle.read(info))
         except (zipfile.BadZipFile, OSError) as error:
-            raise UploadError(f"'{archive.name}' is not a readable zip file ({error}); zip the DICOM series again")
+            raise UploadError(
+                f"'{archive.name}' is not a readable zip file ({first_line(error)}); zip the DICOM series again"
+            )
         if not members:
             raise UploadError(f"'{archive.name}' is empty; zip the folder of one DICOM series")
         return target

@@ -574,3 +574,41 @@ def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path):
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"delightsam serve: error: cannot listen on 127.0.0.1:{port} (")
     assert lines[0].endswith("choose another --port")
+
+
+def test_values_any_client_can_send_end_in_one_line_and_the_app_goes_on(page):
+    # a box from a view of size 0 (the page sends the numbers: any client can send others): the page's own drag
+    # gives the view's id, then the same trigger goes again with a size of 0 x 0
+    page.evaluate(
+        """() => { const trigger = window.trame.trigger; window.delightsamSent = [];
+        window.trame.trigger = (name, args) => { window.delightsamSent.push([name, args]); return Promise.resolve(); };
+        window.delightsamTrigger = trigger; }"""
+    )
+    view_pixels(page)  # (the view settled)
+    origin = red_view(page).bounding_box()
+    x, y = origin["x"] + origin["width"] / 2, origin["y"] + origin["height"] / 2
+    page.locator('[data-testid="box-mode"]').click()
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 40, y + 40, steps=4)
+    assert page.locator('[data-testid="box-band"]').count() == 1
+    page.mouse.up()
+    box = "window.delightsamSent.filter(([name]) => name === window.trame.state.get('dls_box_trigger'))"
+    assert page.evaluate(f"() => {box}.length") == 1
+    page.evaluate(
+        f"""() => {{ const [name, args] = {box}[0]; window.trame.trigger = window.delightsamTrigger;
+        return window.trame.trigger(name, [args[0], args[1], [0, 0]]); }}"""
+    )
+    text = expect_status(page, r"box not used")
+    assert "\n" not in text and "Traceback" not in text
+    page.locator('[data-testid="box-mode"]').click()
+
+    # a threshold that is not a number
+    page.evaluate("() => window.trame.state.set('dls_threshold', 'abc')")
+    page.locator('[data-testid="apply"]').click()
+    text = expect_status(page, r"threshold must be a number")
+    assert "\n" not in text and "Traceback" not in text
+    page.evaluate("() => window.trame.state.set('dls_threshold', 0.5)")
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="apply"]').click()
+    expect_status(page, r"voxels added", timeout=120)
