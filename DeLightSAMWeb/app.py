@@ -111,6 +111,7 @@ class DeLightSAMWebApp:
         self.fetched: Optional[loading.FetchedSeries] = None  # the DICOMweb series shown (its temporary files)
         self._uploadChunks: list = []
         self._uploadBytes = 0
+        self._reading: set = set()  # uploads being read in a thread: their folders stay
         self._lastOptions = SegmentationOptions()
         self._note = ""  # what the status line adds after the next run (which header tag chose the modality)
         self.instanceFiles: dict[str, str] = {}  # SOP instance UID -> file, for the files this server loaded
@@ -247,7 +248,9 @@ class DeLightSAMWebApp:
             self.fetched = None
         self.uploads.cleanup()
 
-    def show(self, image, fetched: Optional[loading.FetchedSeries] = None) -> None:
+    def show(self, image, fetched: Optional[loading.FetchedSeries] = None, instances: Optional[tuple] = None) -> None:
+        """Put ``image`` in the scene (on the event loop); ``instances``: its ``loading.instance_files``, when they
+        were read already."""
         if self.scheduler.busy:
             self.scheduler.cancel()
         self.scene.Clear()
@@ -260,7 +263,7 @@ class DeLightSAMWebApp:
         else:
             name = image.source.name if image.source.is_dir() else image.source.name.split(".")[0]
         node = loading.volume_node(self.scene, image, name)
-        self.instanceFiles = loading.record_instances(node, image)
+        self.instanceFiles = loading.record_instances(node, image, instances)
         self.loaded = loading.LoadedVolume(node, image, fetched.series if fetched else None, name)
         chosen = headerModality(node, self.fileForInstance)
         display = self.slicerApp.display_manager
@@ -320,8 +323,7 @@ class DeLightSAMWebApp:
                     f"the upload is {total / 2**20:.0f} MB, more than the server's limit of "
                     f"{self.uploads.maxBytes / 2**20:.0f} MB"
                 )
-            path = self.uploads.store(chunks)
-            image = read_image(path)
+            image, instances = await asyncio.to_thread(self._readUpload, chunks)
         except DeLightSAMError as error:
             self._keepShownUpload()
             self.status(f"upload refused: {first_line(error)}", True)
@@ -333,12 +335,23 @@ class DeLightSAMWebApp:
                 f"upload failed ({type(error).__name__}: {first_line(error)}); the server's log has the details", True
             )
             return
-        self.show(image)
+        self.show(image, instances=instances)
         self._keepShownUpload()
 
+    def _readUpload(self, chunks: list):
+        """(image, its instance files) of an upload: the file work, run off the event loop (no MRML here)."""
+        path = self.uploads.store(chunks)
+        self._reading.add(path)
+        try:
+            image = read_image(path)
+            return image, loading.instance_files(image)
+        finally:
+            self._reading.discard(path)
+
     def _keepShownUpload(self) -> None:
-        """Remove the upload folders except the shown image's (a refused upload leaves that one in place)."""
-        self.uploads.keep(self.loaded.image.source if self.loaded is not None else None)
+        """Remove the upload folders except the shown image's (a refused upload leaves that one in place) and those
+        of uploads still being read."""
+        self.uploads.keep(self.loaded.image.source if self.loaded is not None else None, *list(self._reading))
 
     # ------------------------------------------------------------------ runs
     def options(self) -> SegmentationOptions:
@@ -505,14 +518,16 @@ class DeLightSAMWebApp:
         segments = saving.segment_descriptions(segmentation, ids)
         return labels, segments, provenance
 
-    def saveBytes(self, kind: Optional[str] = None) -> tuple[str, bytes]:
-        """(file name, content) of the segmentation as ``kind`` ("seg.nrrd", "dicom-seg", "labelmap")."""
+    async def saveBytes(self, kind: Optional[str] = None) -> tuple[str, bytes]:
+        """(file name, content) of the segmentation as ``kind`` ("seg.nrrd", "dicom-seg", "labelmap"); the labels
+        are read from the scene on the event loop, the file is written in a thread."""
         kind = kind or self.server.state.dls_save_kind
         if kind not in SAVE_KINDS:
             raise SegmentationError(f"cannot save as '{kind}'; choose one of {', '.join(SAVE_KINDS)}")
-        labels, segments, provenance = self._segmentationToSave()
+        labels, segments, provenance = self._segmentationToSave()  # (MRML: on the event loop)
         stem = self.loaded.dicomweb.series if self.loaded.dicomweb is not None else ""
-        return saving.write_segmentation(labels, self.loaded.image, segments, kind, provenance, stem)
+        image = self.loaded.image
+        return await asyncio.to_thread(saving.write_segmentation, labels, image, segments, kind, provenance, stem)
 
     async def storeToDicomweb(self):
         """Store the segmentation as a DICOM SEG (the command line's writer) to the DICOMweb service the image came
@@ -523,9 +538,14 @@ class DeLightSAMWebApp:
         if series is None:
             raise SegmentationError("this image did not come from a DICOMweb server; save it as a file instead")
         labels, segments, provenance = self._segmentationToSave()
-        dataset = saving.dicom_seg_dataset(labels, self.loaded.image, segments, provenance)
-        await asyncio.to_thread(dicomweb.store, series.url, dataset)
-        return dataset
+        image = self.loaded.image
+
+        def build_and_store():
+            dataset = saving.dicom_seg_dataset(labels, image, segments, provenance)
+            dicomweb.store(series.url, dataset)
+            return dataset
+
+        return await asyncio.to_thread(build_and_store)
 
     async def onSave(self):
         """The download's bytes (trame's attachment), or None with the reason in the status line; for a DICOMweb
@@ -539,7 +559,7 @@ class DeLightSAMWebApp:
                     f"series {dataset.SeriesInstanceUID}"
                 )
                 return None
-            name, content = self.saveBytes()
+            name, content = await self.saveBytes()
         except (SegmentationError, DeLightSAMError) as error:
             self.status(f"not saved: {first_line(error)}", True)
             return None

@@ -166,12 +166,12 @@ class UploadFolder:
             raise UploadError("several files are read as one DICOM series; send one image file, or only DICOM files")
         return folder
 
-    def keep(self, shown: Optional[Path]) -> None:
-        """Remove every upload folder except the one holding ``shown`` (the image on screen; None or a file outside
-        the uploads: remove them all)."""
-        shown = Path(shown).resolve() if shown is not None else None
+    def keep(self, *kept: Optional[Path]) -> None:
+        """Remove every upload folder except those holding a path in ``kept`` (the image on screen, uploads still
+        being read; None or a file outside the uploads keeps none)."""
+        kept = [Path(path).resolve() for path in kept if path is not None]
         for folder in self.root.glob("upload-*"):
-            if shown is None or not shown.is_relative_to(folder.resolve()):
+            if not any(path.is_relative_to(folder.resolve()) for path in kept):
                 shutil.rmtree(folder, ignore_errors=True)
 
     def _unzip(self, archive: Path, target: Path) -> Path:
@@ -193,13 +193,13 @@ class UploadFolder:
         return target
 
 
-def record_instances(node, image: LoadedImage) -> dict[str, str]:
-    """Mark ``node`` as Slicer's DICOM loaders do (attribute ``DICOM.instanceUIDs``: the SOP instance UIDs of its
-    files, ``Unknown`` for a file without one) and return UID -> file: the server's own record of the files it read,
-    which stands in for Slicer's DICOM database in HeaderModality's lookup. Empty for an image not read from DICOM."""
+def instance_files(image: LoadedImage) -> tuple[list[str], dict[str, str]]:
+    """The SOP instance UIDs of ``image``'s DICOM files (``Unknown`` for a file without one) and UID -> file: the
+    server's own record of the files it read, which stands in for Slicer's DICOM database in HeaderModality's lookup.
+    Reads the files' headers only; no MRML (it may run off the event loop). Empty for an image not read from DICOM."""
     import SimpleITK as sitk
 
-    from DeLightSAMSlicerLib.HeaderModality import INSTANCE_UIDS_ATTRIBUTE, UNKNOWN_UID
+    from DeLightSAMSlicerLib.HeaderModality import UNKNOWN_UID
 
     files: dict[str, str] = {}
     uids = []
@@ -214,6 +214,15 @@ def record_instances(node, image: LoadedImage) -> dict[str, str]:
         uids.append(uid or UNKNOWN_UID)
         if uid:
             files[uid] = str(path)
+    return uids, files
+
+
+def record_instances(node, image: LoadedImage, instances: Optional[tuple] = None) -> dict[str, str]:
+    """Mark ``node`` as Slicer's DICOM loaders do (attribute ``DICOM.instanceUIDs``) and return UID -> file;
+    ``instances``: what ``instance_files(image)`` returned already (read off the event loop)."""
+    from DeLightSAMSlicerLib.HeaderModality import INSTANCE_UIDS_ATTRIBUTE
+
+    uids, files = instances if instances is not None else instance_files(image)
     if uids:
         node.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, " ".join(uids))
     return files
