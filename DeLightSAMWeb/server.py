@@ -2,7 +2,8 @@
 
 127.0.0.1 by default. Any other ``--host`` makes a random access token: the printed URL carries it, the page's first
 request turns it into a cookie, and every HTTP or websocket request without it is refused (401 without a token, 403
-with a wrong one). Checkpoints come only from the server's command line.
+with a wrong one). Whatever the host, a websocket opened by a page of another site (its Origin header) is refused.
+Checkpoints come only from the server's command line.
 """
 
 from __future__ import annotations
@@ -94,6 +95,25 @@ def port_error(host: str, port: int) -> Optional[str]:
     return None
 
 
+def origin_middleware():
+    """aiohttp middleware: a websocket upgrade whose ``Origin`` is not this server's own address is refused (403),
+    so that no other web page the user opens can drive the app (browsers send any page's websocket to 127.0.0.1).
+    Requests without an Origin (not from a browser page) pass; the token, where there is one, still applies."""
+    from urllib.parse import urlsplit
+
+    from aiohttp import web
+
+    @web.middleware
+    async def check(request, handler):
+        origin = request.headers.get("Origin")
+        if origin is not None and request.headers.get("Upgrade", "").lower() == "websocket":
+            if urlsplit(origin).netloc.lower() != (request.host or "").lower():
+                raise web.HTTPForbidden(text="websocket from another site refused: open the URL the server printed\n")
+        return await handler(request)
+
+    return check
+
+
 def configure_rendering() -> None:
     """Headless rendering (EGL when no display) without multisampling: 8x costs ~2.5x per frame on a CPU renderer."""
     if not os.environ.get("DISPLAY"):
@@ -145,9 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     server = get_server("delightsam", client_type="vue3")
     token = None if args.host in LOCAL_HOSTS else secrets.token_urlsafe(24)
-    if token is not None:
-        middleware = token_middleware(token)
-        server.controller.on_server_bind.add(lambda wslinkServer: wslinkServer.app.middlewares.append(middleware))
+    middlewares = [origin_middleware()] + ([token_middleware(token)] if token is not None else [])
+    server.controller.on_server_bind.add(lambda wslinkServer: wslinkServer.app.middlewares.extend(middlewares))
     app = DeLightSAMWebApp(
         server, checkpoint=args.checkpoint, boxCheckpoint=args.box_checkpoint, device=args.device, inputs=args.inputs
     )

@@ -226,7 +226,7 @@ def http_status(url: str) -> int:
         return error.code
 
 
-def websocket_status(url: str, cookie: str = "") -> int:
+def websocket_status(url: str, cookie: str = "", origin: str = "") -> int:
     """The HTTP status of a websocket handshake (101: switched protocols)."""
     import base64
     import os
@@ -239,12 +239,24 @@ def websocket_status(url: str, cookie: str = "") -> int:
         f"GET {parsed.path} HTTP/1.1\r\nHost: {parsed.hostname}:{parsed.port}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
         + (f"Cookie: {cookie}\r\n" if cookie else "")
+        + (f"Origin: {origin}\r\n" if origin else "")
         + "\r\n"
     )
     with socket.create_connection((parsed.hostname, parsed.port), timeout=20) as connection:
         connection.sendall(request.encode())
         line = connection.recv(4096).split(b"\r\n", 1)[0].decode()
     return int(line.split()[1])
+
+
+def test_a_websocket_from_another_site_is_refused(page, web_server):
+    port = int(re.search(r":(\d+)/", web_server.url).group(1))
+    socket_url = f"ws://127.0.0.1:{port}/ws"
+    assert websocket_status(socket_url, origin="http://evil.example") == 403
+    assert websocket_status(socket_url, origin=f"http://localhost:{port}") == 403  # another name: another site
+    assert websocket_status(socket_url, origin="null") == 403
+    assert websocket_status(socket_url, origin=f"http://127.0.0.1:{port}") == 101  # the page's own
+    assert websocket_status(socket_url) == 101  # no Origin: not a browser page
+    expect_status(page, r"loaded ct\.nrrd")  # the page's own websocket works
 
 
 def test_all_slices_stays_live_and_cancel_keeps_what_was_written(page):
