@@ -1,8 +1,8 @@
 """Browser tests of the web app (``delightsam serve``) in Debian's headless Chromium, through playwright's Python
 package on the system browser (never a downloaded one).
 
-They run in the web venv only (``pip install -e '.[web]'``: trame-slicer pins slicer-core 5.11 and vtk 9.6.0, which
-cannot share a venv with the ``slicer-test`` extra). Elsewhere this folder is not collected at all (CI turns skips
+They run in the web venv only (``pip install -e '.[web,web-test]'``: trame-slicer pins slicer-core 5.11 and vtk
+9.6.0, which cannot share a venv with the ``slicer-test`` extra). Elsewhere this folder is not collected at all (CI turns skips
 into failures).
 """
 
