@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from DeLightSAMLib.errors import DeLightSAMError
+from DeLightSAMLib.errors import DeLightSAMError, first_line
 from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.registry import MODALITIES
 from DeLightSAMSlicerLib.Geometry import SegmentationError
@@ -111,6 +111,7 @@ class DeLightSAMWebApp:
         self.fetched: Optional[loading.FetchedSeries] = None  # the DICOMweb series shown (its temporary files)
         self._uploadChunks: list = []
         self._uploadBytes = 0
+        self._reading: set = set()  # uploads being read in a thread: their folders stay
         self._lastOptions = SegmentationOptions()
         self._note = ""  # what the status line adds after the next run (which header tag chose the modality)
         self.instanceFiles: dict[str, str] = {}  # SOP instance UID -> file, for the files this server loaded
@@ -219,7 +220,7 @@ class DeLightSAMWebApp:
         try:
             image = read_image(path)
         except DeLightSAMError as error:
-            self.status(str(error), True)
+            self.status(first_line(error), True)
             return False
         self.show(image)
         return True
@@ -230,7 +231,7 @@ class DeLightSAMWebApp:
         try:
             fetched = loading.fetch_dicomweb(address)
         except DeLightSAMError as error:
-            self.status(str(error), True)
+            self.status(first_line(error), True)
             return False
         self.show(fetched.image, fetched=fetched)
         if fetched.count > 1:
@@ -247,7 +248,9 @@ class DeLightSAMWebApp:
             self.fetched = None
         self.uploads.cleanup()
 
-    def show(self, image, fetched: Optional[loading.FetchedSeries] = None) -> None:
+    def show(self, image, fetched: Optional[loading.FetchedSeries] = None, instances: Optional[tuple] = None) -> None:
+        """Put ``image`` in the scene (on the event loop); ``instances``: its ``loading.instance_files``, when they
+        were read already."""
         if self.scheduler.busy:
             self.scheduler.cancel()
         self.scene.Clear()
@@ -260,7 +263,7 @@ class DeLightSAMWebApp:
         else:
             name = image.source.name if image.source.is_dir() else image.source.name.split(".")[0]
         node = loading.volume_node(self.scene, image, name)
-        self.instanceFiles = loading.record_instances(node, image)
+        self.instanceFiles = loading.record_instances(node, image, instances)
         self.loaded = loading.LoadedVolume(node, image, fetched.series if fetched else None, name)
         chosen = headerModality(node, self.fileForInstance)
         display = self.slicerApp.display_manager
@@ -320,23 +323,50 @@ class DeLightSAMWebApp:
                     f"the upload is {total / 2**20:.0f} MB, more than the server's limit of "
                     f"{self.uploads.maxBytes / 2**20:.0f} MB"
                 )
-            path = self.uploads.store(chunks)
-            image = read_image(path)
+            image, instances = await asyncio.to_thread(self._readUpload, chunks)
         except DeLightSAMError as error:
-            self.status(f"upload refused: {error}", True)
+            self._keepShownUpload()
+            self.status(f"upload refused: {first_line(error)}", True)
             return
         except Exception as error:  # noqa: BLE001 - never stop the server over an upload
             logger.exception("upload failed")
-            self.status(f"upload failed ({type(error).__name__}: {error}); the server's log has the details", True)
+            self._keepShownUpload()
+            self.status(
+                f"upload failed ({type(error).__name__}: {first_line(error)}); the server's log has the details", True
+            )
             return
-        self.show(image)
+        self.show(image, instances=instances)
+        self._keepShownUpload()
+
+    def _readUpload(self, chunks: list):
+        """(image, its instance files) of an upload: the file work, run off the event loop (no MRML here)."""
+        path = self.uploads.store(chunks)
+        self._reading.add(path)
+        try:
+            image = read_image(path)
+            return image, loading.instance_files(image)
+        finally:
+            self._reading.discard(path)
+
+    def _keepShownUpload(self) -> None:
+        """Remove the upload folders except the shown image's (a refused upload leaves that one in place) and those
+        of uploads still being read."""
+        self.uploads.keep(self.loaded.image.source if self.loaded is not None else None, *list(self._reading))
 
     # ------------------------------------------------------------------ runs
     def options(self) -> SegmentationOptions:
+        """The panel's options; a SegmentationError (one line) for a threshold that is not a number (the page's
+        state can be set by any client)."""
         state = self.server.state
+        try:
+            threshold = float(state.dls_threshold)
+        except (TypeError, ValueError):
+            threshold = float("nan")
+        if not np.isfinite(threshold):
+            raise SegmentationError(f"the threshold must be a number from 0 to 1, not '{state.dls_threshold}'")
         return SegmentationOptions(
             modality=str(state.dls_modality),
-            threshold=float(state.dls_threshold),
+            threshold=threshold,
             replace=bool(state.dls_replace),
             keepLargestComponent=bool(state.dls_keep_largest),
             fillHoles=bool(state.dls_fill_holes),
@@ -375,7 +405,12 @@ class DeLightSAMWebApp:
         """The options of a De-LightSAM run, Auto replaced by the header's modality; None (the reason in the status
         line) when Auto finds none."""
         volume = self.loaded.node if self.loaded else None
-        if self.options().modality == AUTO and dicomFile(volume, self.fileForInstance) is None:
+        try:
+            modality = self.options().modality
+        except SegmentationError as error:
+            self.status(first_line(error), True)
+            return None
+        if modality == AUTO and dicomFile(volume, self.fileForInstance) is None:
             # (HeaderModality's own message speaks of Slicer's DICOM database, which the browser has not)
             name = self.loaded.name if self.loaded else "the image"
             self.status(
@@ -387,7 +422,7 @@ class DeLightSAMWebApp:
         try:
             options, chosen = resolveModality(self.options(), volume, self.fileForInstance)
         except DeLightSAMError as error:
-            self.status(str(error), True)
+            self.status(first_line(error), True)
             return None
         self._note = f" Modality from the DICOM header: {chosen.reason}." if chosen is not None else ""
         return options
@@ -422,11 +457,22 @@ class DeLightSAMWebApp:
         sliceNode = view._view_node
         width, height = view.render_window().GetSize()
         xyToRas = _matrix(sliceNode.GetXYToRAS())
-        ras = []
-        for x, y in ((corners[0], corners[1]), (corners[2], corners[3])):
-            xy = np.array([x / size[0] * width, (1.0 - y / size[1]) * height, 0.0, 1.0])
-            ras.append((xyToRas @ xy)[:3])
-        options = self.options()
+        try:  # the page sends these: anything may come (a view of size 0, text, too few numbers)
+            ras = []
+            for x, y in ((corners[0], corners[1]), (corners[2], corners[3])):
+                xy = np.array([float(x) / float(size[0]) * width, (1.0 - float(y) / float(size[1])) * height, 0.0, 1.0])
+                ras.append((xyToRas @ xy)[:3])
+            if not np.isfinite(ras).all():
+                raise ValueError("not finite")
+            options = self.options()
+        except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError) as error:
+            self.status(
+                f"box not used: the page sent a box this server cannot read ({first_line(error)}); draw it again", True
+            )
+            return
+        except SegmentationError as error:
+            self.status(first_line(error), True)
+            return
         self._note = ""
         self._start(
             lambda volume, segmentation, segmentId, writer: self.logic.startBox(
@@ -472,14 +518,16 @@ class DeLightSAMWebApp:
         segments = saving.segment_descriptions(segmentation, ids)
         return labels, segments, provenance
 
-    def saveBytes(self, kind: Optional[str] = None) -> tuple[str, bytes]:
-        """(file name, content) of the segmentation as ``kind`` ("seg.nrrd", "dicom-seg", "labelmap")."""
+    async def saveBytes(self, kind: Optional[str] = None) -> tuple[str, bytes]:
+        """(file name, content) of the segmentation as ``kind`` ("seg.nrrd", "dicom-seg", "labelmap"); the labels
+        are read from the scene on the event loop, the file is written in a thread."""
         kind = kind or self.server.state.dls_save_kind
         if kind not in SAVE_KINDS:
             raise SegmentationError(f"cannot save as '{kind}'; choose one of {', '.join(SAVE_KINDS)}")
-        labels, segments, provenance = self._segmentationToSave()
+        labels, segments, provenance = self._segmentationToSave()  # (MRML: on the event loop)
         stem = self.loaded.dicomweb.series if self.loaded.dicomweb is not None else ""
-        return saving.write_segmentation(labels, self.loaded.image, segments, kind, provenance, stem)
+        image = self.loaded.image
+        return await asyncio.to_thread(saving.write_segmentation, labels, image, segments, kind, provenance, stem)
 
     async def storeToDicomweb(self):
         """Store the segmentation as a DICOM SEG (the command line's writer) to the DICOMweb service the image came
@@ -490,9 +538,14 @@ class DeLightSAMWebApp:
         if series is None:
             raise SegmentationError("this image did not come from a DICOMweb server; save it as a file instead")
         labels, segments, provenance = self._segmentationToSave()
-        dataset = saving.dicom_seg_dataset(labels, self.loaded.image, segments, provenance)
-        await asyncio.to_thread(dicomweb.store, series.url, dataset)
-        return dataset
+        image = self.loaded.image
+
+        def build_and_store():
+            dataset = saving.dicom_seg_dataset(labels, image, segments, provenance)
+            dicomweb.store(series.url, dataset)
+            return dataset
+
+        return await asyncio.to_thread(build_and_store)
 
     async def onSave(self):
         """The download's bytes (trame's attachment), or None with the reason in the status line; for a DICOMweb
@@ -506,13 +559,15 @@ class DeLightSAMWebApp:
                     f"series {dataset.SeriesInstanceUID}"
                 )
                 return None
-            name, content = self.saveBytes()
+            name, content = await self.saveBytes()
         except (SegmentationError, DeLightSAMError) as error:
-            self.status(f"not saved: {error}", True)
+            self.status(f"not saved: {first_line(error)}", True)
             return None
         except Exception as error:  # noqa: BLE001
             logger.exception("save failed")
-            self.status(f"not saved ({type(error).__name__}: {error}); the server's log has the details", True)
+            self.status(
+                f"not saved ({type(error).__name__}: {first_line(error)}); the server's log has the details", True
+            )
             return None
         self.server.state.dls_save_name = name
         self.status(f"saved {name} ({len(content)} bytes)")

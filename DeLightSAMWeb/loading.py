@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from DeLightSAMLib.errors import ImageError
+from DeLightSAMLib.errors import ImageError, first_line
 from DeLightSAMLib.imageio import (
     DICOM_SUFFIXES,
     PLAIN_IMAGE_SUFFIXES,
@@ -122,7 +122,9 @@ def safe_name(name: str, taken: set) -> str:
 
 
 class UploadFolder:
-    """The session's temporary folder; each upload gets a fresh sub-folder, removed when the next one replaces it."""
+    """The session's temporary folder; each upload gets a fresh sub-folder. ``keep`` removes the others once an image
+    is shown: a refused upload never takes away the files of the image still on screen (Save as DICOM SEG and Auto's
+    header lookup read them)."""
 
     def __init__(self, maxBytes: int = MAX_UPLOAD_BYTES) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="delightsam-web-"))
@@ -150,7 +152,6 @@ class UploadFolder:
                 )
         self._count += 1
         folder = self.root / f"upload-{self._count}"
-        shutil.rmtree(self.root / f"upload-{self._count - 1}", ignore_errors=True)
         folder.mkdir()
         paths, taken = [], set()
         for name, content in files:
@@ -165,6 +166,14 @@ class UploadFolder:
             raise UploadError("several files are read as one DICOM series; send one image file, or only DICOM files")
         return folder
 
+    def keep(self, *kept: Optional[Path]) -> None:
+        """Remove every upload folder except those holding a path in ``kept`` (the image on screen, uploads still
+        being read; None or a file outside the uploads keeps none)."""
+        kept = [Path(path).resolve() for path in kept if path is not None]
+        for folder in self.root.glob("upload-*"):
+            if not any(path.is_relative_to(folder.resolve()) for path in kept):
+                shutil.rmtree(folder, ignore_errors=True)
+
     def _unzip(self, archive: Path, target: Path) -> Path:
         try:
             with zipfile.ZipFile(archive) as bundle:
@@ -176,19 +185,21 @@ class UploadFolder:
                 for info in members:
                     (target / safe_name(info.filename, taken)).write_bytes(bundle.read(info))
         except (zipfile.BadZipFile, OSError) as error:
-            raise UploadError(f"'{archive.name}' is not a readable zip file ({error}); zip the DICOM series again")
+            raise UploadError(
+                f"'{archive.name}' is not a readable zip file ({first_line(error)}); zip the DICOM series again"
+            )
         if not members:
             raise UploadError(f"'{archive.name}' is empty; zip the folder of one DICOM series")
         return target
 
 
-def record_instances(node, image: LoadedImage) -> dict[str, str]:
-    """Mark ``node`` as Slicer's DICOM loaders do (attribute ``DICOM.instanceUIDs``: the SOP instance UIDs of its
-    files, ``Unknown`` for a file without one) and return UID -> file: the server's own record of the files it read,
-    which stands in for Slicer's DICOM database in HeaderModality's lookup. Empty for an image not read from DICOM."""
+def instance_files(image: LoadedImage) -> tuple[list[str], dict[str, str]]:
+    """The SOP instance UIDs of ``image``'s DICOM files (``Unknown`` for a file without one) and UID -> file: the
+    server's own record of the files it read, which stands in for Slicer's DICOM database in HeaderModality's lookup.
+    Reads the files' headers only; no MRML (it may run off the event loop). Empty for an image not read from DICOM."""
     import SimpleITK as sitk
 
-    from DeLightSAMSlicerLib.HeaderModality import INSTANCE_UIDS_ATTRIBUTE, UNKNOWN_UID
+    from DeLightSAMSlicerLib.HeaderModality import UNKNOWN_UID
 
     files: dict[str, str] = {}
     uids = []
@@ -203,6 +214,15 @@ def record_instances(node, image: LoadedImage) -> dict[str, str]:
         uids.append(uid or UNKNOWN_UID)
         if uid:
             files[uid] = str(path)
+    return uids, files
+
+
+def record_instances(node, image: LoadedImage, instances: Optional[tuple] = None) -> dict[str, str]:
+    """Mark ``node`` as Slicer's DICOM loaders do (attribute ``DICOM.instanceUIDs``) and return UID -> file;
+    ``instances``: what ``instance_files(image)`` returned already (read off the event loop)."""
+    from DeLightSAMSlicerLib.HeaderModality import INSTANCE_UIDS_ATTRIBUTE
+
+    uids, files = instances if instances is not None else instance_files(image)
     if uids:
         node.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, " ".join(uids))
     return files

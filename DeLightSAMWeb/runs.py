@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from DeLightSAMLib.errors import DeLightSAMError
+from DeLightSAMLib.errors import DeLightSAMError, first_line
 from DeLightSAMSlicerLib.Geometry import SegmentationError
 from DeLightSAMSlicerLib.Models import modelTitle
 from DeLightSAMSlicerLib.MRMLLogic import SliceResult, predictMasks
@@ -78,7 +78,7 @@ class RunScheduler:
         try:
             run = startRun()
         except (SegmentationError, DeLightSAMError) as error:
-            return str(error)
+            return first_line(error)
         self.run = run
         self.task = asyncio.ensure_future(self._execute(run, note))
         return None
@@ -116,18 +116,20 @@ class RunScheduler:
             if encodingsBefore is not None:
                 report.encodings = predictor.encodings - encodingsBefore
         except (SegmentationError, DeLightSAMError) as error:
-            report.error = str(error)
+            report.error = first_line(error)
         except Exception as error:  # noqa: BLE001 - one line in the page, the traceback in the server's log
             logger.exception("De-LightSAM run failed")
-            report.error = f"unexpected error ({type(error).__name__}: {error}); the server's log has the details"
+            report.error = (
+                f"unexpected error ({type(error).__name__}: {first_line(error)}); the server's log has the details"
+            )
         finally:
             try:
                 report.result = run.finish()
             except (SegmentationError, DeLightSAMError) as error:
-                report.error = report.error or str(error)
+                report.error = report.error or first_line(error)
             except Exception as error:  # noqa: BLE001
                 logger.exception("De-LightSAM run failed to finish")
-                report.error = report.error or f"unexpected error ({type(error).__name__}: {error})"
+                report.error = report.error or f"unexpected error ({type(error).__name__}: {first_line(error)})"
             group.close()
             self.run = None
         logger.info(

@@ -2,7 +2,8 @@
 
 127.0.0.1 by default. Any other ``--host`` makes a random access token: the printed URL carries it, the page's first
 request turns it into a cookie, and every HTTP or websocket request without it is refused (401 without a token, 403
-with a wrong one). Checkpoints come only from the server's command line.
+with a wrong one). Whatever the host, a websocket opened by a page of another site (its Origin header) is refused.
+Checkpoints come only from the server's command line.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import importlib.util
 import logging
 import os
 import secrets
+import socket
 import sys
 from typing import Optional, Sequence
+
+from DeLightSAMLib.errors import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,45 @@ def token_middleware(token: str):
     return check
 
 
+def listen_error(host: str, port: int, error: OSError) -> str:
+    reason = error.strerror or first_line(error)
+    return f"delightsam serve: error: cannot listen on {host}:{port} ({reason}); choose another --port"
+
+
+def port_error(host: str, port: int) -> Optional[str]:
+    """The one-line error when ``host:port`` cannot be listened on (taken by another program, an address that is
+    not this machine's), else None. The server's own bind may still lose a race: ``main`` catches that too."""
+    if port == 0:
+        return None
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no bar
+            probe.bind(address)
+    except OSError as error:
+        return listen_error(host, port, error)
+    return None
+
+
+def origin_middleware():
+    """aiohttp middleware: a websocket upgrade whose ``Origin`` is not this server's own address is refused (403),
+    so that no other web page the user opens can drive the app (browsers send any page's websocket to 127.0.0.1).
+    Requests without an Origin (not from a browser page) pass; the token, where there is one, still applies."""
+    from urllib.parse import urlsplit
+
+    from aiohttp import web
+
+    @web.middleware
+    async def check(request, handler):
+        origin = request.headers.get("Origin")
+        if origin is not None and request.headers.get("Upgrade", "").lower() == "websocket":
+            if urlsplit(origin).netloc.lower() != (request.host or "").lower():
+                raise web.HTTPForbidden(text="websocket from another site refused: open the URL the server printed\n")
+        return await handler(request)
+
+    return check
+
+
 def configure_rendering() -> None:
     """Headless rendering (EGL when no display) without multisampling: 8x costs ~2.5x per frame on a CPU renderer."""
     if not os.environ.get("DISPLAY"):
@@ -106,6 +149,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"delightsam serve: error: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
+    busy = port_error(args.host, args.port)  # before the scene and the views are built: a quick, quiet answer
+    if busy:
+        print(busy, file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="delightsam serve: %(message)s", force=True)
     for noisy in ("wslink", "aiohttp.access", "trame_server", "trame_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -118,9 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     server = get_server("delightsam", client_type="vue3")
     token = None if args.host in LOCAL_HOSTS else secrets.token_urlsafe(24)
-    if token is not None:
-        middleware = token_middleware(token)
-        server.controller.on_server_bind.add(lambda wslinkServer: wslinkServer.app.middlewares.append(middleware))
+    middlewares = [origin_middleware()] + ([token_middleware(token)] if token is not None else [])
+    server.controller.on_server_bind.add(lambda wslinkServer: wslinkServer.app.middlewares.extend(middlewares))
     app = DeLightSAMWebApp(
         server, checkpoint=args.checkpoint, boxCheckpoint=args.box_checkpoint, device=args.device, inputs=args.inputs
     )
@@ -135,6 +181,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.argv = sys.argv[:1]  # trame parses sys.argv too; everything it needs is passed here
     try:
         server.start(port=args.port, host=args.host, open_browser=False, timeout=0, show_connection_info=False)
+    except OSError as error:  # the port is taken (or the address is not this machine's)
+        print(listen_error(args.host, args.port, error), file=sys.stderr)
+        return 2
     finally:
         app.cleanup()
     return 0

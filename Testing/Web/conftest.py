@@ -1,8 +1,8 @@
 """Browser tests of the web app (``delightsam serve``) in Debian's headless Chromium, through playwright's Python
 package on the system browser (never a downloaded one).
 
-They run in the web venv only (``pip install -e '.[web]'``: trame-slicer pins slicer-core 5.11 and vtk 9.6.0, which
-cannot share a venv with the ``slicer-test`` extra). Elsewhere this folder is not collected at all (CI turns skips
+They run in the web venv only (``pip install -e '.[web,web-test]'``: trame-slicer pins slicer-core 5.11 and vtk
+9.6.0, which cannot share a venv with the ``slicer-test`` extra). Elsewhere this folder is not collected at all (CI turns skips
 into failures).
 """
 
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import queue
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("DELIGHTSAM_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 URL_LINE = re.compile(r"De-LightSAM web app: (\S+)")
+START_TIMEOUT_S = 120.0  # from the command to its URL line (a few seconds normally; slow CI machines)
 
 
 def free_port() -> int:
@@ -55,9 +58,25 @@ class WebServer:
         self.started = time.perf_counter()
         self.url = self._waitForUrl()
 
-    def _waitForUrl(self) -> str:
+    def _waitForUrl(self, timeout: float = START_TIMEOUT_S) -> str:
+        """The URL the server prints; fails with the server's output if it exits first or prints none in time."""
+        lines: queue.Queue = queue.Queue()
+
+        def read() -> None:  # (in a thread: readline has no timeout; it goes on draining stdout afterwards)
+            for line in self.process.stdout:
+                lines.put(line)
+            lines.put("")
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.perf_counter() + timeout
         while True:
-            line = self.process.stdout.readline()
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                self.stop()
+                raise RuntimeError(
+                    f"the web server printed no URL in {timeout:.0f} s:\n{self.log.read_text()[-3000:]}"
+                ) from None
             if not line:
                 self.stop()
                 raise RuntimeError(f"the web server exited before printing its URL:\n{self.log.read_text()[-3000:]}")

@@ -226,7 +226,7 @@ def http_status(url: str) -> int:
         return error.code
 
 
-def websocket_status(url: str, cookie: str = "") -> int:
+def websocket_status(url: str, cookie: str = "", origin: str = "") -> int:
     """The HTTP status of a websocket handshake (101: switched protocols)."""
     import base64
     import os
@@ -239,12 +239,24 @@ def websocket_status(url: str, cookie: str = "") -> int:
         f"GET {parsed.path} HTTP/1.1\r\nHost: {parsed.hostname}:{parsed.port}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
         + (f"Cookie: {cookie}\r\n" if cookie else "")
+        + (f"Origin: {origin}\r\n" if origin else "")
         + "\r\n"
     )
     with socket.create_connection((parsed.hostname, parsed.port), timeout=20) as connection:
         connection.sendall(request.encode())
         line = connection.recv(4096).split(b"\r\n", 1)[0].decode()
     return int(line.split()[1])
+
+
+def test_a_websocket_from_another_site_is_refused(page, web_server):
+    port = int(re.search(r":(\d+)/", web_server.url).group(1))
+    socket_url = f"ws://127.0.0.1:{port}/ws"
+    assert websocket_status(socket_url, origin="http://evil.example") == 403
+    assert websocket_status(socket_url, origin=f"http://localhost:{port}") == 403  # another name: another site
+    assert websocket_status(socket_url, origin="null") == 403
+    assert websocket_status(socket_url, origin=f"http://127.0.0.1:{port}") == 101  # the page's own
+    assert websocket_status(socket_url) == 101  # no Origin: not a browser page
+    expect_status(page, r"loaded ct\.nrrd")  # the page's own websocket works
 
 
 def test_all_slices_stays_live_and_cancel_keeps_what_was_written(page):
@@ -283,6 +295,29 @@ def test_a_dicom_upload_is_saved_as_dicom_seg_of_its_series(page, tmp_path):
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == original.SeriesInstanceUID
     assert (seg.Rows, seg.Columns) == (original.Rows, original.Columns)
+
+
+def test_a_refused_upload_keeps_the_shown_dicom_image_savable(page, tmp_path):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    source = Path(get_testdata_file("CT_small.dcm"))
+    upload(page, source)
+    expect_status(page, r"loaded CT_small\.dcm")
+    page.locator('[data-testid="apply"]').click()
+    expect_status(page, r"voxels added", timeout=120)
+    corrupt = tmp_path / "corrupt.dcm"  # an accepted suffix, so it is stored before it fails to read
+    corrupt.write_bytes(b"\x00" * 128 + b"DICM" + b"\x01" * 64)
+    upload(page, corrupt)
+    text = expect_status(page, r"upload (refused|failed)")
+    assert "corrupt.dcm" in text and "\n" not in text, text
+    # the image on screen still has its files: its DICOM SEG is written from them
+    page.locator('[data-testid="save-format"]').select_option("dicom-seg")
+    with page.expect_download() as download_info:
+        page.locator('[data-testid="save"]').click()
+    seg = pydicom.dcmread(download_info.value.path())
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(source).SeriesInstanceUID
+    expect_status(page, r"saved CT_small_segmentation\.dcm")
 
 
 def test_a_photo_upload_is_a_single_slice_rgb_volume(page, tmp_path):
@@ -524,3 +559,68 @@ def save_segmentation(page):
         page.locator('[data-testid="save"]').click()
     path = Path(download_info.value.path())
     return read_seg_nrrd(path.read_bytes()), path
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        done = subprocess.run(
+            [sys.executable, "-m", "DeLightSAMLib", "serve", "--port", str(port), "--device", "cpu"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"delightsam serve: error: cannot listen on 127.0.0.1:{port} (")
+    assert lines[0].endswith("choose another --port")
+
+
+def test_values_any_client_can_send_end_in_one_line_and_the_app_goes_on(page):
+    # a box from a view of size 0 (the page sends the numbers: any client can send others): the page's own drag
+    # gives the view's id, then the same trigger goes again with a size of 0 x 0
+    page.evaluate(
+        """() => { const trigger = window.trame.trigger; window.delightsamSent = [];
+        window.trame.trigger = (name, args) => { window.delightsamSent.push([name, args]); return Promise.resolve(); };
+        window.delightsamTrigger = trigger; }"""
+    )
+    view_pixels(page)  # (the view settled)
+    origin = red_view(page).bounding_box()
+    x, y = origin["x"] + origin["width"] / 2, origin["y"] + origin["height"] / 2
+    page.locator('[data-testid="box-mode"]').click()
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 40, y + 40, steps=4)
+    assert page.locator('[data-testid="box-band"]').count() == 1
+    page.mouse.up()
+    box = "window.delightsamSent.filter(([name]) => name === window.trame.state.get('dls_box_trigger'))"
+    assert page.evaluate(f"() => {box}.length") == 1
+    page.evaluate(
+        f"""() => {{ const [name, args] = {box}[0]; window.trame.trigger = window.delightsamTrigger;
+        return window.trame.trigger(name, [args[0], args[1], [0, 0]]); }}"""
+    )
+    text = expect_status(page, r"box not used")
+    assert "\n" not in text and "Traceback" not in text
+    page.locator('[data-testid="box-mode"]').click()
+
+    # a threshold that is not a number
+    page.evaluate("() => window.trame.state.set('dls_threshold', 'abc')")
+    page.locator('[data-testid="apply"]').click()
+    text = expect_status(page, r"threshold must be a number")
+    assert "\n" not in text and "Traceback" not in text
+    page.evaluate("() => window.trame.state.set('dls_threshold', 0.5)")
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="apply"]').click()
+    expect_status(page, r"voxels added", timeout=120)
