@@ -153,9 +153,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if busy:
         print(busy, file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="delightsam serve: %(message)s", force=True)
-    for noisy in ("wslink", "aiohttp.access", "trame_server", "trame_client"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The project's own messages (per-run timings, loading) at INFO; other libraries' only from WARNING (trame's
+    # optional encoders announce their absence at INFO, which a user would read as an error).
+    logging.basicConfig(level=logging.WARNING, format="delightsam serve: %(message)s", force=True)
+    for ours in ("DeLightSAMWeb", "DeLightSAMSlicerLib", "DeLightSAMLib"):
+        logging.getLogger(ours).setLevel(logging.INFO)
     configure_rendering()
     configure_torch(args.torch_threads)
 
