@@ -70,6 +70,14 @@ def resolveModality(options, volumeNode, fileForInstance: FileForInstance):
     return dataclasses.replace(options, modality=chosen.modality), chosen
 
 
+def defaultModality(hasHeaderModality: bool, shown: str, remembered: str) -> str:
+    """The modality a front end shows for a newly chosen image: Auto when its DICOM header names a modality the model
+    knows; otherwise what was shown, or the modality last chosen by hand where Auto was shown."""
+    if hasHeaderModality:
+        return AUTO
+    return remembered if shown == AUTO else shown
+
+
 def knownCodes() -> str:
     """What Auto accepts, for the effect's tooltip: "xray (CR, DX, RG), ultrasound (US), ..."."""
     return known_codes()

@@ -18,7 +18,7 @@ from DeLightSAMLib.errors import DeLightSAMError, first_line
 from DeLightSAMLib.imageio import read_image
 from DeLightSAMLib.registry import MODALITIES
 from DeLightSAMSlicerLib.Geometry import SegmentationError
-from DeLightSAMSlicerLib.HeaderModality import AUTO, dicomFile, headerModality, resolveModality
+from DeLightSAMSlicerLib.HeaderModality import AUTO, defaultModality, dicomFile, headerModality, resolveModality
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationOptions
 
@@ -289,10 +289,9 @@ class DeLightSAMWebApp:
                 self.server.state.dls_save_kind = "seg.nrrd"  # a DICOM SEG needs a DICOM image
             # Auto is the default for an image whose DICOM header names a modality the model knows (as in Slicer's
             # effect); any other image gets back the modality last chosen by hand.
-            if chosen is not None:
-                self.server.state.dls_modality = AUTO
-            elif self.server.state.dls_modality == AUTO:
-                self.server.state.dls_modality = self._chosenModality
+            self.server.state.dls_modality = defaultModality(
+                chosen is not None, self.server.state.dls_modality, self._chosenModality
+            )
             shape = " x ".join(str(size) for size in image.array.shape)
             shown = name if fetched is not None else image.source.name
             if chosen is not None:

@@ -18,7 +18,7 @@ from slicer.i18n import tr as _
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from DeLightSAMSlicerLib.Geometry import SegmentationError
-from DeLightSAMSlicerLib.HeaderModality import AUTO, headerModality, knownCodes, resolveModality
+from DeLightSAMSlicerLib.HeaderModality import AUTO, defaultModality, headerModality, knownCodes, resolveModality
 from DeLightSAMSlicerLib.Labelmaps import ModifierGeometry
 from DeLightSAMSlicerLib.Models import AUTOMATIC, BOX
 from DeLightSAMSlicerLib.MRMLLogic import DeLightSAMMRMLLogic, SegmentationCancelled, SegmentationOptions
@@ -237,10 +237,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self.scriptedEffect.parameterSetNode() is None:
             return
         name = SegmentationOptions.PARAMETER_NAMES["modality"]
-        if headerModality(self._sourceVolume(), fileForInstance) is not None:
-            self.scriptedEffect.setParameter(name, AUTO)
-        elif self.scriptedEffect.parameter(name) == AUTO:
-            self.scriptedEffect.setParameter(name, self.session.modality)
+        hasHeader = headerModality(self._sourceVolume(), fileForInstance) is not None
+        shown = self.scriptedEffect.parameter(name)
+        modality = defaultModality(hasHeader, shown, self.session.modality)
+        if modality != shown:
+            self.scriptedEffect.setParameter(name, modality)
 
     def createCursor(self, widget):
         return slicer.util.mainWindow().cursor  # no painting: keep the normal cursor

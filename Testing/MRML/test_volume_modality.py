@@ -82,3 +82,11 @@ def test_auto_options_are_resolved_for_the_run_and_stored_as_auto(scene, databas
 
 def test_the_tooltip_lists_every_code_auto_accepts():
     assert knownCodes().startswith("xray (CR, DX, RG), ultrasound (US), fundus (OP), colonoscopy (ES), dermoscopy")
+
+
+def test_both_faces_default_to_auto_for_a_header_and_back_to_the_remembered_choice():
+    from DeLightSAMSlicerLib.HeaderModality import AUTO, defaultModality
+
+    assert defaultModality(True, "fundus", "xray") == AUTO
+    assert defaultModality(False, AUTO, "xray") == "xray"
+    assert defaultModality(False, "fundus", "xray") == "fundus"
